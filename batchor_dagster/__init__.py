@@ -1,0 +1,3 @@
+"""Dagster integration for batchor (resource, asset factories, sensor): arrives in a later issue."""
+
+__all__: list[str] = []
