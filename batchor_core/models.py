@@ -1,0 +1,284 @@
+"""Value types: items, jobs, policies, results and statuses.
+
+Everything here is a frozen dataclass or a ``StrEnum`` and does no I/O, so every other
+layer can import it freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+from pydantic import BaseModel
+
+__all__ = [
+    "BatchItem",
+    "BatchJob",
+    "ChunkPolicy",
+    "Endpoint",
+    "ItemError",
+    "ItemResult",
+    "ItemStatus",
+    "JSONObject",
+    "JSONValue",
+    "RetryPolicy",
+    "RunStatus",
+    "RunSummary",
+    "Usage",
+]
+
+JSONValue: TypeAlias = Any
+"""Any value that ``json.dumps`` accepts (the one place ``Any`` stands for JSON)."""
+
+JSONObject: TypeAlias = dict[str, JSONValue]
+"""A JSON object."""
+
+
+class Endpoint(StrEnum):
+    """Provider endpoints batchor knows how to build requests for and parse results of."""
+
+    CHAT_COMPLETIONS = "/v1/chat/completions"
+    RESPONSES = "/v1/responses"
+
+
+class RunStatus(StrEnum):
+    """Lifecycle of a run. ``completed`` means every item reached a terminal state."""
+
+    INGESTING = "ingesting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the run can no longer change."""
+        return self in (RunStatus.COMPLETED, RunStatus.CANCELLED)
+
+
+class ItemStatus(StrEnum):
+    """Lifecycle of one item. ``pending`` covers waiting, in flight and waiting to retry."""
+
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the item has its final result."""
+        return self is not ItemStatus.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One unit of work.
+
+    Attributes:
+        item_id: Caller-chosen id, unique within a run (non-empty, at most 512 characters).
+        payload: JSON-serialisable data the job's request builder reads.
+        metadata: Optional JSON-serialisable data carried through to results and exports.
+    """
+
+    item_id: str
+    payload: Mapping[str, JSONValue] = field(default_factory=dict)
+    metadata: Mapping[str, JSONValue] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPolicy:
+    """How requests are packed into provider batches.
+
+    Requests are packed into as few batches as these limits allow; how items arrive
+    (ingest slices, sources) never decides batch boundaries.
+
+    Attributes:
+        max_requests: Most requests in one batch input file (OpenAI allows 50,000).
+        max_bytes: Most bytes in one batch input file (OpenAI allows 200 MB; we keep margin).
+        max_inflight_batches: Most batches submitted and not yet collected at once, or None.
+    """
+
+    max_requests: int = 50_000
+    max_bytes: int = 190_000_000
+    max_inflight_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_requests < 1:
+            raise ValueError("ChunkPolicy.max_requests must be at least 1")
+        if self.max_bytes < 1024:
+            raise ValueError("ChunkPolicy.max_bytes must be at least 1024")
+        if self.max_inflight_batches is not None and self.max_inflight_batches < 1:
+            raise ValueError("ChunkPolicy.max_inflight_batches must be at least 1 or None")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How failed items are retried.
+
+    Attributes:
+        max_attempts: Attempts per item, the first included. Failed lines and invalid
+            structured outputs spend an attempt; requests that never ran (expired or
+            cancelled batch, token limit) do not.
+        backoff_seconds: Delay before failed items are resubmitted in a new batch.
+        max_free_resubmits: Bound on resubmissions that do not spend an attempt.
+    """
+
+    max_attempts: int = 3
+    backoff_seconds: float = 0.0
+    max_free_resubmits: int = 5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("RetryPolicy.max_attempts must be at least 1")
+        if self.backoff_seconds < 0:
+            raise ValueError("RetryPolicy.backoff_seconds must not be negative")
+        if self.max_free_resubmits < 0:
+            raise ValueError("RetryPolicy.max_free_resubmits must not be negative")
+
+
+RequestBuilder: TypeAlias = Callable[[BatchItem], Mapping[str, JSONValue]]
+PromptBuilder: TypeAlias = Callable[[BatchItem], str]
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """How items become provider requests, and how results are read back.
+
+    Exactly one of ``build_request`` and ``build_prompt`` is given.
+
+    Attributes:
+        model: Provider model name, written into every request body.
+        endpoint: ``/v1/chat/completions`` or ``/v1/responses``.
+        build_request: Returns the request body for an item (``messages`` for chat,
+            ``input`` for responses); ``model``, ``request_options`` and the structured
+            output format are added for you.
+        build_prompt: Shortcut: returns the user message text for an item.
+        output_model: Pydantic v2 model the output must validate against, or None for text.
+        request_options: Extra body fields for every request (``temperature``, ...).
+        chunk_policy: How requests are packed into batches.
+        retry_policy: How failed items are retried.
+        completion_window: Provider completion window.
+    """
+
+    model: str
+    endpoint: str = Endpoint.CHAT_COMPLETIONS.value
+    build_request: RequestBuilder | None = None
+    build_prompt: PromptBuilder | None = None
+    output_model: type[BaseModel] | None = None
+    request_options: Mapping[str, JSONValue] | None = None
+    chunk_policy: ChunkPolicy = field(default_factory=ChunkPolicy)
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    completion_window: str = "24h"
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("BatchJob.model must be a non-empty model name")
+        if self.endpoint not in {e.value for e in Endpoint}:
+            known = ", ".join(e.value for e in Endpoint)
+            raise ValueError(f"BatchJob.endpoint {self.endpoint!r} is not supported; use {known}")
+        if (self.build_request is None) == (self.build_prompt is None):
+            raise ValueError("BatchJob needs exactly one of build_request= or build_prompt=")
+        if self.output_model is not None and not (
+            isinstance(self.output_model, type) and issubclass(self.output_model, BaseModel)
+        ):
+            raise ValueError("BatchJob.output_model must be a pydantic.BaseModel subclass or None")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage reported by the provider."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ItemError:
+    """Why an item attempt failed.
+
+    Attributes:
+        code: Short machine-readable reason (``invalid_json``, ``schema_mismatch``,
+            ``refusal``, ``length``, ``provider_error``, ``batch_failed``, ...).
+        message: Human-readable detail.
+    """
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The terminal result of one item.
+
+    Attributes:
+        item_id: The item's id.
+        status: ``completed``, ``failed`` or ``cancelled``.
+        output: The parsed output (the job's ``output_model`` instance, or ``str`` for text
+            jobs; a plain ``dict`` when the run was rehydrated without its output model).
+        error: The last error, for failed and cancelled items.
+        attempts: Attempts spent.
+        usage: Tokens used by the successful attempt, when known.
+        metadata: The item's metadata.
+        cursor: Position to pass as ``after=`` to read only later results.
+    """
+
+    item_id: str
+    status: ItemStatus
+    output: BaseModel | str | JSONValue | None
+    error: ItemError | None
+    attempts: int
+    usage: Usage | None = None
+    metadata: Mapping[str, JSONValue] | None = None
+    cursor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """Counts and status of a run, cheap to read at any size.
+
+    Attributes:
+        run_id: The run's id.
+        status: The run's status.
+        status_reason: Why the run is paused or cancelled, when it is.
+        total_items: Items ingested so far.
+        pending_items: Items without a terminal result yet.
+        completed_items: Items with an output.
+        failed_items: Items whose attempts ran out (or that were rejected on ingest).
+        cancelled_items: Items cancelled before they finished.
+        in_flight_items: Items inside batches the provider is working on.
+        batches_total: Provider batches prepared (submitted or not).
+        batches_in_flight: Provider batches submitted and not yet collected.
+        ingest_complete: Whether every item of the source has been read.
+        usage: Tokens used so far.
+        created_at: When the run started.
+        updated_at: When the run last changed.
+    """
+
+    run_id: str
+    status: RunStatus
+    status_reason: str | None
+    total_items: int
+    pending_items: int
+    completed_items: int
+    failed_items: int
+    cancelled_items: int
+    in_flight_items: int
+    batches_total: int
+    batches_in_flight: int
+    ingest_complete: bool
+    usage: Usage
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the run is completed or cancelled."""
+        return self.status.is_terminal
