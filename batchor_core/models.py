@@ -50,6 +50,7 @@ class RunStatus(StrEnum):
     INGESTING = "ingesting"
     RUNNING = "running"
     PAUSED = "paused"
+    CANCELLING = "cancelling"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
 

@@ -268,7 +268,9 @@ class ItemSource(Protocol):
         """What the source is, by content; a resumed run must see the same identity."""
         ...
 
-    def read_slices(self, checkpoint: JSONObject | None, *, slice_size: int) -> Iterator[SourceSlice]:
+    def read_slices(
+        self, checkpoint: JSONObject | None, *, slice_size: int
+    ) -> Iterator[SourceSlice]:
         """Yield slices of at most ``slice_size`` items, starting after ``checkpoint``."""
         ...
 
@@ -354,7 +356,9 @@ class BatchProvider(Protocol):
         """Read a batch's current state."""
         ...
 
-    def find_batches(self, metadata: Mapping[str, str], *, max_pages: int = 20) -> list[ProviderBatch]:
+    def find_batches(
+        self, metadata: Mapping[str, str], *, max_pages: int = 20
+    ) -> list[ProviderBatch]:
         """Recent batches whose metadata contains ``metadata``."""
         ...
 
@@ -387,10 +391,10 @@ class StateStore(Protocol):
         run_id: str,
         items: Sequence[NewItem],
         *,
-        chunk: ChunkRecord | None,
+        chunks: Sequence[ChunkRecord],
         checkpoint: JSONObject | None,
     ) -> None:
-        """Insert items, save the building chunk's progress and the source checkpoint, at once."""
+        """Insert items, save the touched chunks' progress and the source checkpoint, at once."""
         ...
 
     def finish_ingest(self, run_id: str) -> None:
@@ -411,6 +415,26 @@ class StateStore(Protocol):
         self, run_id: str, chunk: ChunkRecord, outcomes: Sequence[ItemOutcome]
     ) -> int:
         """Apply outcomes of a collected chunk and mark it collected; return rows changed."""
+        ...
+
+    def existing_item_ids(self, run_id: str, item_ids: Sequence[str]) -> set[str]:
+        """Which of ``item_ids`` the run already has."""
+        ...
+
+    def max_item_seq(self, run_id: str) -> int:
+        """Highest item seq of the run, or -1 when it has none."""
+        ...
+
+    def item_attempts(self, run_id: str, seqs: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """``seq -> (attempts spent, free resubmits used)``."""
+        ...
+
+    def next_retry_time(self, run_id: str) -> datetime | None:
+        """Earliest time an item waiting for a retry may be resubmitted."""
+        ...
+
+    def count_retry(self, run_id: str) -> int:
+        """How many items wait for a retry."""
         ...
 
     def retry_candidates(

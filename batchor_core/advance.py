@@ -1,0 +1,480 @@
+"""One bounded step of a run: recover, submit, poll, collect, retry, finish.
+
+A step never sleeps and downloads at most ``max_collect`` finished batches, so a Dagster
+sensor tick or a CLI loop can call it as often as it likes. Every side effect with the
+provider is preceded by an intent written to the store (``uploading``, ``submitting``),
+and an ambiguous batch creation is reconciled by looking the batch up by its metadata
+before anything is created again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel
+
+from batchor_core.collect import OutcomeBuilder
+from batchor_core.errors import ConfigurationError, ProviderError, RateLimitedError
+from batchor_core.jobspec import chunk_policy, retry_policy
+from batchor_core.models import RunStatus
+from batchor_core.packing import (
+    ChunkPacker,
+    chunk_key,
+    custom_id,
+    parse_custom_id,
+    seal_chunk,
+    swap_custom_id,
+)
+from batchor_core.ports import (
+    UNSUBMITTED_CHUNK_STATES,
+    ArtifactStore,
+    BatchProvider,
+    ChunkRecord,
+    ChunkState,
+    Clock,
+    ItemOutcome,
+    ProviderBatch,
+    RunRecord,
+    StateStore,
+)
+
+__all__ = ["RunStepper"]
+
+log = logging.getLogger("batchor.run")
+
+
+class RunStepper:
+    """Advances runs one bounded step at a time.
+
+    Args:
+        store: Control-plane store.
+        artifacts: Artifact store.
+        provider: Batch provider.
+        clock: Time source.
+        transient_backoff_seconds: Wait after a retryable provider error without Retry-After.
+        token_limit_backoff_seconds: Wait before resubmitting a batch that hit the
+            enqueued-token limit.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        artifacts: ArtifactStore,
+        provider: BatchProvider,
+        clock: Clock,
+        transient_backoff_seconds: float = 5.0,
+        token_limit_backoff_seconds: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.provider = provider
+        self.clock = clock
+        self.transient_backoff_seconds = transient_backoff_seconds
+        self.token_limit_backoff_seconds = token_limit_backoff_seconds
+
+    # ------------------------------------------------------------------ step
+
+    def step(
+        self, run: RunRecord, output_model: type[BaseModel] | None, *, max_collect: int
+    ) -> bool:
+        """Advance ``run`` once; return whether anything changed."""
+        if run.status.is_terminal:
+            return False
+        progress = self._recover(run)
+        progress |= self._poll_and_collect(run, output_model, max_collect=max_collect)
+        current = self.store.load_run(run.run_id) or run
+        if current.status is RunStatus.RUNNING:
+            progress |= self._build_retry_chunk(current)
+            progress |= self._submit(current)
+        if current.status is RunStatus.CANCELLING:
+            progress |= self._finish_cancel(current)
+        progress |= self._maybe_complete(run.run_id)
+        return progress
+
+    def next_wake(self, run_id: str) -> datetime | None:
+        """Earliest time a backoff in this run ends (for callers deciding how long to wait)."""
+        times = [c.not_before for c in self.store.list_chunks(run_id) if c.not_before]
+        retry_at = self.store.next_retry_time(run_id)
+        if retry_at is not None:
+            times.append(retry_at)
+        return min(times) if times else None
+
+    # ------------------------------------------------------------------ recovery
+
+    def _recover(self, run: RunRecord) -> bool:
+        chunks = self.store.list_chunks(run.run_id)
+        progress = False
+        building = [c for c in chunks if c.state is ChunkState.BUILDING]
+        closable = building if run.ingest_complete else building[:-1]
+        for chunk in closable:
+            if chunk.request_count > 0:
+                seal_chunk(self.store, self.artifacts, chunk)
+            else:
+                self.store.save_chunk(
+                    dataclasses.replace(chunk, state=ChunkState.COLLECTED),
+                    expected=ChunkState.BUILDING,
+                )
+            progress = True
+        for chunk in chunks:
+            if chunk.state is ChunkState.UPLOADING:
+                # We may or may not have uploaded; upload again (the bytes are the artifact).
+                self._move(chunk, ChunkState.UPLOADING, state=ChunkState.SEALED)
+                progress = True
+            elif chunk.state is ChunkState.SUBMITTING:
+                progress |= self._reconcile_create(run, chunk)
+        return progress
+
+    def _reconcile_create(self, run: RunRecord, chunk: ChunkRecord) -> bool:
+        try:
+            found = self.provider.find_batches(_batch_metadata(run.run_id, chunk))
+        except ProviderError as exc:
+            self._defer(chunk, exc)
+            return False
+        if found:
+            batch = found[0]
+            self._move(
+                chunk,
+                ChunkState.SUBMITTING,
+                state=ChunkState.SUBMITTED,
+                batch_id=batch.batch_id,
+                provider_status=batch.status,
+                last_error=None,
+                not_before=None,
+            )
+            log.info(
+                "run %s: chunk %s was already created as %s",
+                run.run_id,
+                chunk.chunk_id,
+                batch.batch_id,
+            )
+        else:
+            self._move(chunk, ChunkState.SUBMITTING, state=ChunkState.UPLOADED)
+        return True
+
+    # ------------------------------------------------------------------ submit
+
+    def _submit(self, run: RunRecord) -> bool:
+        policy = chunk_policy(run.job_spec)
+        chunks = self.store.list_chunks(run.run_id)
+        in_flight = sum(1 for c in chunks if c.state is ChunkState.SUBMITTED)
+        now = self.clock.now()
+        progress = False
+        for chunk in chunks:
+            if chunk.state not in (ChunkState.SEALED, ChunkState.UPLOADED):
+                continue
+            if policy.max_inflight_batches is not None and in_flight >= policy.max_inflight_batches:
+                break
+            if chunk.not_before is not None and chunk.not_before > now:
+                continue
+            try:
+                if chunk.state is ChunkState.SEALED:
+                    chunk = self._upload(run, chunk)
+                    progress = True
+                self._create(run, chunk)
+                in_flight += 1
+                progress = True
+            except ProviderError as exc:
+                if self._handle_submit_error(run, chunk, exc):
+                    progress = True
+                break  # the provider is unhappy: do not hammer it with the next chunk
+        return progress
+
+    def _upload(self, run: RunRecord, chunk: ChunkRecord) -> ChunkRecord:
+        key = chunk_key(run.run_id, chunk.chunk_id)
+        digest = self.artifacts.sha256(key)
+        if chunk.sha256 and digest != chunk.sha256:
+            raise ConfigurationError(
+                f"request file {key} changed since it was prepared (sha256 {digest[:12]} != "
+                f"{chunk.sha256[:12]}); restore it or cancel the run",
+                run_id=run.run_id,
+            )
+        chunk = self._move(chunk, ChunkState.SEALED, state=ChunkState.UPLOADING)
+        with self.artifacts.open_read(key) as stream:
+            try:
+                file_id = self.provider.upload_file(
+                    stream, filename=f"batchor-{chunk.chunk_id}-{digest[:12]}.jsonl"
+                )
+            except ProviderError:
+                self._move(chunk, ChunkState.UPLOADING, state=ChunkState.SEALED)
+                raise
+        return self._move(chunk, ChunkState.UPLOADING, state=ChunkState.UPLOADED, file_id=file_id)
+
+    def _create(self, run: RunRecord, chunk: ChunkRecord) -> None:
+        chunk = self._move(chunk, ChunkState.UPLOADED, state=ChunkState.SUBMITTING)
+        assert chunk.file_id is not None
+        try:
+            batch = self.provider.create_batch(
+                file_id=chunk.file_id,
+                endpoint=run.job_spec["endpoint"],
+                completion_window=run.job_spec.get("completion_window", "24h"),
+                metadata=_batch_metadata(run.run_id, chunk),
+            )
+        except ProviderError:
+            # Ambiguous: the batch may exist. Look before anything is created again.
+            self._reconcile_create(run, self._reload(chunk))
+            raise
+        self._move(
+            chunk,
+            ChunkState.SUBMITTING,
+            state=ChunkState.SUBMITTED,
+            batch_id=batch.batch_id,
+            provider_status=batch.status,
+            last_error=None,
+            not_before=None,
+        )
+        log.info(
+            "run %s: submitted chunk %s as %s (%d requests)",
+            run.run_id,
+            chunk.chunk_id,
+            batch.batch_id,
+            chunk.request_count,
+        )
+
+    def _handle_submit_error(self, run: RunRecord, chunk: ChunkRecord, exc: ProviderError) -> bool:
+        current = self._reload(chunk)
+        if exc.retryable:
+            self._defer(current, exc)
+            return True
+        reason = f"provider refused chunk {chunk.chunk_id}: {exc.message}"
+        self._defer(current, exc)
+        self.store.set_status(
+            run.run_id, RunStatus.PAUSED, reason=reason, expected=[RunStatus.RUNNING]
+        )
+        log.warning("run %s paused: %s", run.run_id, reason)
+        return True
+
+    # ------------------------------------------------------------------ poll + collect
+
+    def _poll_and_collect(
+        self, run: RunRecord, output_model: type[BaseModel] | None, *, max_collect: int
+    ) -> bool:
+        progress = False
+        collected = 0
+        now = self.clock.now()
+        cancelling = run.status is RunStatus.CANCELLING
+        for chunk in self.store.list_chunks(run.run_id, [ChunkState.SUBMITTED]):
+            if collected >= max_collect:
+                break
+            if chunk.not_before is not None and chunk.not_before > now and not cancelling:
+                continue
+            assert chunk.batch_id is not None
+            try:
+                batch = self.provider.get_batch(chunk.batch_id)
+            except ProviderError as exc:
+                self._defer(chunk, exc)
+                continue
+            if not batch.is_terminal:
+                if batch.status != chunk.provider_status:
+                    self._move(chunk, ChunkState.SUBMITTED, provider_status=batch.status)
+                    progress = True
+                continue
+            try:
+                self._collect(run, chunk, batch, output_model, cancelling=cancelling)
+            except ProviderError as exc:
+                self._defer(chunk, exc)
+                continue
+            collected += 1
+            progress = True
+        return progress
+
+    def _collect(
+        self,
+        run: RunRecord,
+        chunk: ChunkRecord,
+        batch: ProviderBatch,
+        output_model: type[BaseModel] | None,
+        *,
+        cancelling: bool,
+    ) -> None:
+        spec = run.job_spec
+        if spec.get("output_schema") and output_model is None:
+            raise ConfigurationError(
+                f"run {run.run_id!r} returns {spec.get('output_model_ref')} objects, which cannot "
+                "be imported here; pass job= to get_run() so results can be validated",
+                run_id=run.run_id,
+            )
+        live = dict(self.store.pending_in_chunks(run.run_id, [chunk.chunk_id]))
+        builder = OutcomeBuilder(
+            policy=retry_policy(spec),
+            attempts=self.store.item_attempts(run.run_id, list(live)),
+            now=self.clock.now(),
+            cancelling=cancelling,
+        )
+        outcomes: list[ItemOutcome] = []
+        seen: set[int] = set()
+        for kind, file_id in (("output", batch.output_file_id), ("error", batch.error_file_id)):
+            if not file_id:
+                continue
+            key = f"runs/{run.run_id}/outputs/{chunk.chunk_id}-{batch.batch_id}-{kind}.jsonl"
+            if not self.artifacts.exists(key):
+                self.artifacts.write_stream(key, self.provider.download_file(file_id))
+            with self.artifacts.open_read(key) as fh:
+                for raw in fh:
+                    if not raw.strip():
+                        continue
+                    parsed = self.provider.parse_line(spec["endpoint"], raw)
+                    ids = parse_custom_id(parsed.custom_id)
+                    if ids is None or live.get(ids[0]) != ids[1] or ids[0] in seen:
+                        continue  # not ours, a stale submission, or a repeated line
+                    seen.add(ids[0])
+                    outcomes.append(builder.from_line(ids[0], ids[1], parsed, output_model))
+        missing = [(seq, sub) for seq, sub in live.items() if seq not in seen]
+        outcomes.extend(
+            builder.for_missing(
+                missing,
+                batch.status,
+                batch.errors,
+                token_limit_backoff_seconds=self.token_limit_backoff_seconds,
+            )
+        )
+        done = dataclasses.replace(
+            chunk, state=ChunkState.COLLECTED, provider_status=batch.status, not_before=None
+        )
+        self.store.record_outcomes(run.run_id, done, outcomes)
+        log.info(
+            "run %s: collected %s (%s): %d lines, %d without a line",
+            run.run_id,
+            batch.batch_id,
+            batch.status,
+            len(seen),
+            len(missing),
+        )
+
+    # ------------------------------------------------------------------ retries
+
+    def _build_retry_chunk(self, run: RunRecord) -> bool:
+        policy = chunk_policy(run.job_spec)
+        candidates = self.store.retry_candidates(
+            run.run_id, now=self.clock.now(), limit=policy.max_requests
+        )
+        if not candidates:
+            return False
+        chunks = self.store.list_chunks(run.run_id)
+        if any(c.state is ChunkState.BUILDING for c in chunks) and not run.ingest_complete:
+            return False  # let the ingest finish its open chunk first
+        by_chunk: dict[str, dict[int, int]] = defaultdict(dict)
+        for cand in candidates:
+            by_chunk[cand.chunk_id][cand.seq] = cand.submission + 1
+        packer = ChunkPacker(
+            run_id=run.run_id,
+            store=self.store,
+            artifacts=self.artifacts,
+            policy=policy,
+            open_chunk=None,
+            next_chunk_seq=(chunks[-1].seq + 1) if chunks else 0,
+            now=self.clock.now(),
+        )
+        rows: list[tuple[int, int]] = []
+        try:
+            for source_chunk, wanted in by_chunk.items():
+                with self.artifacts.open_read(chunk_key(run.run_id, source_chunk)) as fh:
+                    for line in fh:
+                        ids = parse_custom_id(_line_custom_id(line))
+                        if ids is None or ids[0] not in wanted:
+                            continue
+                        new_line = swap_custom_id(line, custom_id(ids[0], wanted[ids[0]]))
+                        if rows and packer.would_open_new(new_line):
+                            break
+                        packer.add(new_line)
+                        rows.append((ids[0], wanted[ids[0]]))
+            if not rows:
+                packer.abandon()
+                return False
+            (chunk,) = packer.sync()
+            self.store.assign_retries(run.run_id, rows, chunk=chunk)
+            packer.finish()
+        except BaseException:
+            packer.abandon()
+            raise
+        log.info("run %s: %d items queued for another attempt", run.run_id, len(rows))
+        return True
+
+    # ------------------------------------------------------------------ finish
+
+    def _finish_cancel(self, run: RunRecord) -> bool:
+        chunks = self.store.list_chunks(run.run_id)
+        if any(c.state is ChunkState.SUBMITTED for c in chunks):
+            return False
+        for chunk in chunks:
+            if chunk.state in UNSUBMITTED_CHUNK_STATES or chunk.state is ChunkState.BUILDING:
+                self.store.save_chunk(
+                    dataclasses.replace(
+                        chunk, state=ChunkState.COLLECTED, provider_status="not_submitted"
+                    ),
+                    expected=chunk.state,
+                )
+        self.store.cancel_pending(run.run_id, reason=run.status_reason or "run cancelled")
+        self.store.set_status(
+            run.run_id,
+            RunStatus.CANCELLED,
+            reason=run.status_reason,
+            expected=[RunStatus.CANCELLING],
+        )
+        return True
+
+    def _maybe_complete(self, run_id: str) -> bool:
+        run = self.store.load_run(run_id)
+        if (
+            run is None
+            or not run.ingest_complete
+            or run.status not in (RunStatus.RUNNING, RunStatus.PAUSED)
+        ):
+            return False
+        done = run.completed_items + run.failed_items + run.cancelled_items
+        if done < run.total_items:
+            return False
+        return self.store.set_status(
+            run_id, RunStatus.COMPLETED, expected=[RunStatus.RUNNING, RunStatus.PAUSED]
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _move(self, chunk: ChunkRecord, expected: ChunkState, **changes: object) -> ChunkRecord:
+        updated = dataclasses.replace(chunk, **changes)  # type: ignore[arg-type]
+        if not self.store.save_chunk(updated, expected=expected):
+            raise ConfigurationError(
+                f"chunk {chunk.chunk_id} of run {chunk.run_id} changed under us "
+                f"(expected {expected.value}); is another process working on this run?",
+                run_id=chunk.run_id,
+            )
+        return updated
+
+    def _reload(self, chunk: ChunkRecord) -> ChunkRecord:
+        for current in self.store.list_chunks(chunk.run_id):
+            if current.chunk_id == chunk.chunk_id:
+                return current
+        return chunk
+
+    def _defer(self, chunk: ChunkRecord, exc: ProviderError) -> None:
+        delay = self.transient_backoff_seconds
+        if isinstance(exc, RateLimitedError) and exc.retry_after_seconds is not None:
+            delay = max(exc.retry_after_seconds, 0.0)
+        deferred = dataclasses.replace(
+            chunk,
+            not_before=self.clock.now() + timedelta(seconds=delay),
+            last_error=exc.message[:2000],
+        )
+        self.store.save_chunk(deferred, expected=chunk.state)
+        log.info(
+            "run %s: chunk %s deferred %.1fs: %s", chunk.run_id, chunk.chunk_id, delay, exc.message
+        )
+
+
+def _batch_metadata(run_id: str, chunk: ChunkRecord) -> dict[str, str]:
+    return {
+        "batchor_run_id": run_id[:512],
+        "batchor_chunk": chunk.chunk_id,
+        "batchor_sha256": (chunk.sha256 or "")[:32],
+    }
+
+
+def _line_custom_id(line: bytes) -> str:
+    prefix = b'{"custom_id":"'
+    if not line.startswith(prefix):
+        return ""
+    end = line.find(b'"', len(prefix))
+    return line[len(prefix) : end].decode() if end > 0 else ""

@@ -1,0 +1,208 @@
+"""Artifacts as local files: atomic publication, private permissions, safe keys.
+
+Keys are ``/``-separated relative paths. Every segment is sanitised, so no key can
+escape the root. Files being built carry a ``.part`` suffix and become visible under
+their key only through an atomic rename; published files are 0600 in 0700 directories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from batchor_core.errors import ArtifactError
+
+__all__ = ["LocalArtifactStore", "safe_segment"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_PART = ".part"
+
+
+def safe_segment(value: str) -> str:
+    """Turn any id into one safe path segment (no separators, no dot-only names).
+
+    Distinct inputs stay distinct: characters outside ``[A-Za-z0-9._-]`` are escaped as
+    ``%XX`` style hex with ``~``, which itself is escaped.
+    """
+    escaped = _UNSAFE.sub(lambda m: "".join(f"~{b:02x}" for b in m.group().encode()), value)
+    if escaped in ("", ".", "..") or escaped.startswith("."):
+        escaped = "~" + escaped
+    return escaped[:200] if len(escaped) <= 200 else escaped[:160] + "~" + _digest(value)[:32]
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class _LocalWriter:
+    def __init__(self, fh: BinaryIO, path: Path) -> None:
+        self._fh = fh
+        self._path = path
+
+    def write(self, data: bytes) -> None:
+        self._fh.write(data)
+
+    def sync(self) -> int:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        return self._fh.tell()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class LocalArtifactStore:
+    """Artifact store on the local filesystem.
+
+    Args:
+        root: Directory that holds every artifact; created 0700 if missing.
+        fsync: Whether to fsync files before publishing (on by default; durable across
+            power loss, not just process crashes).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root).resolve()
+        self._fsync = fsync
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ArtifactError(f"cannot create artifact directory {self.root}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"LocalArtifactStore({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ paths
+
+    def path_for(self, key: str) -> Path:
+        """The file path of a published key (sanitised; always inside the root)."""
+        parts = [safe_segment(p) for p in key.split("/") if p]
+        if not parts:
+            raise ArtifactError(f"empty artifact key {key!r}")
+        path = self.root.joinpath(*parts)
+        if self.root not in path.parents:
+            raise ArtifactError(f"artifact key {key!r} escapes the artifact root")
+        return path
+
+    def _ensure_parent(self, path: Path) -> None:
+        parent = path.parent
+        if not parent.exists():
+            parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # mkdir honours the umask; directories we make are private whatever it is.
+            rel = parent.relative_to(self.root)
+            current = self.root
+            for part in rel.parts:
+                current = current / part
+                os.chmod(current, 0o700)
+
+    # ------------------------------------------------------------------ port
+
+    def open_append(self, key: str, *, truncate_to: int | None = None) -> _LocalWriter:
+        """Open ``key``'s unpublished file for appending, first cutting it to ``truncate_to``.
+
+        Cutting lets a resumed ingest drop bytes written after the last committed slice.
+        """
+        path = self.path_for(key)
+        part = path.with_name(path.name + _PART)
+        try:
+            self._ensure_parent(part)
+            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+            fh = os.fdopen(fd, "r+b", buffering=1024 * 1024)
+            size = truncate_to if truncate_to is not None else fh.seek(0, os.SEEK_END)
+            fh.truncate(size)
+            fh.seek(size)
+        except OSError as exc:
+            raise ArtifactError(f"cannot open {part} for writing: {exc}") from exc
+        return _LocalWriter(fh, part)
+
+    def publish(self, key: str) -> str:
+        """Rename the built ``key`` into place atomically; return its sha256."""
+        path = self.path_for(key)
+        part = path.with_name(path.name + _PART)
+        try:
+            if not part.exists() and path.exists():
+                return self.sha256(key)  # already published before a crash
+            digest = _hash_file(part)
+            os.replace(part, path)
+            self._sync_dir(path.parent)
+        except OSError as exc:
+            raise ArtifactError(f"cannot publish {path}: {exc}") from exc
+        return digest
+
+    def write_stream(self, key: str, chunks: Iterator[bytes]) -> int:
+        """Write ``key`` from ``chunks`` into a temp file, then rename it into place."""
+        path = self.path_for(key)
+        part = path.with_name(path.name + _PART)
+        size = 0
+        try:
+            self._ensure_parent(part)
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+                    size += len(chunk)
+                if self._fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(part, path)
+            self._sync_dir(path.parent)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            raise ArtifactError(f"cannot write {path}: {exc}") from exc
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return size
+
+    def open_read(self, key: str) -> BinaryIO:
+        """Open a published artifact for reading."""
+        path = self.path_for(key)
+        try:
+            return open(path, "rb")
+        except OSError as exc:
+            raise ArtifactError(f"cannot read artifact {path}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` is published."""
+        return self.path_for(key).exists()
+
+    def delete(self, key: str) -> bool:
+        """Delete ``key`` and any unpublished copy; return whether something was removed."""
+        path = self.path_for(key)
+        removed = False
+        for candidate in (path, path.with_name(path.name + _PART)):
+            try:
+                candidate.unlink()
+                removed = True
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise ArtifactError(f"cannot delete {candidate}: {exc}") from exc
+        return removed
+
+    def sha256(self, key: str) -> str:
+        """sha256 hex digest of a published artifact."""
+        try:
+            return _hash_file(self.path_for(key))
+        except OSError as exc:
+            raise ArtifactError(f"cannot hash artifact {key!r}: {exc}") from exc
+
+    def _sync_dir(self, directory: Path) -> None:
+        if not self._fsync:
+            return
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()

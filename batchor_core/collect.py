@@ -1,0 +1,171 @@
+"""Turning a finished provider batch into item outcomes.
+
+Rules (the same for every batch):
+- a line with output that validates becomes ``completed``;
+- a failed line or an invalid output (not JSON, schema mismatch, refusal, truncated)
+  spends an attempt: retried while attempts remain, else ``failed`` with the last error;
+- a request that never ran (``batch_expired`` / ``batch_cancelled`` lines, or no line at
+  all from an expired or cancelled batch, or a batch that hit the enqueued token limit)
+  is resubmitted without spending an attempt, at most ``max_free_resubmits`` times;
+- a batch that failed validation spends an attempt for every item in it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ValidationError
+
+from batchor_core.models import ItemError, ItemStatus, RetryPolicy, Usage
+from batchor_core.ports import ItemOutcome, ParsedLine
+
+__all__ = ["OutcomeBuilder", "validate_output"]
+
+NEVER_RAN_CODES = frozenset({"batch_expired", "batch_cancelled"})
+
+
+def validate_output(
+    text: str, output_model: type[BaseModel] | None
+) -> tuple[str | None, ItemError | None]:
+    """Check a model's text output; return ``(output_json, None)`` or ``(None, error)``."""
+    if output_model is None:
+        return json.dumps(text, ensure_ascii=False), None
+    try:
+        output_model.model_validate_json(text)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if errors and errors[0]["type"] == "json_invalid":
+            return None, ItemError("invalid_json", f"output is not valid JSON: {errors[0]['msg']}")
+        return None, ItemError("schema_mismatch", _short_validation(exc))
+    return text, None
+
+
+def _short_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "<root>"
+        parts.append(f"{loc}: {err.get('msg')}")
+    more = f" (+{exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+    return "output does not match the schema: " + "; ".join(parts) + more
+
+
+@dataclass
+class OutcomeBuilder:
+    """Decides each item's next status from what the provider returned.
+
+    Args:
+        policy: The run's retry policy.
+        attempts: ``seq -> (attempts spent, free resubmits used)`` before this batch.
+        now: Current time (for retry backoff).
+        cancelling: Whether the run is being cancelled (nothing is resubmitted).
+    """
+
+    policy: RetryPolicy
+    attempts: dict[int, tuple[int, int]]
+    now: datetime
+    cancelling: bool = False
+
+    def success(
+        self, seq: int, submission: int, output_json: str, usage: Usage | None
+    ) -> ItemOutcome:
+        """A validated output."""
+        return ItemOutcome(
+            seq, submission, ItemStatus.COMPLETED, output_json=output_json, usage=usage
+        )
+
+    def failure(
+        self, seq: int, submission: int, error: ItemError, usage: Usage | None = None
+    ) -> ItemOutcome:
+        """An attempt that ran and failed."""
+        spent, _free = self.attempts.get(seq, (0, 0))
+        if self.cancelling:
+            return ItemOutcome(seq, submission, ItemStatus.FAILED, error=error, usage=usage)
+        if spent + 1 >= self.policy.max_attempts:
+            return ItemOutcome(seq, submission, ItemStatus.FAILED, error=error, usage=usage)
+        return ItemOutcome(
+            seq,
+            submission,
+            ItemStatus.PENDING,
+            error=error,
+            usage=usage,
+            retry_not_before=self.now + timedelta(seconds=self.policy.backoff_seconds),
+        )
+
+    def never_ran(
+        self, seq: int, submission: int, error: ItemError, *, delay_seconds: float = 0.0
+    ) -> ItemOutcome:
+        """A request the provider never executed; resubmit for free while the bound allows."""
+        _spent, free = self.attempts.get(seq, (0, 0))
+        if self.cancelling:
+            return ItemOutcome(
+                seq, submission, ItemStatus.CANCELLED, error=error, spend_attempt=False
+            )
+        if free >= self.policy.max_free_resubmits:
+            bounded = ItemError(
+                error.code, f"{error.message} (resubmitted {free} times without running)"
+            )
+            return self.failure(seq, submission, bounded)
+        return ItemOutcome(
+            seq,
+            submission,
+            ItemStatus.PENDING,
+            error=error,
+            spend_attempt=False,
+            retry_not_before=self.now + timedelta(seconds=delay_seconds),
+        )
+
+    def from_line(
+        self, seq: int, submission: int, parsed: ParsedLine, output_model: type[BaseModel] | None
+    ) -> ItemOutcome:
+        """The outcome of one output/error line."""
+        if parsed.error is not None:
+            if parsed.error.code in NEVER_RAN_CODES:
+                return self.never_ran(seq, submission, parsed.error)
+            return self.failure(seq, submission, parsed.error, parsed.usage)
+        if parsed.text is None:
+            return self.failure(seq, submission, ItemError("empty_output", "no output text"))
+        output_json, error = validate_output(parsed.text, output_model)
+        if error is not None or output_json is None:
+            assert error is not None
+            return self.failure(seq, submission, error, parsed.usage)
+        return self.success(seq, submission, output_json, parsed.usage)
+
+    def for_missing(
+        self,
+        missing: Iterable[tuple[int, int]],
+        batch_status: str,
+        batch_errors: tuple[ItemError, ...],
+        *,
+        token_limit_backoff_seconds: float,
+    ) -> list[ItemOutcome]:
+        """Outcomes for items of the batch that have no line at all."""
+        out: list[ItemOutcome] = []
+        codes = {e.code for e in batch_errors}
+        detail = "; ".join(f"{e.code}: {e.message}" for e in batch_errors)[:2000]
+        for seq, sub in missing:
+            if batch_status == "failed" and "token_limit_exceeded" in codes:
+                out.append(
+                    self.never_ran(
+                        seq,
+                        sub,
+                        ItemError("token_limit_exceeded", detail or "enqueued token limit"),
+                        delay_seconds=token_limit_backoff_seconds,
+                    )
+                )
+            elif batch_status == "failed":
+                out.append(
+                    self.failure(seq, sub, ItemError("batch_failed", detail or "batch failed"))
+                )
+            elif batch_status in ("expired", "cancelled"):
+                code = "batch_expired" if batch_status == "expired" else "batch_cancelled"
+                out.append(self.never_ran(seq, sub, ItemError(code, f"batch {batch_status}")))
+            else:
+                out.append(
+                    self.failure(
+                        seq, sub, ItemError("missing_result", "the provider returned no line")
+                    )
+                )
+        return out

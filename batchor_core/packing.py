@@ -1,0 +1,207 @@
+"""Packing request lines into chunk files (one chunk = one provider batch).
+
+At most one chunk is open for appends at a time. A chunk whose limits are reached is
+closed: its final size is committed with the items that went into it, and only then is
+its file published (renamed into place) and the chunk marked ``sealed``. A crash between
+the two is repaired by :func:`seal_chunk`, which cuts the file back to the committed size
+before publishing, so bytes written after the last commit never reach the provider.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+
+from batchor_core.models import ChunkPolicy
+from batchor_core.ports import ArtifactStore, ArtifactWriter, ChunkRecord, ChunkState, StateStore
+
+__all__ = ["ChunkPacker", "chunk_key", "custom_id", "parse_custom_id", "seal_chunk"]
+
+
+def chunk_key(run_id: str, chunk_id: str) -> str:
+    """Artifact key of a chunk's request JSONL."""
+    return f"runs/{run_id}/requests/{chunk_id}.jsonl"
+
+
+def custom_id(seq: int, submission: int) -> str:
+    """The provider custom_id of one submission of one item (unique per attempt)."""
+    return f"i{seq}s{submission}"
+
+
+def parse_custom_id(value: str) -> tuple[int, int] | None:
+    """``(seq, submission)`` from a custom_id we made, or None."""
+    if not value.startswith("i"):
+        return None
+    seq, sep, sub = value[1:].partition("s")
+    if not sep or not seq.isdigit() or not sub.isdigit():
+        return None
+    return int(seq), int(sub)
+
+
+def request_line(cid: str, endpoint: bytes, body_json: bytes) -> bytes:
+    """One JSONL request line; ``custom_id`` comes first so retries can swap it cheaply."""
+    return b'{"custom_id":"%s","method":"POST","url":"%s","body":%s}\n' % (
+        cid.encode(),
+        endpoint,
+        body_json,
+    )
+
+
+def swap_custom_id(line: bytes, new_id: str) -> bytes:
+    """The same request line with another custom_id; the body bytes are untouched."""
+    prefix = b'{"custom_id":"'
+    if not line.startswith(prefix):
+        raise ValueError("request line does not start with its custom_id")
+    end = line.index(b'"', len(prefix))
+    return prefix + new_id.encode() + line[end:]
+
+
+def seal_chunk(store: StateStore, artifacts: ArtifactStore, chunk: ChunkRecord) -> ChunkRecord:
+    """Publish a closed chunk's file at its committed size and mark it sealed."""
+    key = chunk_key(chunk.run_id, chunk.chunk_id)
+    if artifacts.exists(key):
+        digest = artifacts.sha256(key)  # published before a crash; the rename was atomic
+    else:
+        writer = artifacts.open_append(key, truncate_to=chunk.byte_count)
+        writer.sync()
+        writer.close()
+        digest = artifacts.publish(key)
+    sealed = dataclasses.replace(chunk, state=ChunkState.SEALED, sha256=digest)
+    store.save_chunk(sealed, expected=ChunkState.BUILDING)
+    return sealed
+
+
+class ChunkPacker:
+    """Appends request lines to chunks, opening a new chunk when the policy says so.
+
+    Args:
+        run_id: The run.
+        store: Control-plane store (used to seal closed chunks after a commit).
+        artifacts: Where chunk files live.
+        policy: Request and byte limits per chunk.
+        open_chunk: The chunk still open from an earlier session, if any.
+        next_chunk_seq: Sequence number for the next new chunk.
+        now: Timestamp for new chunk records.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        store: StateStore,
+        artifacts: ArtifactStore,
+        policy: ChunkPolicy,
+        open_chunk: ChunkRecord | None,
+        next_chunk_seq: int,
+        now: datetime,
+    ) -> None:
+        self._run_id = run_id
+        self._store = store
+        self._artifacts = artifacts
+        self._policy = policy
+        self._now = now
+        self._next_seq = next_chunk_seq
+        self._current: ChunkRecord | None = open_chunk
+        self._writer: ArtifactWriter | None = None
+        if open_chunk is not None:
+            self._writer = artifacts.open_append(
+                chunk_key(run_id, open_chunk.chunk_id), truncate_to=open_chunk.byte_count
+            )
+        self._closed: list[ChunkRecord] = []
+        self._touched: dict[str, ChunkRecord] = {}
+
+    def fits_alone(self, line: bytes) -> bool:
+        """Whether a line fits in an empty chunk at all."""
+        return len(line) <= self._policy.max_bytes
+
+    def would_open_new(self, line: bytes) -> bool:
+        """Whether ``line`` would not fit in the open chunk (or there is none)."""
+        cur = self._current
+        return cur is None or (
+            cur.request_count >= self._policy.max_requests
+            or cur.byte_count + len(line) > self._policy.max_bytes
+        )
+
+    def add(self, line: bytes) -> str:
+        """Append ``line`` to the open chunk (opening a new one if needed); return its id."""
+        cur = self._current
+        if cur is not None and (
+            cur.request_count >= self._policy.max_requests
+            or cur.byte_count + len(line) > self._policy.max_bytes
+        ):
+            self._close_current()
+            cur = None
+        if cur is None:
+            cur = self._open_new()
+        assert self._writer is not None
+        self._writer.write(line)
+        cur = dataclasses.replace(
+            cur, request_count=cur.request_count + 1, byte_count=cur.byte_count + len(line)
+        )
+        self._current = cur
+        self._touched[cur.chunk_id] = cur
+        return cur.chunk_id
+
+    def sync(self) -> list[ChunkRecord]:
+        """Make written lines durable; return the chunk records to commit with the items."""
+        if self._writer is not None:
+            self._writer.sync()
+        return list(self._touched.values())
+
+    def after_commit(self) -> list[ChunkRecord]:
+        """Seal the chunks closed since the last commit; return them sealed."""
+        sealed = [seal_chunk(self._store, self._artifacts, c) for c in self._closed]
+        self._closed = []
+        self._touched = {}
+        return sealed
+
+    def finish(self) -> list[ChunkRecord]:
+        """Close the open chunk too, then commit and seal everything (end of input)."""
+        if self._current is not None and self._current.request_count > 0:
+            self._close_current()
+        elif self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for chunk in self._closed:
+            self._store.save_chunk(chunk, expected=None)
+        return self.after_commit()
+
+    def abandon(self) -> None:
+        """Close file handles without sealing (the caller failed before committing)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _open_new(self) -> ChunkRecord:
+        chunk_id = f"c{self._next_seq:05d}"
+        chunk = ChunkRecord(
+            run_id=self._run_id,
+            chunk_id=chunk_id,
+            seq=self._next_seq,
+            state=ChunkState.BUILDING,
+            request_count=0,
+            byte_count=0,
+            sha256=None,
+            file_id=None,
+            batch_id=None,
+            provider_status=None,
+            not_before=None,
+            last_error=None,
+            created_at=self._now,
+            updated_at=self._now,
+        )
+        self._next_seq += 1
+        self._writer = self._artifacts.open_append(chunk_key(self._run_id, chunk_id), truncate_to=0)
+        self._current = chunk
+        return chunk
+
+    def _close_current(self) -> None:
+        if self._current is None:
+            return
+        if self._writer is not None:
+            self._writer.sync()
+            self._writer.close()
+            self._writer = None
+        self._touched[self._current.chunk_id] = self._current
+        self._closed.append(self._current)
+        self._current = None

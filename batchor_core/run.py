@@ -1,0 +1,222 @@
+"""Run: the handle you refresh, wait on, inspect, read results from, and control."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+from batchor_core.errors import RunFinishedError, RunNotFoundError, RunTimeoutError
+from batchor_core.models import ItemResult, ItemStatus, RunStatus, RunSummary, Usage
+from batchor_core.ports import ChunkState, ResultRow, RunRecord
+
+if TYPE_CHECKING:
+    from batchor_core.runner import BatchRunner
+
+__all__ = ["Run"]
+
+
+class Run:
+    """Handle on one durable run. Cheap to create; all state lives in the store.
+
+    Get one from :meth:`BatchRunner.start` or :meth:`BatchRunner.get_run`.
+    """
+
+    def __init__(
+        self, runner: BatchRunner, run_id: str, *, output_model: type[BaseModel] | None
+    ) -> None:
+        self._runner = runner
+        self._run_id = run_id
+        self._output_model = output_model
+
+    def __repr__(self) -> str:
+        return f"Run({self._run_id!r})"
+
+    @property
+    def run_id(self) -> str:
+        """The run's durable id."""
+        return self._run_id
+
+    # ------------------------------------------------------------------ progress
+
+    def refresh(self, *, max_collect: int = 4) -> RunSummary:
+        """Advance the run one bounded step (never sleeps) and return its summary.
+
+        Args:
+            max_collect: Most finished batches to download and record in this step.
+        """
+        self._runner.stepper.step(self._record(), self._output_model, max_collect=max_collect)
+        return self.summary()
+
+    def wait(
+        self,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 30.0,
+        on_progress: Callable[[RunSummary], None] | None = None,
+    ) -> RunSummary:
+        """Refresh until the run finishes.
+
+        Args:
+            timeout: Seconds to wait at most (None: no limit).
+            poll_interval: Seconds between polls while nothing changes.
+            on_progress: Called with the summary after every step that changed something.
+
+        Raises:
+            RunTimeoutError: The run did not finish in time (it keeps going; wait again).
+        """
+        clock = self._runner.clock
+        started = time.monotonic()
+        while True:
+            record = self._record()
+            changed = self._runner.stepper.step(record, self._output_model, max_collect=4)
+            summary = self.summary()
+            if changed and on_progress is not None:
+                on_progress(summary)
+            if summary.is_finished or (
+                summary.status is RunStatus.PAUSED and summary.pending_items == 0
+            ):
+                return summary
+            if changed:
+                continue
+            delay = poll_interval
+            wake = self._runner.stepper.next_wake(self._run_id)
+            if wake is not None:
+                delay = min(delay, max((wake - clock.now()).total_seconds(), 0.05))
+            if timeout is not None:
+                left = timeout - (time.monotonic() - started)
+                if left <= 0:
+                    raise RunTimeoutError(
+                        f"run {self._run_id!r} not finished after {timeout:g}s "
+                        f"({summary.pending_items} items pending); it continues in the "
+                        "background of the provider, call wait() again later",
+                        run_id=self._run_id,
+                    )
+                delay = min(delay, left)
+            clock.sleep(delay)
+
+    def summary(self) -> RunSummary:
+        """Status and counts, read from the store (cheap at any size)."""
+        record = self._record()
+        chunks = self._runner.storage.list_chunks(self._run_id)
+        in_flight = [c for c in chunks if c.state is ChunkState.SUBMITTED]
+        done = record.completed_items + record.failed_items + record.cancelled_items
+        return RunSummary(
+            run_id=record.run_id,
+            status=record.status,
+            status_reason=record.status_reason,
+            total_items=record.total_items,
+            pending_items=record.total_items - done,
+            completed_items=record.completed_items,
+            failed_items=record.failed_items,
+            cancelled_items=record.cancelled_items,
+            in_flight_items=sum(c.request_count for c in in_flight),
+            batches_total=sum(1 for c in chunks if c.request_count > 0),
+            batches_in_flight=len(in_flight),
+            ingest_complete=record.ingest_complete,
+            usage=Usage(record.input_tokens, record.output_tokens),
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+
+    # ------------------------------------------------------------------ results
+
+    def results(self, *, after: int = 0, page_size: int = 1000) -> Iterator[ItemResult]:
+        """Terminal results in a stable order, starting after cursor ``after``.
+
+        Usable while the run is still going: remember the last result's ``cursor`` and
+        pass it as ``after`` later (even from another process) to read only newer ones.
+        """
+        cursor = after
+        while True:
+            rows = self._runner.storage.read_results(self._run_id, after=cursor, limit=page_size)
+            if not rows:
+                return
+            for row in rows:
+                yield self._to_result(row)
+            cursor = rows[-1].finished_seq
+
+    def item(self, item_id: str) -> ItemResult | None:
+        """One item's current state by id (pending items have status ``pending``)."""
+        row = self._runner.storage.item_status(self._run_id, item_id)
+        return None if row is None else self._to_result(row)
+
+    def _to_result(self, row: ResultRow) -> ItemResult:
+        output: object = None
+        if row.status is ItemStatus.COMPLETED and row.output_json is not None:
+            if self._output_model is not None:
+                output = self._output_model.model_validate_json(row.output_json)
+            else:
+                output = json.loads(row.output_json)
+        return ItemResult(
+            item_id=row.item_id,
+            status=row.status,
+            output=output,
+            error=row.error if row.status is not ItemStatus.COMPLETED else None,
+            attempts=row.attempts,
+            usage=row.usage,
+            metadata=json.loads(row.metadata_json) if row.metadata_json else None,
+            cursor=row.finished_seq,
+        )
+
+    # ------------------------------------------------------------------ control
+
+    def pause(self, reason: str | None = None) -> RunSummary:
+        """Stop submitting new batches; batches in flight are still collected."""
+        self._require_live("pause")
+        self._runner.storage.set_status(
+            self._run_id,
+            RunStatus.PAUSED,
+            reason=reason or "paused by operator",
+            expected=[RunStatus.RUNNING, RunStatus.PAUSED],
+        )
+        return self.summary()
+
+    def resume(self) -> RunSummary:
+        """Resume a paused run."""
+        self._require_live("resume")
+        self._runner.storage.set_status(
+            self._run_id, RunStatus.RUNNING, expected=[RunStatus.PAUSED]
+        )
+        return self.refresh()
+
+    def cancel(self, reason: str | None = None) -> RunSummary:
+        """Cancel the run: cancel in-flight batches, keep their finished rows, cancel the rest."""
+        self._require_live("cancel")
+        why = reason or "cancelled by operator"
+        self._runner.storage.set_status(
+            self._run_id,
+            RunStatus.CANCELLING,
+            reason=why,
+            expected=[
+                RunStatus.RUNNING,
+                RunStatus.PAUSED,
+                RunStatus.INGESTING,
+                RunStatus.CANCELLING,
+            ],
+        )
+        provider = self._runner.provider
+        for chunk in self._runner.storage.list_chunks(self._run_id, [ChunkState.SUBMITTED]):
+            if chunk.batch_id and chunk.provider_status not in ("cancelling", "cancelled"):
+                try:
+                    provider.cancel_batch(chunk.batch_id)
+                except Exception:
+                    continue
+        return self.refresh(max_collect=1_000_000)
+
+    def _require_live(self, action: str) -> None:
+        record = self._record()
+        if record.status.is_terminal:
+            raise RunFinishedError(
+                f"cannot {action} run {self._run_id!r}: it is already {record.status.value}",
+                run_id=self._run_id,
+            )
+
+    def _record(self) -> RunRecord:
+        record = self._runner.storage.load_run(self._run_id)
+        if record is None:
+            raise RunNotFoundError(f"run {self._run_id!r} no longer exists", run_id=self._run_id)
+        return record

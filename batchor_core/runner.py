@@ -1,0 +1,246 @@
+"""BatchRunner: start runs, rehydrate them, and wire the ports together."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel
+
+from batchor_core.advance import RunStepper
+from batchor_core.errors import (
+    ConfigurationError,
+    JobChangedError,
+    RunNotFoundError,
+    SourceChangedError,
+)
+from batchor_core.ingest import Ingestor, as_source
+from batchor_core.jobspec import describe_job_change, job_spec, request_spec, resolve_output_model
+from batchor_core.models import BatchItem, BatchJob, JSONObject, RunStatus
+from batchor_core.ports import (
+    ArtifactStore,
+    BatchProvider,
+    Clock,
+    ItemSource,
+    RunRecord,
+    StateStore,
+)
+from batchor_core.run import Run
+
+__all__ = ["BatchRunner"]
+
+log = logging.getLogger("batchor.runner")
+
+
+class BatchRunner:
+    """The durable orchestrator: turns jobs and items into provider batches and results.
+
+    Every argument is optional; the defaults are a SQLite file under ``./.batchor/``,
+    artifacts beside it, and the OpenAI provider configured from environment variables.
+
+    Args:
+        storage: Control-plane store (:class:`SQLiteStorage`, :class:`PostgresStorage`,
+            :class:`MemoryStateStore`).
+        artifacts: Where request files and raw outputs go.
+        provider: An :class:`OpenAIProviderConfig` or any :class:`BatchProvider`.
+        clock: Time source (tests pass a fake one).
+        ingest_slice_size: Items committed per ingest transaction.
+        transient_backoff_seconds: Wait after a retryable provider error.
+        token_limit_backoff_seconds: Wait before resubmitting a batch that hit the
+            provider's enqueued-token limit.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: StateStore | None = None,
+        artifacts: ArtifactStore | None = None,
+        provider: Any = None,
+        clock: Clock | None = None,
+        ingest_slice_size: int = 10_000,
+        transient_backoff_seconds: float = 5.0,
+        token_limit_backoff_seconds: float = 60.0,
+    ) -> None:
+        from batchor_core import defaults
+
+        if ingest_slice_size < 1:
+            raise ConfigurationError("ingest_slice_size must be at least 1")
+        self.storage: StateStore = storage if storage is not None else defaults.default_storage()
+        self.artifacts: ArtifactStore = (
+            artifacts if artifacts is not None else defaults.default_artifacts(self.storage)
+        )
+        self.provider: BatchProvider = defaults.as_provider(provider)
+        self.clock: Clock = clock if clock is not None else defaults.default_clock()
+        self._stepper = RunStepper(
+            store=self.storage,
+            artifacts=self.artifacts,
+            provider=self.provider,
+            clock=self.clock,
+            transient_backoff_seconds=transient_backoff_seconds,
+            token_limit_backoff_seconds=token_limit_backoff_seconds,
+        )
+        self._ingestor = Ingestor(
+            store=self.storage,
+            artifacts=self.artifacts,
+            provider=self.provider,
+            clock=self.clock,
+            slice_size=ingest_slice_size,
+        )
+
+    def __repr__(self) -> str:
+        return f"BatchRunner(storage={self.storage!r}, artifacts={self.artifacts!r})"
+
+    # ------------------------------------------------------------------ public
+
+    def start(
+        self,
+        job: BatchJob,
+        *,
+        items: Iterable[BatchItem] | ItemSource,
+        run_id: str | None = None,
+        owner: JSONObject | None = None,
+    ) -> Run:
+        """Start a run, or resume the run with this id, and submit what is ready.
+
+        Ingest streams ``items`` into the store and request files (committing in slices,
+        so an interrupted start resumes after the last committed slice when called again
+        with the same ``run_id``, job and items).
+
+        Args:
+            job: How items become requests.
+            items: An iterable of :class:`BatchItem` or an item source (CSV, JSONL, ...).
+            run_id: Durable id; generated when omitted. Reusing it resumes the run.
+            owner: Who owns the run (for example a Dagster asset and partition).
+
+        Returns:
+            The run's handle.
+
+        Raises:
+            JobChangedError: The run exists with a different job.
+            SourceChangedError: The run exists with a different item source.
+        """
+        spec, fingerprint = job_spec(job, self.provider)
+        run_id = run_id or f"run-{self.clock.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        if not run_id.strip() or len(run_id) > 200:
+            raise ConfigurationError("run_id must be 1-200 characters")
+        now = self.clock.now()
+        record = self.storage.create_run(
+            RunRecord(
+                run_id=run_id,
+                status=RunStatus.INGESTING,
+                status_reason=None,
+                job_spec=spec,
+                job_fingerprint=fingerprint,
+                source_identity=None,
+                source_checkpoint=None,
+                ingest_complete=False,
+                total_items=0,
+                completed_items=0,
+                failed_items=0,
+                cancelled_items=0,
+                input_tokens=0,
+                output_tokens=0,
+                owner=owner,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        if record.job_fingerprint != fingerprint:
+            raise JobChangedError(
+                f"run {run_id!r} was started with a different job: "
+                f"{describe_job_change(record.job_spec, spec)}. Use the original job to resume "
+                "it, or start a new run id.",
+                run_id=run_id,
+            )
+        run = Run(self, run_id, output_model=job.output_model)
+        if record.ingest_complete or record.status.is_terminal:
+            run.refresh()
+            return run
+        source = as_source(items)
+        self._check_source(record, source)
+        added = self._ingestor.run(record, job, request_spec(spec), source)
+        self.storage.set_status(run_id, RunStatus.RUNNING, expected=[RunStatus.INGESTING])
+        log.info("run %s: ingest complete (%d new items)", run_id, added)
+        run.refresh()
+        return run
+
+    def get_run(self, run_id: str, *, job: BatchJob | None = None) -> Run:
+        """Rehydrate a run's handle from the store (for example in a new process).
+
+        Args:
+            run_id: The run's id.
+            job: The run's job, to validate typed outputs when its output model cannot be
+                imported by name; it must match the job the run started with.
+
+        Raises:
+            RunNotFoundError: No such run.
+            JobChangedError: ``job`` differs from the run's job.
+        """
+        record = self.storage.load_run(run_id)
+        if record is None:
+            raise RunNotFoundError(
+                f"no run {run_id!r} in {self.storage!r}; check the id and the storage path",
+                run_id=run_id,
+            )
+        model: type[BaseModel] | None = None
+        if job is not None:
+            spec, fingerprint = job_spec(job, self.provider)
+            if fingerprint != record.job_fingerprint:
+                raise JobChangedError(
+                    f"run {run_id!r} was started with a different job: "
+                    f"{describe_job_change(record.job_spec, spec)}",
+                    run_id=run_id,
+                )
+            model = job.output_model
+        else:
+            model = resolve_output_model(record.job_spec)
+            if model is not None:
+                _name, schema = self.provider.output_schema(model)
+                if schema != record.job_spec.get("output_schema"):
+                    model = None  # same name, different shape: do not trust it
+        return Run(self, run_id, output_model=model)
+
+    def list_runs(self) -> list[str]:
+        """Ids of every run in the store, oldest first."""
+        lister = getattr(self.storage, "list_run_ids", None)
+        return list(lister()) if callable(lister) else []
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_source(self, record: RunRecord, source: ItemSource) -> None:
+        identity = source.identity()
+        if record.source_identity is None:
+            self.storage.set_source(record.run_id, identity)
+            return
+        if record.source_identity != identity:
+            detail = _describe_source_change(record.source_identity, identity)
+            raise SourceChangedError(
+                f"run {record.run_id!r} was started from a different source: {detail}. Resume "
+                "it with the original input, or start a new run id.",
+                run_id=record.run_id,
+            )
+
+    @property
+    def stepper(self) -> RunStepper:
+        """The step engine (used by :class:`Run`)."""
+        return self._stepper
+
+
+def _describe_source_change(old: JSONObject, new: JSONObject) -> str:
+    """One line naming what differs between two source identities."""
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if isinstance(before, str | int | float | None) and isinstance(
+            after, str | int | float | None
+        ):
+            shown_before = f"{before}"[:40]
+            shown_after = f"{after}"[:40]
+            parts.append(f"{key} {shown_before} -> {shown_after}")
+        else:
+            parts.append(f"{key} changed")
+    return "; ".join(parts) or "identity differs"

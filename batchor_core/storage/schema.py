@@ -1,0 +1,108 @@
+"""Table definitions (SQLAlchemy Core) shared by every SQL dialect.
+
+Item status values stored here are finer than the public :class:`ItemStatus`:
+``queued`` (its request line sits in a live chunk) and ``retry`` (waiting to be put in a
+new chunk) both read as ``pending``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = ["SCHEMA_VERSION", "chunks", "items", "meta", "metadata", "runs"]
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "batchor_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+runs = Table(
+    "batchor_runs",
+    metadata,
+    Column("run_id", String(512), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("status_reason", Text),
+    Column("job_spec", Text, nullable=False),
+    Column("job_fingerprint", String(64), nullable=False),
+    Column("source_identity", Text),
+    Column("source_checkpoint", Text),
+    Column("ingest_complete", Boolean, nullable=False, default=False),
+    Column("total_items", BigInteger, nullable=False, default=0),
+    Column("completed_items", BigInteger, nullable=False, default=0),
+    Column("failed_items", BigInteger, nullable=False, default=0),
+    Column("cancelled_items", BigInteger, nullable=False, default=0),
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("next_finished_seq", BigInteger, nullable=False, default=1),
+    Column("owner", Text),
+    # Lease columns: one process at a time advances a run (fencing token on every write).
+    Column("lease_owner", String(128)),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("lease_token", BigInteger, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+chunks = Table(
+    "batchor_chunks",
+    metadata,
+    Column("run_id", String(512), primary_key=True),
+    Column("chunk_id", String(64), primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("request_count", Integer, nullable=False),
+    Column("byte_count", BigInteger, nullable=False),
+    Column("sha256", String(64)),
+    Column("file_id", String(128)),
+    Column("batch_id", String(128)),
+    Column("provider_status", String(32)),
+    Column("not_before", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_batchor_chunks_state", "run_id", "state"),
+)
+
+items = Table(
+    "batchor_items",
+    metadata,
+    Column("run_id", String(512), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("item_id", String(512), nullable=False),
+    Column("payload_json", Text, nullable=False),
+    Column("metadata_json", Text),
+    Column("status", String(16), nullable=False),
+    Column("chunk_id", String(64)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("submissions", Integer, nullable=False, default=0),
+    Column("free_resubmits", Integer, nullable=False, default=0),
+    Column("not_before", DateTime(timezone=True)),
+    Column("output_json", Text),
+    Column("error_code", String(64)),
+    Column("error_message", Text),
+    Column("input_tokens", Integer),
+    Column("output_tokens", Integer),
+    Column("finished_seq", BigInteger),
+    UniqueConstraint("run_id", "item_id", name="uq_batchor_items_item_id"),
+    Index("ix_batchor_items_chunk", "run_id", "chunk_id", "status"),
+    Index("ix_batchor_items_status", "run_id", "status", "seq"),
+    Index("ix_batchor_items_finished", "run_id", "finished_seq"),
+)

@@ -1,0 +1,85 @@
+"""Shared fixtures: stores (memory, SQLite file, Postgres), the emulator, runners."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchor_core import (
+    BatchRunner,
+    LocalArtifactStore,
+    MemoryStateStore,
+    OpenAIProviderConfig,
+    PostgresStorage,
+    SQLiteStorage,
+)
+from batchor_core.storage import SQLStateStore
+
+POSTGRES_URL = os.environ.get("BATCHOR_TEST_POSTGRES_URL")
+REQUIRE_POSTGRES = os.environ.get("BATCHOR_REQUIRE_POSTGRES") == "1"
+
+
+def _postgres_param() -> Any:
+    if POSTGRES_URL or REQUIRE_POSTGRES:
+        return pytest.param("postgres", marks=pytest.mark.postgres)
+    return pytest.param(
+        "postgres",
+        marks=[pytest.mark.postgres, pytest.mark.skip(reason="BATCHOR_TEST_POSTGRES_URL not set")],
+    )
+
+
+@pytest.fixture(params=["memory", "sqlite", _postgres_param()])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLStateStore]:
+    """Every control-plane store, so one behaviour is written once and run on all."""
+    kind = request.param
+    made: SQLStateStore
+    if kind == "memory":
+        made = MemoryStateStore()
+    elif kind == "sqlite":
+        made = SQLiteStorage(tmp_path / "state.sqlite3")
+    else:
+        if not POSTGRES_URL:
+            pytest.fail("BATCHOR_REQUIRE_POSTGRES=1 but BATCHOR_TEST_POSTGRES_URL is not set")
+        made = PostgresStorage(POSTGRES_URL)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def run_id() -> str:
+    """A run id unique across tests (the Postgres database is shared)."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def emulator() -> Iterator[Any]:
+    """A fresh instant-mode emulator on a random port."""
+    from batchor_core.testing import OpenAIEmulator
+
+    with OpenAIEmulator(processing="instant", seed=7) as emu:
+        yield emu
+
+
+@pytest.fixture
+def make_runner(tmp_path: Path, emulator: Any) -> Callable[..., BatchRunner]:
+    """Build runners on real SQLite files talking to the emulator over HTTP."""
+
+    def factory(**overrides: Any) -> BatchRunner:
+        kwargs: dict[str, Any] = {
+            "storage": SQLiteStorage(tmp_path / "runs.sqlite3"),
+            "artifacts": LocalArtifactStore(tmp_path / "artifacts"),
+            "provider": OpenAIProviderConfig(
+                api_key="sk-test", base_url=emulator.base_url, max_retries=0
+            ),
+            "transient_backoff_seconds": 0.0,
+            "token_limit_backoff_seconds": 0.0,
+        }
+        kwargs.update(overrides)
+        return BatchRunner(**kwargs)
+
+    return factory

@@ -1,0 +1,189 @@
+"""One behaviour, written once, run against every store (memory, SQLite file, Postgres)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from batchor_core import InvalidItemError, ItemError, ItemStatus, RunStatus, Usage
+from batchor_core.ports import ChunkRecord, ChunkState, ItemOutcome, NewItem, RunRecord
+from batchor_core.storage import SQLStateStore
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _run(run_id: str) -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        status=RunStatus.INGESTING,
+        status_reason=None,
+        job_spec={"model": "m", "endpoint": "/v1/chat/completions"},
+        job_fingerprint="f" * 64,
+        source_identity=None,
+        source_checkpoint=None,
+        ingest_complete=False,
+        total_items=0,
+        completed_items=0,
+        failed_items=0,
+        cancelled_items=0,
+        input_tokens=0,
+        output_tokens=0,
+        owner={"asset": "reviews", "partition": "2026-01-01"},
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+def _chunk(run_id: str, chunk_id: str = "c00000", count: int = 0) -> ChunkRecord:
+    return ChunkRecord(
+        run_id=run_id,
+        chunk_id=chunk_id,
+        seq=int(chunk_id[1:]),
+        state=ChunkState.BUILDING,
+        request_count=count,
+        byte_count=count * 10,
+        sha256=None,
+        file_id=None,
+        batch_id=None,
+        provider_status=None,
+        not_before=None,
+        last_error=None,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+def _items(n: int, start: int = 0, chunk_id: str = "c00000") -> list[NewItem]:
+    return [NewItem(i, f"item-{i}", '{"i": %d}' % i, None, chunk_id) for i in range(start, start + n)]
+
+
+def _seed(store: SQLStateStore, run_id: str, n: int = 5) -> ChunkRecord:
+    store.create_run(_run(run_id))
+    chunk = _chunk(run_id, count=n)
+    store.append_items(run_id, _items(n), chunks=[chunk], checkpoint={"consumed": n})
+    return chunk
+
+
+def test_create_run_is_idempotent_and_round_trips(store: SQLStateStore, run_id: str) -> None:
+    first = store.create_run(_run(run_id))
+    again = store.create_run(dataclasses.replace(_run(run_id), job_fingerprint="other"))
+    assert again.job_fingerprint == first.job_fingerprint == "f" * 64
+    loaded = store.load_run(run_id)
+    assert loaded is not None
+    assert loaded.owner == {"asset": "reviews", "partition": "2026-01-01"}
+    assert loaded.created_at == NOW and loaded.created_at.tzinfo is not None
+    assert store.load_run(run_id + "-missing") is None
+
+
+def test_append_commits_items_chunk_and_checkpoint_together(
+    store: SQLStateStore, run_id: str
+) -> None:
+    _seed(store, run_id, 5)
+    run = store.load_run(run_id)
+    assert run is not None
+    assert run.total_items == 5
+    assert run.source_checkpoint == {"consumed": 5}
+    (chunk,) = store.list_chunks(run_id)
+    assert chunk.request_count == 5 and chunk.state is ChunkState.BUILDING
+    assert store.max_item_seq(run_id) == 4
+    assert store.existing_item_ids(run_id, ["item-1", "nope"]) == {"item-1"}
+
+
+def test_duplicate_ids_roll_back_the_whole_slice(store: SQLStateStore, run_id: str) -> None:
+    _seed(store, run_id, 3)
+    clash = [NewItem(10, "fresh", "{}", None, "c00000"), NewItem(11, "item-1", "{}", None, "c00000")]
+    with pytest.raises(InvalidItemError, match="item-1"):
+        store.append_items(
+            run_id, clash, chunks=[_chunk(run_id, count=5)], checkpoint={"consumed": 5}
+        )
+    run = store.load_run(run_id)
+    assert run is not None
+    assert run.total_items == 3 and run.source_checkpoint == {"consumed": 3}
+    assert store.existing_item_ids(run_id, ["fresh"]) == set()
+    assert store.list_chunks(run_id)[0].request_count == 3
+
+
+def test_chunk_transitions_are_conditional(store: SQLStateStore, run_id: str) -> None:
+    chunk = _seed(store, run_id)
+    sealed = dataclasses.replace(chunk, state=ChunkState.SEALED, sha256="ab" * 32)
+    assert store.save_chunk(sealed, expected=ChunkState.BUILDING)
+    # Replaying the same transition finds the chunk no longer building: refused.
+    assert not store.save_chunk(sealed, expected=ChunkState.BUILDING)
+    assert store.list_chunks(run_id, [ChunkState.SEALED])[0].sha256 == "ab" * 32
+    assert store.list_chunks(run_id, [ChunkState.SUBMITTED]) == []
+
+
+def test_outcomes_apply_once_and_feed_counters_and_cursor(
+    store: SQLStateStore, run_id: str
+) -> None:
+    chunk = _seed(store, run_id, 4)
+    outcomes = [
+        ItemOutcome(2, 1, ItemStatus.COMPLETED, output_json='"b"', usage=Usage(10, 3)),
+        ItemOutcome(0, 1, ItemStatus.COMPLETED, output_json='"a"', usage=Usage(5, 1)),
+        ItemOutcome(1, 1, ItemStatus.FAILED, error=ItemError("refusal", "no")),
+        ItemOutcome(3, 1, ItemStatus.PENDING, error=ItemError("invalid_json", "x"),
+                    retry_not_before=NOW + timedelta(seconds=30)),
+        ItemOutcome(3, 7, ItemStatus.COMPLETED, output_json='"stale"'),  # wrong submission
+    ]
+    done = dataclasses.replace(chunk, state=ChunkState.COLLECTED)
+    assert store.record_outcomes(run_id, done, outcomes) == 4
+    assert store.record_outcomes(run_id, done, outcomes) == 0  # replay: nothing changes
+    run = store.load_run(run_id)
+    assert run is not None
+    assert (run.completed_items, run.failed_items, run.input_tokens, run.output_tokens) == (
+        2, 1, 15, 4,
+    )
+    rows = store.read_results(run_id, after=0, limit=10)
+    assert [r.item_id for r in rows] == ["item-0", "item-1", "item-2"]
+    assert [r.finished_seq for r in rows] == [1, 2, 3]
+    assert rows[1].error == ItemError("refusal", "no") and rows[1].attempts == 1
+    assert store.read_results(run_id, after=rows[1].finished_seq, limit=10)[0].item_id == "item-2"
+    pending = store.item_status(run_id, "item-3")
+    assert pending is not None and pending.status is ItemStatus.PENDING
+
+
+def test_retry_candidates_respect_backoff_and_move_to_new_chunk(
+    store: SQLStateStore, run_id: str
+) -> None:
+    chunk = _seed(store, run_id, 3)
+    outcomes = [
+        ItemOutcome(0, 1, ItemStatus.PENDING, error=ItemError("x", "y")),
+        ItemOutcome(1, 1, ItemStatus.PENDING, error=ItemError("batch_expired", "y"),
+                    spend_attempt=False, retry_not_before=NOW + timedelta(minutes=5)),
+        ItemOutcome(2, 1, ItemStatus.COMPLETED, output_json='"ok"'),
+    ]
+    store.record_outcomes(run_id, dataclasses.replace(chunk, state=ChunkState.COLLECTED), outcomes)
+    assert [c.seq for c in store.retry_candidates(run_id, now=NOW, limit=10)] == [0]
+    later = store.retry_candidates(run_id, now=NOW + timedelta(minutes=6), limit=10)
+    assert [(c.seq, c.submission, c.chunk_id) for c in later] == [(0, 1, "c00000"), (1, 1, "c00000")]
+    assert store.item_attempts(run_id, [0, 1]) == {0: (1, 0), 1: (0, 1)}
+    assert store.count_retry(run_id) == 2
+    retry_chunk = _chunk(run_id, "c00001", count=2)
+    store.assign_retries(run_id, [(0, 2), (1, 2)], chunk=retry_chunk)
+    assert store.count_retry(run_id) == 0
+    assert store.pending_in_chunks(run_id, ["c00001"]) == [(0, 2), (1, 2)]
+
+
+def test_cancel_pending_and_status_guards(store: SQLStateStore, run_id: str) -> None:
+    _seed(store, run_id, 3)
+    assert not store.set_status(run_id, RunStatus.RUNNING, expected=[RunStatus.PAUSED])
+    assert store.set_status(run_id, RunStatus.RUNNING, expected=[RunStatus.INGESTING])
+    assert store.cancel_pending(run_id, reason="operator") == 3
+    run = store.load_run(run_id)
+    assert run is not None and run.cancelled_items == 3
+    rows = store.read_results(run_id, after=0, limit=10)
+    assert {r.status for r in rows} == {ItemStatus.CANCELLED}
+    assert rows[0].error == ItemError("cancelled", "operator")
+
+
+def test_rejected_rows_are_kept_as_failed_items(store: SQLStateStore, run_id: str) -> None:
+    store.create_run(_run(run_id))
+    bad = NewItem(0, "a.csv:3", '{"line": "x,y"}', None, None, ItemStatus.FAILED,
+                  ItemError("invalid_input", "a.csv:3: ragged row"))
+    store.append_items(run_id, [bad], chunks=[], checkpoint={"offset": 10})
+    run = store.load_run(run_id)
+    assert run is not None and (run.total_items, run.failed_items) == (1, 1)
+    (row,) = store.read_results(run_id, after=0, limit=5)
+    assert row.error == ItemError("invalid_input", "a.csv:3: ragged row")
