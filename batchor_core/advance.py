@@ -297,10 +297,11 @@ class RunStepper:
                 "be imported here; pass job= to get_run() so results can be validated",
                 run_id=run.run_id,
             )
-        live = dict(self.store.pending_in_chunks(run.run_id, [chunk.chunk_id]))
+        queued = self.store.queued_items(run.run_id, chunk.chunk_id)
+        live = {q.seq: q.submission for q in queued}
         builder = OutcomeBuilder(
             policy=retry_policy(spec),
-            attempts=self.store.item_attempts(run.run_id, list(live)),
+            attempts={q.seq: (q.attempts, q.free_resubmits) for q in queued},
             now=self.clock.now(),
             cancelling=cancelling,
         )

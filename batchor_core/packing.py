@@ -107,6 +107,8 @@ class ChunkPacker:
             self._writer = artifacts.open_append(
                 chunk_key(run_id, open_chunk.chunk_id), truncate_to=open_chunk.byte_count
             )
+        self._count = open_chunk.request_count if open_chunk else 0
+        self._bytes = open_chunk.byte_count if open_chunk else 0
         self._closed: list[ChunkRecord] = []
         self._touched: dict[str, ChunkRecord] = {}
 
@@ -116,36 +118,36 @@ class ChunkPacker:
 
     def would_open_new(self, line: bytes) -> bool:
         """Whether ``line`` would not fit in the open chunk (or there is none)."""
-        cur = self._current
-        return cur is None or (
-            cur.request_count >= self._policy.max_requests
-            or cur.byte_count + len(line) > self._policy.max_bytes
+        return self._current is None or (
+            self._count >= self._policy.max_requests
+            or self._bytes + len(line) > self._policy.max_bytes
         )
 
     def add(self, line: bytes) -> str:
         """Append ``line`` to the open chunk (opening a new one if needed); return its id."""
-        cur = self._current
-        if cur is not None and (
-            cur.request_count >= self._policy.max_requests
-            or cur.byte_count + len(line) > self._policy.max_bytes
+        if self._current is not None and (
+            self._count >= self._policy.max_requests
+            or self._bytes + len(line) > self._policy.max_bytes
         ):
             self._close_current()
-            cur = None
-        if cur is None:
-            cur = self._open_new()
-        assert self._writer is not None
+        if self._current is None:
+            self._open_new()
+        assert self._writer is not None and self._current is not None
         self._writer.write(line)
-        cur = dataclasses.replace(
-            cur, request_count=cur.request_count + 1, byte_count=cur.byte_count + len(line)
-        )
-        self._current = cur
-        self._touched[cur.chunk_id] = cur
-        return cur.chunk_id
+        self._count += 1
+        self._bytes += len(line)
+        return self._current.chunk_id
+
+    def _snapshot(self) -> ChunkRecord:
+        assert self._current is not None
+        return dataclasses.replace(self._current, request_count=self._count, byte_count=self._bytes)
 
     def sync(self) -> list[ChunkRecord]:
         """Make written lines durable; return the chunk records to commit with the items."""
         if self._writer is not None:
             self._writer.sync()
+        if self._current is not None and self._count > 0:
+            self._touched[self._current.chunk_id] = self._snapshot()
         return list(self._touched.values())
 
     def after_commit(self) -> list[ChunkRecord]:
@@ -157,7 +159,7 @@ class ChunkPacker:
 
     def finish(self) -> list[ChunkRecord]:
         """Close the open chunk too, then commit and seal everything (end of input)."""
-        if self._current is not None and self._current.request_count > 0:
+        if self._current is not None and self._count > 0:
             self._close_current()
         elif self._writer is not None:
             self._writer.close()
@@ -193,6 +195,8 @@ class ChunkPacker:
         self._next_seq += 1
         self._writer = self._artifacts.open_append(chunk_key(self._run_id, chunk_id), truncate_to=0)
         self._current = chunk
+        self._count = 0
+        self._bytes = 0
         return chunk
 
     def _close_current(self) -> None:
@@ -202,6 +206,7 @@ class ChunkPacker:
             self._writer.sync()
             self._writer.close()
             self._writer = None
-        self._touched[self._current.chunk_id] = self._current
-        self._closed.append(self._current)
+        final = self._snapshot()
+        self._touched[final.chunk_id] = final
+        self._closed.append(final)
         self._current = None

@@ -26,6 +26,7 @@ __all__ = [
     "NewItem",
     "ParsedLine",
     "ProviderBatch",
+    "QueuedItem",
     "RejectedRow",
     "RequestSpec",
     "ResultRow",
@@ -139,6 +140,16 @@ class ItemOutcome:
     usage: Usage | None = None
     spend_attempt: bool = True
     retry_not_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedItem:
+    """An item waiting for the result of its current submission."""
+
+    seq: int
+    submission: int
+    attempts: int
+    free_resubmits: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,10 +436,6 @@ class StateStore(Protocol):
         """Highest item seq of the run, or -1 when it has none."""
         ...
 
-    def item_attempts(self, run_id: str, seqs: Sequence[int]) -> dict[int, tuple[int, int]]:
-        """``seq -> (attempts spent, free resubmits used)``."""
-        ...
-
     def next_retry_time(self, run_id: str) -> datetime | None:
         """Earliest time an item waiting for a retry may be resubmitted."""
         ...
@@ -449,8 +456,8 @@ class StateStore(Protocol):
         """Move ``(seq, new_submission)`` rows into ``chunk`` and save its progress, at once."""
         ...
 
-    def pending_in_chunks(self, run_id: str, chunk_ids: Collection[str]) -> list[tuple[int, int]]:
-        """``(seq, submission)`` of pending items in these chunks."""
+    def queued_items(self, run_id: str, chunk_id: str) -> list[QueuedItem]:
+        """Items of ``chunk_id`` still waiting for their result."""
         ...
 
     def set_status(

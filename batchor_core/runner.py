@@ -92,6 +92,19 @@ class BatchRunner:
     def __repr__(self) -> str:
         return f"BatchRunner(storage={self.storage!r}, artifacts={self.artifacts!r})"
 
+    def __enter__(self) -> BatchRunner:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release HTTP connections and database connections."""
+        closer = getattr(self.provider, "close", None)
+        if callable(closer):
+            closer()
+        self.storage.close()
+
     # ------------------------------------------------------------------ public
 
     def start(

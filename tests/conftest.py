@@ -66,8 +66,9 @@ def emulator() -> Iterator[Any]:
 
 
 @pytest.fixture
-def make_runner(tmp_path: Path, emulator: Any) -> Callable[..., BatchRunner]:
+def make_runner(tmp_path: Path, emulator: Any) -> Iterator[Callable[..., BatchRunner]]:
     """Build runners on real SQLite files talking to the emulator over HTTP."""
+    made: list[BatchRunner] = []
 
     def factory(**overrides: Any) -> BatchRunner:
         kwargs: dict[str, Any] = {
@@ -80,6 +81,10 @@ def make_runner(tmp_path: Path, emulator: Any) -> Callable[..., BatchRunner]:
             "token_limit_backoff_seconds": 0.0,
         }
         kwargs.update(overrides)
-        return BatchRunner(**kwargs)
+        runner = BatchRunner(**kwargs)
+        made.append(runner)
+        return runner
 
-    return factory
+    yield factory
+    for runner in made:
+        runner.close()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Executable, create_engine, event
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["make_engine"]
+__all__ = ["executemany", "is_sqlite", "make_engine"]
 
 
 def make_engine(url: str) -> Engine:
@@ -61,3 +63,42 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
 def is_sqlite(engine: Engine) -> bool:
     """Whether ``engine`` talks to SQLite."""
     return engine.dialect.name == "sqlite"
+
+
+def executemany(conn: Connection, stmt: Executable, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Run ``stmt`` once per row through the driver's own executemany.
+
+    SQLAlchemy's generic executemany path builds parameters row by row in Python, which
+    dominates bulk ingest and collection; here the statement is compiled once, with named
+    parameters, and the row dicts go straight to the driver. Bind type processors are
+    applied so values are stored exactly as SQLAlchemy would store them.
+    """
+    if not rows:
+        return
+    dialect = conn.dialect
+    compile_dialect = _NAMED_SQLITE if dialect.name == "sqlite" else dialect
+    compiled = stmt.compile(dialect=compile_dialect)
+    if compiled.positional:  # a driver without named parameters: fall back to SQLAlchemy
+        conn.execute(stmt, list(rows))
+        return
+    first = rows[0]
+    extra = {k: v for k, v in compiled.params.items() if k not in first}
+    processors = {}
+    for name, bind in compiled.binds.items():
+        proc = bind.type.bind_processor(dialect)
+        if proc is not None:
+            processors[name] = proc
+    params: Sequence[Mapping[str, Any]] = rows
+    if extra or processors:
+        prepared = []
+        for row in rows:
+            merged = {**extra, **row} if extra else dict(row)
+            for name, proc in processors.items():
+                if name in merged:
+                    merged[name] = proc(merged[name])
+            prepared.append(merged)
+        params = prepared
+    conn.exec_driver_sql(compiled.string, list(params))
+
+
+_NAMED_SQLITE = sqlite_dialect.dialect(paramstyle="named")

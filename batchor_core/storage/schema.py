@@ -102,7 +102,15 @@ items = Table(
     Column("output_tokens", Integer),
     Column("finished_seq", BigInteger),
     UniqueConstraint("run_id", "item_id", name="uq_batchor_items_item_id"),
+    # Per-chunk lookups: collecting a batch, and finding items waiting for a retry.
     Index("ix_batchor_items_chunk", "run_id", "chunk_id", "status"),
-    Index("ix_batchor_items_status", "run_id", "status", "seq"),
-    Index("ix_batchor_items_finished", "run_id", "finished_seq"),
+)
+
+# The result cursor. Partial, so ingest (finished_seq still NULL) does not pay for it.
+Index(
+    "ix_batchor_items_finished",
+    items.c.run_id,
+    items.c.finished_seq,
+    sqlite_where=items.c.finished_seq.is_not(None),
+    postgresql_where=items.c.finished_seq.is_not(None),
 )

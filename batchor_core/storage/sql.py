@@ -13,7 +13,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from batchor_core.errors import ConfigurationError, InvalidItemError, StorageError
@@ -23,12 +33,13 @@ from batchor_core.ports import (
     ChunkState,
     ItemOutcome,
     NewItem,
+    QueuedItem,
     ResultRow,
     RetryCandidate,
     RunRecord,
 )
 from batchor_core.storage import schema
-from batchor_core.storage.dialects import make_engine
+from batchor_core.storage.dialects import executemany, make_engine
 from batchor_core.storage.schema import chunks, items, runs
 
 __all__ = ["MemoryStateStore", "PostgresStorage", "SQLStateStore", "SQLiteStorage"]
@@ -229,7 +240,7 @@ class SQLStateStore:
         try:
             with self._tx() as conn:
                 if rows:
-                    conn.execute(insert(items), rows)
+                    executemany(conn, _ITEM_INSERT, rows)
                 if rejected:
                     self._assign_finished_seqs(
                         conn, run_id, [it.seq for it in new_items if it.status is ItemStatus.FAILED]
@@ -380,7 +391,13 @@ class SQLStateStore:
             done = [o for o in applicable if o.status.is_terminal]
             retry = [o for o in applicable if not o.status.is_terminal]
             if done:
-                conn.execute(
+                start = self._reserve_finished_seqs(conn, run_id, len(done))
+                done_params = [
+                    {**_outcome_params(o), "b_finished": start + i}
+                    for i, o in enumerate(sorted(done, key=lambda o: o.seq))
+                ]
+                executemany(
+                    conn,
                     update(items)
                     .where(
                         and_(
@@ -397,12 +414,13 @@ class SQLStateStore:
                         input_tokens=_bind("b_in"),
                         output_tokens=_bind("b_out"),
                         attempts=items.c.attempts + _bind("b_spent"),
+                        finished_seq=_bind("b_finished"),
                     ),
-                    [_outcome_params(o) for o in done],
+                    done_params,
                 )
-                self._assign_finished_seqs(conn, run_id, [o.seq for o in done])
             if retry:
-                conn.execute(
+                executemany(
+                    conn,
                     update(items)
                     .where(
                         and_(
@@ -417,7 +435,7 @@ class SQLStateStore:
                         error_message=_bind("b_message"),
                         attempts=items.c.attempts + _bind("b_spent"),
                         free_resubmits=items.c.free_resubmits + (1 - _bind("b_spent")),
-                        not_before=_bind("b_not_before"),
+                        not_before=bindparam("b_not_before", type_=DateTime(timezone=True)),
                     ),
                     [_outcome_params(o) for o in retry],
                 )
@@ -445,47 +463,40 @@ class SQLStateStore:
             )
         return len(applicable)
 
-    def _assign_finished_seqs(self, conn: Connection, run_id: str, seqs: Sequence[int]) -> None:
-        start = conn.execute(
+    @staticmethod
+    def _reserve_finished_seqs(conn: Connection, run_id: str, count: int) -> int:
+        """Reserve ``count`` result cursor positions; return the first."""
+        end = conn.execute(
             update(runs)
             .where(runs.c.run_id == run_id)
-            .values(next_finished_seq=runs.c.next_finished_seq + len(seqs))
+            .values(next_finished_seq=runs.c.next_finished_seq + count)
             .returning(runs.c.next_finished_seq)
-        ).scalar_one() - len(seqs)
-        conn.execute(
+        ).scalar_one()
+        return int(end) - count
+
+    def _assign_finished_seqs(self, conn: Connection, run_id: str, seqs: Sequence[int]) -> None:
+        start = self._reserve_finished_seqs(conn, run_id, len(seqs))
+        executemany(
+            conn,
             update(items)
             .where(and_(items.c.run_id == run_id, items.c.seq == _bind("b_seq")))
             .values(finished_seq=_bind("b_finished")),
             [{"b_seq": s, "b_finished": start + i} for i, s in enumerate(sorted(seqs))],
         )
 
-    def pending_in_chunks(self, run_id: str, chunk_ids: Collection[str]) -> list[tuple[int, int]]:
-        """(seq, submission) of items still queued in the given chunks."""
+    def queued_items(self, run_id: str, chunk_id: str) -> list[QueuedItem]:
+        """Items still queued in ``chunk_id``, with their attempt bookkeeping."""
         with self._tx() as conn:
             rows = conn.execute(
-                select(items.c.seq, items.c.submissions)
-                .where(
+                select(
+                    items.c.seq, items.c.submissions, items.c.attempts, items.c.free_resubmits
+                ).where(
                     items.c.run_id == run_id,
-                    items.c.chunk_id.in_(list(chunk_ids)),
+                    items.c.chunk_id == chunk_id,
                     items.c.status == QUEUED,
                 )
-                .order_by(items.c.seq)
             ).all()
-        return [(int(r.seq), int(r.submissions)) for r in rows]
-
-    def item_attempts(self, run_id: str, seqs: Sequence[int]) -> dict[int, tuple[int, int]]:
-        """seq -> (attempts spent, free resubmits used) for the given items."""
-        out: dict[int, tuple[int, int]] = {}
-        with self._tx() as conn:
-            for start in range(0, len(seqs), 20000):
-                part = list(seqs[start : start + 20000])
-                for row in conn.execute(
-                    select(items.c.seq, items.c.attempts, items.c.free_resubmits).where(
-                        items.c.run_id == run_id, items.c.seq.in_(part)
-                    )
-                ):
-                    out[int(row.seq)] = (int(row.attempts), int(row.free_resubmits))
-        return out
+        return [QueuedItem(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     def retry_candidates(
         self, run_id: str, *, now: datetime, limit: int, after_seq: int = -1
@@ -496,6 +507,7 @@ class SQLStateStore:
                 select(items.c.seq, items.c.chunk_id, items.c.submissions, items.c.not_before)
                 .where(
                     items.c.run_id == run_id,
+                    items.c.chunk_id.in_(_collected_chunks(run_id)),
                     items.c.status == RETRY,
                     items.c.seq > after_seq,
                 )
@@ -513,7 +525,9 @@ class SQLStateStore:
         with self._tx() as conn:
             value = conn.execute(
                 select(func.min(items.c.not_before)).where(
-                    items.c.run_id == run_id, items.c.status == RETRY
+                    items.c.run_id == run_id,
+                    items.c.chunk_id.in_(_collected_chunks(run_id)),
+                    items.c.status == RETRY,
                 )
             ).scalar()
         return _aware(value)
@@ -525,7 +539,11 @@ class SQLStateStore:
                 conn.execute(
                     select(func.count())
                     .select_from(items)
-                    .where(items.c.run_id == run_id, items.c.status == RETRY)
+                    .where(
+                        items.c.run_id == run_id,
+                        items.c.chunk_id.in_(_collected_chunks(run_id)),
+                        items.c.status == RETRY,
+                    )
                 ).scalar_one()
             )
 
@@ -535,7 +553,8 @@ class SQLStateStore:
         """Put retrying items into ``chunk`` with their new submission number."""
         with self._tx() as conn:
             if rows:
-                conn.execute(
+                executemany(
+                    conn,
                     update(items)
                     .where(
                         and_(
@@ -677,10 +696,36 @@ class SQLStateStore:
         )
 
 
-def _bind(name: str) -> Any:
-    from sqlalchemy import bindparam
+def _collected_chunks(run_id: str) -> Any:
+    """Subquery: ids of the run's collected chunks (items waiting for a retry sit in one)."""
+    return select(chunks.c.chunk_id).where(
+        chunks.c.run_id == run_id, chunks.c.state == ChunkState.COLLECTED.value
+    )
 
+
+def _bind(name: str) -> Any:
     return bindparam(name)
+
+
+_ITEM_INSERT = insert(items).values(
+    {
+        name: bindparam(name, type_=items.c[name].type)
+        for name in (
+            "run_id",
+            "seq",
+            "item_id",
+            "payload_json",
+            "metadata_json",
+            "status",
+            "chunk_id",
+            "attempts",
+            "submissions",
+            "free_resubmits",
+            "error_code",
+            "error_message",
+        )
+    }
+)
 
 
 def _outcome_params(o: ItemOutcome) -> dict[str, Any]:

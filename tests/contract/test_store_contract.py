@@ -56,7 +56,9 @@ def _chunk(run_id: str, chunk_id: str = "c00000", count: int = 0) -> ChunkRecord
 
 
 def _items(n: int, start: int = 0, chunk_id: str = "c00000") -> list[NewItem]:
-    return [NewItem(i, f"item-{i}", '{"i": %d}' % i, None, chunk_id) for i in range(start, start + n)]
+    return [
+        NewItem(i, f"item-{i}", '{"i": %d}' % i, None, chunk_id) for i in range(start, start + n)
+    ]
 
 
 def _seed(store: SQLStateStore, run_id: str, n: int = 5) -> ChunkRecord:
@@ -93,7 +95,10 @@ def test_append_commits_items_chunk_and_checkpoint_together(
 
 def test_duplicate_ids_roll_back_the_whole_slice(store: SQLStateStore, run_id: str) -> None:
     _seed(store, run_id, 3)
-    clash = [NewItem(10, "fresh", "{}", None, "c00000"), NewItem(11, "item-1", "{}", None, "c00000")]
+    clash = [
+        NewItem(10, "fresh", "{}", None, "c00000"),
+        NewItem(11, "item-1", "{}", None, "c00000"),
+    ]
     with pytest.raises(InvalidItemError, match="item-1"):
         store.append_items(
             run_id, clash, chunks=[_chunk(run_id, count=5)], checkpoint={"consumed": 5}
@@ -123,8 +128,13 @@ def test_outcomes_apply_once_and_feed_counters_and_cursor(
         ItemOutcome(2, 1, ItemStatus.COMPLETED, output_json='"b"', usage=Usage(10, 3)),
         ItemOutcome(0, 1, ItemStatus.COMPLETED, output_json='"a"', usage=Usage(5, 1)),
         ItemOutcome(1, 1, ItemStatus.FAILED, error=ItemError("refusal", "no")),
-        ItemOutcome(3, 1, ItemStatus.PENDING, error=ItemError("invalid_json", "x"),
-                    retry_not_before=NOW + timedelta(seconds=30)),
+        ItemOutcome(
+            3,
+            1,
+            ItemStatus.PENDING,
+            error=ItemError("invalid_json", "x"),
+            retry_not_before=NOW + timedelta(seconds=30),
+        ),
         ItemOutcome(3, 7, ItemStatus.COMPLETED, output_json='"stale"'),  # wrong submission
     ]
     done = dataclasses.replace(chunk, state=ChunkState.COLLECTED)
@@ -133,7 +143,10 @@ def test_outcomes_apply_once_and_feed_counters_and_cursor(
     run = store.load_run(run_id)
     assert run is not None
     assert (run.completed_items, run.failed_items, run.input_tokens, run.output_tokens) == (
-        2, 1, 15, 4,
+        2,
+        1,
+        15,
+        4,
     )
     rows = store.read_results(run_id, after=0, limit=10)
     assert [r.item_id for r in rows] == ["item-0", "item-1", "item-2"]
@@ -150,20 +163,32 @@ def test_retry_candidates_respect_backoff_and_move_to_new_chunk(
     chunk = _seed(store, run_id, 3)
     outcomes = [
         ItemOutcome(0, 1, ItemStatus.PENDING, error=ItemError("x", "y")),
-        ItemOutcome(1, 1, ItemStatus.PENDING, error=ItemError("batch_expired", "y"),
-                    spend_attempt=False, retry_not_before=NOW + timedelta(minutes=5)),
+        ItemOutcome(
+            1,
+            1,
+            ItemStatus.PENDING,
+            error=ItemError("batch_expired", "y"),
+            spend_attempt=False,
+            retry_not_before=NOW + timedelta(minutes=5),
+        ),
         ItemOutcome(2, 1, ItemStatus.COMPLETED, output_json='"ok"'),
     ]
     store.record_outcomes(run_id, dataclasses.replace(chunk, state=ChunkState.COLLECTED), outcomes)
     assert [c.seq for c in store.retry_candidates(run_id, now=NOW, limit=10)] == [0]
     later = store.retry_candidates(run_id, now=NOW + timedelta(minutes=6), limit=10)
-    assert [(c.seq, c.submission, c.chunk_id) for c in later] == [(0, 1, "c00000"), (1, 1, "c00000")]
-    assert store.item_attempts(run_id, [0, 1]) == {0: (1, 0), 1: (0, 1)}
+    assert [(c.seq, c.submission, c.chunk_id) for c in later] == [
+        (0, 1, "c00000"),
+        (1, 1, "c00000"),
+    ]
     assert store.count_retry(run_id) == 2
     retry_chunk = _chunk(run_id, "c00001", count=2)
     store.assign_retries(run_id, [(0, 2), (1, 2)], chunk=retry_chunk)
     assert store.count_retry(run_id) == 0
-    assert store.pending_in_chunks(run_id, ["c00001"]) == [(0, 2), (1, 2)]
+    queued = sorted(store.queued_items(run_id, "c00001"), key=lambda q: q.seq)
+    assert [(q.seq, q.submission, q.attempts, q.free_resubmits) for q in queued] == [
+        (0, 2, 1, 0),
+        (1, 2, 0, 1),
+    ]
 
 
 def test_cancel_pending_and_status_guards(store: SQLStateStore, run_id: str) -> None:
@@ -180,8 +205,15 @@ def test_cancel_pending_and_status_guards(store: SQLStateStore, run_id: str) -> 
 
 def test_rejected_rows_are_kept_as_failed_items(store: SQLStateStore, run_id: str) -> None:
     store.create_run(_run(run_id))
-    bad = NewItem(0, "a.csv:3", '{"line": "x,y"}', None, None, ItemStatus.FAILED,
-                  ItemError("invalid_input", "a.csv:3: ragged row"))
+    bad = NewItem(
+        0,
+        "a.csv:3",
+        '{"line": "x,y"}',
+        None,
+        None,
+        ItemStatus.FAILED,
+        ItemError("invalid_input", "a.csv:3: ragged row"),
+    )
     store.append_items(run_id, [bad], chunks=[], checkpoint={"offset": 10})
     run = store.load_run(run_id)
     assert run is not None and (run.total_items, run.failed_items) == (1, 1)

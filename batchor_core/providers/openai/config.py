@@ -1,0 +1,81 @@
+"""Settings for the OpenAI batch provider.
+
+The API key is a secret: it is never part of ``repr()`` / ``str()`` and never put into
+an error message, so configs can be logged and shown in tracebacks safely.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from batchor_core.errors import ConfigurationError
+
+__all__ = ["OpenAIProviderConfig"]
+
+API_KEY_ENV = "OPENAI_API_KEY"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+
+
+@dataclass(frozen=True, repr=False)
+class OpenAIProviderConfig:
+    """How to reach the OpenAI API.
+
+    Environment variables are read when the client is first needed, not when the config
+    is built, so a config can be created before the key is available.
+
+    Attributes:
+        api_key: The API key; None reads ``OPENAI_API_KEY``. Never shown by ``repr()``.
+        base_url: API root such as ``https://api.openai.com/v1``; None reads
+            ``OPENAI_BASE_URL``, else the SDK's default.
+        organization: OpenAI organization id, if the key belongs to several.
+        project: OpenAI project id.
+        timeout_seconds: Per-operation network timeout (connect, each read, each write).
+        max_retries: SDK retries for calls that are safe to repeat (reads, uploads,
+            deletes). Batch creation never retries inside the SDK: an ambiguous failure
+            is surfaced so the runner can reconcile it.
+    """
+
+    api_key: str | None = None
+    base_url: str | None = None
+    organization: str | None = None
+    project: str | None = None
+    timeout_seconds: float = 60.0
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.timeout_seconds) and self.timeout_seconds > 0):
+            raise ConfigurationError(
+                "OpenAIProviderConfig.timeout_seconds must be a positive number of seconds"
+            )
+        if self.max_retries < 0:
+            raise ConfigurationError("OpenAIProviderConfig.max_retries must be 0 or more")
+
+    def resolved_api_key(self) -> str:
+        """The API key to use: ``api_key``, else ``OPENAI_API_KEY``.
+
+        Raises:
+            ConfigurationError: Neither is set (or both are empty).
+        """
+        key = self.api_key or os.environ.get(API_KEY_ENV)
+        if not key:
+            raise ConfigurationError(
+                "No OpenAI API key: pass OpenAIProviderConfig(api_key=...) or set OPENAI_API_KEY"
+            )
+        return key
+
+    def resolved_base_url(self) -> str | None:
+        """The API root to use: ``base_url``, else ``OPENAI_BASE_URL``, else None (SDK default)."""
+        return self.base_url or os.environ.get(BASE_URL_ENV) or None
+
+    def __repr__(self) -> str:
+        # Written by hand so the key can never leak through logs or tracebacks.
+        key = "<set>" if self.api_key else None
+        return (
+            f"OpenAIProviderConfig(api_key={key!s}, base_url={self.base_url!r}, "
+            f"organization={self.organization!r}, project={self.project!r}, "
+            f"timeout_seconds={self.timeout_seconds!r}, max_retries={self.max_retries!r})"
+        )
+
+    __str__ = __repr__

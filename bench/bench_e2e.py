@@ -1,0 +1,103 @@
+"""End-to-end throughput and memory: N items through the runner against the emulator.
+
+The emulator runs in its own process (like the real provider, it is not our memory);
+the runner uses a real SQLite file and local artifacts. Prints items/s and the runner
+process's peak RSS. Run by hand:
+
+    .venv/bin/python bench/bench_e2e.py --items 100000
+    .venv/bin/python bench/bench_e2e.py --items 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from batchor_core import (
+    BatchItem,
+    BatchJob,
+    BatchRunner,
+    LocalArtifactStore,
+    OpenAIProviderConfig,
+    SQLiteStorage,
+)
+
+
+class Label(BaseModel):
+    """A small output model."""
+
+    label: str
+    score: int
+
+
+def _items(n: int):  # type: ignore[no-untyped-def]
+    for i in range(n):
+        yield BatchItem(item_id=f"item-{i}", payload={"text": f"short text number {i}"})
+
+
+def _start_emulator(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchor_core.testing.emulator", "--port", "0",
+         "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    url = line.strip().rsplit(" ", 1)[-1]
+    if not url.startswith("http"):
+        proc.kill()
+        raise SystemExit(f"emulator did not start: {line!r}")
+    return proc, url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+    workdir = args.dir or Path(tempfile.mkdtemp(prefix="batchor-bench-"))
+    emu, url = _start_emulator(workdir / "emulator")
+    try:
+        runner = BatchRunner(
+            storage=SQLiteStorage(workdir / "runs.sqlite3"),
+            artifacts=LocalArtifactStore(workdir / "artifacts"),
+            provider=OpenAIProviderConfig(api_key="sk-bench", base_url=url),
+        )
+        job = BatchJob(
+            model="gpt-4o-mini",
+            build_request=lambda item: {
+                "messages": [{"role": "user", "content": item.payload["text"]}]
+            },
+            output_model=Label,
+        )
+        started = time.perf_counter()
+        run = runner.start(job, items=_items(args.items), run_id="bench")
+        ingested = time.perf_counter()
+        summary = run.wait(timeout=3600, poll_interval=0.05)
+        finished = time.perf_counter()
+        read = sum(1 for _ in run.results())
+        read_done = time.perf_counter()
+    finally:
+        emu.terminate()
+        emu.wait(timeout=30)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    total = finished - started
+    print(f"items:            {summary.total_items} ({summary.completed_items} completed, "
+          f"{summary.failed_items} failed) in {summary.batches_total} batches")
+    print(f"start (ingest+submit): {ingested - started:.2f}s")
+    print(f"wait (poll+collect):   {finished - ingested:.2f}s")
+    print(f"end to end:       {total:.2f}s = {summary.total_items / total:,.0f} items/s")
+    print(f"read results:     {read} in {read_done - finished:.2f}s")
+    print(f"peak RSS (runner process): {peak_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

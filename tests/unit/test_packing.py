@@ -1,0 +1,104 @@
+"""Chunk packing: as few batches as the limits allow, and crash-safe sealing."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+
+from batchor_core import ChunkPolicy, LocalArtifactStore, MemoryStateStore, RunStatus
+from batchor_core.packing import (
+    ChunkPacker,
+    chunk_key,
+    custom_id,
+    parse_custom_id,
+    request_line,
+    seal_chunk,
+    swap_custom_id,
+)
+from batchor_core.ports import ChunkState, RunRecord
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _store(run_id: str = "r") -> MemoryStateStore:
+    store = MemoryStateStore()
+    store.create_run(
+        RunRecord(run_id, RunStatus.INGESTING, None, {}, "f", None, None, False,
+                  0, 0, 0, 0, 0, 0, None, NOW, NOW)
+    )
+    return store
+
+
+def _packer(store: MemoryStateStore, art: LocalArtifactStore, policy: ChunkPolicy) -> ChunkPacker:
+    return ChunkPacker(run_id="r", store=store, artifacts=art, policy=policy,
+                       open_chunk=None, next_chunk_seq=0, now=NOW)
+
+
+def test_120k_requests_make_three_batches_not_one_per_slice(tmp_path: Path) -> None:
+    store, art = _store(), LocalArtifactStore(tmp_path, fsync=False)
+    packer = _packer(store, art, ChunkPolicy())
+    line = request_line("i0s1", b"/v1/chat/completions", b'{"model":"m","messages":[]}')
+    for start in range(0, 120_000, 7_000):  # ingest slices of 7,000
+        for _ in range(min(7_000, 120_000 - start)):
+            packer.add(line)
+        store.append_items("r", [], chunks=packer.sync(), checkpoint=None)
+        packer.after_commit()
+    packer.finish()
+    chunks = store.list_chunks("r")
+    assert [c.request_count for c in chunks] == [50_000, 50_000, 20_000]
+    assert all(c.state is ChunkState.SEALED and c.sha256 for c in chunks)
+    assert art.path_for(chunk_key("r", "c00000")).stat().st_size == 50_000 * len(line)
+
+
+def test_byte_limit_closes_chunks_too(tmp_path: Path) -> None:
+    store, art = _store(), LocalArtifactStore(tmp_path, fsync=False)
+    packer = _packer(store, art, ChunkPolicy(max_bytes=2048))
+    line = request_line("i0s1", b"/v1/responses", b'{"input":"' + b"x" * 900 + b'"}')
+    for _ in range(5):
+        packer.add(line)
+    store.append_items("r", [], chunks=packer.sync(), checkpoint=None)
+    packer.after_commit()
+    packer.finish()
+    assert [c.request_count for c in store.list_chunks("r")] == [2, 2, 1]
+
+
+def test_seal_cuts_uncommitted_bytes_after_a_crash(tmp_path: Path) -> None:
+    store, art = _store(), LocalArtifactStore(tmp_path, fsync=False)
+    packer = _packer(store, art, ChunkPolicy())
+    packer.add(b'{"custom_id":"i0s1"}\n')
+    (committed,) = packer.sync()
+    store.append_items("r", [], chunks=[committed], checkpoint=None)
+    packer.add(b'{"custom_id":"i1s1"}\n')  # written, never committed: the process "dies"
+    packer.sync()
+    packer.abandon()
+    (chunk,) = store.list_chunks("r")
+    sealed = seal_chunk(store, art, chunk)
+    with art.open_read(chunk_key("r", chunk.chunk_id)) as fh:
+        assert fh.read() == b'{"custom_id":"i0s1"}\n'
+    assert sealed.state is ChunkState.SEALED
+    # Sealing again (a replay) keeps the published file and changes nothing.
+    assert not store.save_chunk(dataclasses.replace(sealed), expected=ChunkState.BUILDING)
+
+
+def test_custom_ids_round_trip_and_swap_keeps_body_bytes() -> None:
+    assert parse_custom_id(custom_id(42, 3)) == (42, 3)
+    assert parse_custom_id("foreign-id") is None
+    line = request_line("i5s1", b"/v1/chat/completions", b'{"a":"\\"quoted\\""}')
+    swapped = swap_custom_id(line, "i5s2")
+    assert swapped.startswith(b'{"custom_id":"i5s2"')
+    assert swapped.split(b'"body":', 1)[1] == line.split(b'"body":', 1)[1]
+
+
+def test_artifact_keys_cannot_escape_the_root(tmp_path: Path) -> None:
+    art = LocalArtifactStore(tmp_path / "root")
+    path = art.path_for("runs/../../etc/passwd/requests/x.jsonl")
+    assert (tmp_path / "root") in path.parents
+    writer = art.open_append("runs/a b/../c.jsonl")
+    writer.write(b"x")
+    writer.sync()
+    writer.close()
+    art.publish("runs/a b/../c.jsonl")
+    published = art.path_for("runs/a b/../c.jsonl")
+    assert published.stat().st_mode & 0o777 == 0o600
+    assert published.parent.stat().st_mode & 0o777 == 0o700
