@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from batchor_core.collect import OutcomeBuilder
 from batchor_core.errors import ConfigurationError, ProviderError, RateLimitedError
 from batchor_core.jobspec import chunk_policy, retry_policy
+from batchor_core.lease import LeaseKeeper
 from batchor_core.models import RunStatus
 from batchor_core.packing import (
     ChunkPacker,
@@ -66,9 +67,11 @@ class RunStepper:
         artifacts: ArtifactStore,
         provider: BatchProvider,
         clock: Clock,
+        lease: LeaseKeeper,
         transient_backoff_seconds: float = 5.0,
         token_limit_backoff_seconds: float = 60.0,
     ) -> None:
+        self.lease = lease
         self.store = store
         self.artifacts = artifacts
         self.provider = provider
@@ -81,9 +84,22 @@ class RunStepper:
     def step(
         self, run: RunRecord, output_model: type[BaseModel] | None, *, max_collect: int
     ) -> bool:
-        """Advance ``run`` once; return whether anything changed."""
+        """Advance ``run`` once under its lease; return whether anything changed.
+
+        Raises:
+            RunLeasedError: Another process is advancing this run right now.
+        """
         if run.status.is_terminal:
             return False
+        self.lease.acquire(run.run_id)
+        try:
+            return self._step(run, output_model, max_collect=max_collect)
+        finally:
+            self.lease.release(run.run_id)
+
+    def _step(
+        self, run: RunRecord, output_model: type[BaseModel] | None, *, max_collect: int
+    ) -> bool:
         progress = self._recover(run)
         progress |= self._poll_and_collect(run, output_model, max_collect=max_collect)
         current = self.store.load_run(run.run_id) or run
@@ -192,6 +208,7 @@ class RunStepper:
                 f"{chunk.sha256[:12]}); restore it or cancel the run",
                 run_id=run.run_id,
             )
+        self.lease.acquire(run.run_id)  # renew before the side effect; raises if lost
         chunk = self._move(chunk, ChunkState.SEALED, state=ChunkState.UPLOADING)
         with self.artifacts.open_read(key) as stream:
             try:
@@ -204,6 +221,7 @@ class RunStepper:
         return self._move(chunk, ChunkState.UPLOADING, state=ChunkState.UPLOADED, file_id=file_id)
 
     def _create(self, run: RunRecord, chunk: ChunkRecord) -> None:
+        self.lease.acquire(run.run_id)  # renew before the side effect; raises if lost
         chunk = self._move(chunk, ChunkState.UPLOADED, state=ChunkState.SUBMITTING)
         assert chunk.file_id is not None
         try:

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from batchor_core.errors import InvalidItemError
+from batchor_core.jobspec import chunk_policy
+from batchor_core.lease import LeaseKeeper
 from batchor_core.models import BatchItem, BatchJob, Endpoint, ItemError, ItemStatus, JSONObject
 from batchor_core.packing import ChunkPacker, custom_id, request_line
 from batchor_core.ports import (
@@ -34,6 +36,9 @@ from batchor_core.ports import (
 __all__ = ["Ingestor", "IterableSource", "as_source"]
 
 log = logging.getLogger("batchor.ingest")
+# Built once: json.dumps with options builds a new encoder on every call.
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_PLAIN = json.JSONEncoder(ensure_ascii=False).encode
 MAX_ITEM_ID_LENGTH = 512
 
 
@@ -90,8 +95,10 @@ class Ingestor:
         artifacts: ArtifactStore,
         provider: BatchProvider,
         clock: Clock,
+        lease: LeaseKeeper,
         slice_size: int,
     ) -> None:
+        self._lease = lease
         self._store = store
         self._artifacts = artifacts
         self._provider = provider
@@ -99,10 +106,23 @@ class Ingestor:
         self._slice_size = slice_size
 
     def run(self, run: RunRecord, job: BatchJob, spec: RequestSpec, source: ItemSource) -> int:
-        """Ingest everything after the run's checkpoint; return how many items were added."""
-        from batchor_core.jobspec import chunk_policy
+        """Ingest everything after the run's checkpoint; return how many items were added.
 
+        Holds the run's lease throughout (renewed every slice; every commit is fenced).
+        """
         run_id = run.run_id
+        self._lease.acquire(run_id)
+        try:
+            return self._ingest(run, job, spec, source)
+        finally:
+            self._lease.release(run_id)
+
+    def _ingest(self, run: RunRecord, job: BatchJob, spec: RequestSpec, source: ItemSource) -> int:
+        run_id = run.run_id
+        # Re-read under the lease: another process may have ingested since we looked.
+        run = self._store.load_run(run_id) or run
+        if run.ingest_complete:
+            return 0
         chunks = self._store.list_chunks(run_id)
         building = [c for c in chunks if c.state is ChunkState.BUILDING]
         # Closed-but-unsealed chunks from a crash are sealed by the caller's recovery;
@@ -127,8 +147,13 @@ class Ingestor:
                 rows = self._rows_for_slice(run_id, job, spec, piece, packer, endpoint, next_seq)
                 next_seq += len(rows)
                 touched = packer.sync()
+                self._lease.acquire(run_id)  # renew; a lost lease stops the ingest here
                 self._store.append_items(
-                    run_id, rows, chunks=touched, checkpoint=dict(piece.checkpoint)
+                    run_id,
+                    rows,
+                    chunks=touched,
+                    checkpoint=dict(piece.checkpoint),
+                    lease_owner=self._lease.owner,
                 )
                 packer.after_commit()
                 added += len(rows)
@@ -171,17 +196,15 @@ class Ingestor:
                 problem = ItemError("duplicate_id", f"duplicate item id {item_id!r}{at}")
             else:
                 try:
-                    payload_json = json.dumps(item.payload, ensure_ascii=False)
+                    payload_json = _PLAIN(item.payload)
                     if item.metadata is not None:
-                        metadata_json = json.dumps(item.metadata, ensure_ascii=False)
+                        metadata_json = _PLAIN(item.metadata)
                 except (TypeError, ValueError) as exc:
                     problem = ItemError("invalid_input", f"payload is not JSON{at}: {exc}")
                 if problem is None:
                     try:
-                        body = json.dumps(
-                            self._provider.shape_body(spec, _user_body(job, item)),
-                            ensure_ascii=False,
-                            separators=(",", ":"),
+                        body = _COMPACT(
+                            self._provider.shape_body(spec, _user_body(job, item))
                         ).encode()
                         line = request_line(custom_id(seq, 1), endpoint, body)
                     except Exception as exc:  # a user's builder may raise anything

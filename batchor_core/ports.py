@@ -404,8 +404,22 @@ class StateStore(Protocol):
         *,
         chunks: Sequence[ChunkRecord],
         checkpoint: JSONObject | None,
+        lease_owner: str | None = None,
     ) -> None:
-        """Insert items, save the touched chunks' progress and the source checkpoint, at once."""
+        """Insert items, save the touched chunks' progress and the source checkpoint, at once.
+
+        With ``lease_owner``, refuse (``RunLeasedError``) unless that owner holds the lease.
+        """
+        ...
+
+    def acquire_lease(
+        self, run_id: str, owner: str, *, now: datetime, ttl_seconds: float
+    ) -> str | None:
+        """Take or renew the run's lease; None on success, else who holds it."""
+        ...
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        """Give the lease up if ``owner`` holds it."""
         ...
 
     def finish_ingest(self, run_id: str) -> None:

@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from batchor_core.errors import RunFinishedError, RunNotFoundError, RunTimeoutError
+from batchor_core.errors import (
+    RunFinishedError,
+    RunLeasedError,
+    RunNotFoundError,
+    RunTimeoutError,
+)
 from batchor_core.models import ItemResult, ItemStatus, RunStatus, RunSummary, Usage
 from batchor_core.ports import ChunkState, ResultRow, RunRecord
 
@@ -47,6 +52,9 @@ class Run:
 
         Args:
             max_collect: Most finished batches to download and record in this step.
+
+        Raises:
+            RunLeasedError: Another process is advancing the run right now.
         """
         self._runner.stepper.step(self._record(), self._output_model, max_collect=max_collect)
         return self.summary()
@@ -72,7 +80,10 @@ class Run:
         started = time.monotonic()
         while True:
             record = self._record()
-            changed = self._runner.stepper.step(record, self._output_model, max_collect=4)
+            try:
+                changed = self._runner.stepper.step(record, self._output_model, max_collect=4)
+            except RunLeasedError:
+                changed = False  # another process is advancing it; watch and wait
             summary = self.summary()
             if changed and on_progress is not None:
                 on_progress(summary)

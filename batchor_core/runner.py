@@ -18,6 +18,7 @@ from batchor_core.errors import (
 )
 from batchor_core.ingest import Ingestor, as_source
 from batchor_core.jobspec import describe_job_change, job_spec, request_spec, resolve_output_model
+from batchor_core.lease import LeaseKeeper, new_owner_id
 from batchor_core.models import BatchItem, BatchJob, JSONObject, RunStatus
 from batchor_core.ports import (
     ArtifactStore,
@@ -50,6 +51,9 @@ class BatchRunner:
         transient_backoff_seconds: Wait after a retryable provider error.
         token_limit_backoff_seconds: Wait before resubmitting a batch that hit the
             provider's enqueued-token limit.
+        lease_ttl_seconds: How long this process's lease on a run lasts unrenewed (a
+            crashed process blocks others for at most this long).
+        owner_id: This process's lease owner id (host:pid:random by default).
     """
 
     def __init__(
@@ -62,6 +66,8 @@ class BatchRunner:
         ingest_slice_size: int = 10_000,
         transient_backoff_seconds: float = 5.0,
         token_limit_backoff_seconds: float = 60.0,
+        lease_ttl_seconds: float = 120.0,
+        owner_id: str | None = None,
     ) -> None:
         from batchor_core import defaults
 
@@ -73,7 +79,10 @@ class BatchRunner:
         )
         self.provider: BatchProvider = defaults.as_provider(provider)
         self.clock: Clock = clock if clock is not None else defaults.default_clock()
+        self.owner_id = owner_id or new_owner_id()
+        self._lease = LeaseKeeper(self.storage, self.clock, self.owner_id, lease_ttl_seconds)
         self._stepper = RunStepper(
+            lease=self._lease,
             store=self.storage,
             artifacts=self.artifacts,
             provider=self.provider,
@@ -82,6 +91,7 @@ class BatchRunner:
             token_limit_backoff_seconds=token_limit_backoff_seconds,
         )
         self._ingestor = Ingestor(
+            lease=self._lease,
             store=self.storage,
             artifacts=self.artifacts,
             provider=self.provider,

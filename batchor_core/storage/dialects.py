@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Executable, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import UpdateBase
 
 __all__ = ["executemany", "is_sqlite", "make_engine"]
 
@@ -65,7 +67,7 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def executemany(conn: Connection, stmt: Executable, rows: Sequence[Mapping[str, Any]]) -> None:
+def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
     """Run ``stmt`` once per row through the driver's own executemany.
 
     SQLAlchemy's generic executemany path builds parameters row by row in Python, which
@@ -78,6 +80,7 @@ def executemany(conn: Connection, stmt: Executable, rows: Sequence[Mapping[str, 
     dialect = conn.dialect
     compile_dialect = _NAMED_SQLITE if dialect.name == "sqlite" else dialect
     compiled = stmt.compile(dialect=compile_dialect)
+    assert isinstance(compiled, SQLCompiler)
     if compiled.positional:  # a driver without named parameters: fall back to SQLAlchemy
         conn.execute(stmt, list(rows))
         return

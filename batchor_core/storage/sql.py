@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Collection, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,21 @@ from sqlalchemy import (
     Engine,
     and_,
     bindparam,
+    case,
     func,
     insert,
+    or_,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from batchor_core.errors import ConfigurationError, InvalidItemError, StorageError
+from batchor_core.errors import (
+    ConfigurationError,
+    InvalidItemError,
+    RunLeasedError,
+    StorageError,
+)
 from batchor_core.models import ItemError, ItemStatus, JSONObject, RunStatus, Usage
 from batchor_core.ports import (
     ChunkRecord,
@@ -198,6 +205,53 @@ class SQLStateStore:
             )
         return bool(result.rowcount > 0)
 
+    def acquire_lease(
+        self, run_id: str, owner: str, *, now: datetime, ttl_seconds: float
+    ) -> str | None:
+        """Take or renew the run's lease; return None on success, else the current holder.
+
+        The lease is free when nobody holds it, when ``owner`` already holds it, or when
+        the holder's lease has expired (a crashed process).
+        """
+        expires = now + timedelta(seconds=ttl_seconds)
+        with self._tx() as conn:
+            result = conn.execute(
+                update(runs)
+                .where(
+                    runs.c.run_id == run_id,
+                    or_(
+                        runs.c.lease_owner.is_(None),
+                        runs.c.lease_owner == owner,
+                        runs.c.lease_expires_at < now,
+                    ),
+                )
+                .values(
+                    lease_owner=owner,
+                    lease_expires_at=expires,
+                    lease_token=case(
+                        (runs.c.lease_owner == owner, runs.c.lease_token),
+                        else_=runs.c.lease_token + 1,
+                    ),
+                )
+            )
+            if result.rowcount > 0:
+                return None
+            holder = conn.execute(
+                select(runs.c.lease_owner, runs.c.lease_expires_at).where(runs.c.run_id == run_id)
+            ).first()
+        if holder is None:
+            return "<no such run>"
+        return f"{holder[0]} (until {_aware(holder[1])})"
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        """Give the lease up if ``owner`` holds it."""
+        with self._tx() as conn:
+            conn.execute(
+                update(runs)
+                .where(runs.c.run_id == run_id, runs.c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
     def finish_ingest(self, run_id: str) -> None:
         """Mark the source fully read."""
         with self._tx() as conn:
@@ -216,8 +270,13 @@ class SQLStateStore:
         *,
         chunks: Sequence[ChunkRecord],
         checkpoint: JSONObject | None,
+        lease_owner: str | None = None,
     ) -> None:
-        """Insert items + touched chunks' progress + checkpoint in one transaction."""
+        """Insert items + touched chunks' progress + checkpoint in one transaction.
+
+        With ``lease_owner``, the transaction is fenced: it rolls back with
+        :class:`RunLeasedError` unless that owner still holds the run's lease.
+        """
         now = _now()
         rows = [
             {
@@ -254,7 +313,15 @@ class SQLStateStore:
                 }
                 if checkpoint is not None:
                     values["source_checkpoint"] = _dumps(checkpoint)
-                conn.execute(update(runs).where(runs.c.run_id == run_id).values(**values))
+                fenced = update(runs).where(runs.c.run_id == run_id)
+                if lease_owner is not None:
+                    fenced = fenced.where(runs.c.lease_owner == lease_owner)
+                if conn.execute(fenced.values(**values)).rowcount == 0:
+                    raise RunLeasedError(
+                        f"run {run_id!r} is no longer leased by this process; another "
+                        "process took it over, so this ingest slice was not committed",
+                        run_id=run_id,
+                    )
         except IntegrityError as exc:
             raise self._duplicate_error(run_id, new_items) from exc
 
@@ -286,14 +353,8 @@ class SQLStateStore:
         found: set[str] = set()
         with self._tx() as conn:
             for start in range(0, len(item_ids), 20000):
-                part = item_ids[start : start + 20000]
-                found.update(
-                    conn.execute(
-                        select(items.c.item_id).where(
-                            items.c.run_id == run_id, items.c.item_id.in_(part)
-                        )
-                    ).scalars()
-                )
+                part = list(item_ids[start : start + 20000])
+                found.update(conn.execute(_EXISTING_IDS, {"r": run_id, "ids": part}).scalars())
         return found
 
     def max_item_seq(self, run_id: str) -> int:
@@ -706,6 +767,12 @@ def _collected_chunks(run_id: str) -> Any:
 def _bind(name: str) -> Any:
     return bindparam(name)
 
+
+# An expanding bind renders the IN list at execution time without building one bind
+# object per id (which dominated ingest with 10,000-id slices).
+_EXISTING_IDS = select(items.c.item_id).where(
+    items.c.run_id == bindparam("r"), items.c.item_id.in_(bindparam("ids", expanding=True))
+)
 
 _ITEM_INSERT = insert(items).values(
     {

@@ -1,0 +1,60 @@
+"""Run leases: at most one process advances a run at a time.
+
+A process takes the lease (owner id + expiry) before it ingests or steps a run, renews it
+before every side effect with the provider, and gives it up when the step ends. A crashed
+holder's lease simply expires. Chunk transitions are conditional on the chunk's state as
+well, so even a process that lost its lease cannot move a chunk another process moved.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from batchor_core.errors import RunLeasedError
+from batchor_core.ports import Clock, StateStore
+
+__all__ = ["LeaseKeeper", "new_owner_id"]
+
+
+def new_owner_id() -> str:
+    """A process-unique owner id: host, pid and a random suffix."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class LeaseKeeper:
+    """Takes, renews and releases run leases for one owner.
+
+    Args:
+        store: Where leases live (the run rows).
+        clock: Time source.
+        owner: This process's owner id.
+        ttl_seconds: How long a lease lasts without renewal.
+    """
+
+    def __init__(self, store: StateStore, clock: Clock, owner: str, ttl_seconds: float) -> None:
+        self.store = store
+        self.clock = clock
+        self.owner = owner
+        self.ttl_seconds = ttl_seconds
+
+    def acquire(self, run_id: str) -> None:
+        """Take or renew the lease on ``run_id``.
+
+        Raises:
+            RunLeasedError: Another live process holds it.
+        """
+        holder = self.store.acquire_lease(
+            run_id, self.owner, now=self.clock.now(), ttl_seconds=self.ttl_seconds
+        )
+        if holder is not None:
+            raise RunLeasedError(
+                f"run {run_id!r} is being advanced by {holder}; wait for it, or let its "
+                "lease expire if that process is gone",
+                run_id=run_id,
+            )
+
+    def release(self, run_id: str) -> None:
+        """Give the lease up."""
+        self.store.release_lease(run_id, self.owner)
