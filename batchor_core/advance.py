@@ -10,12 +10,14 @@ before anything is created again.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections import defaultdict
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
+from batchor_core import failpoints
 from batchor_core.collect import OutcomeBuilder
 from batchor_core.errors import ConfigurationError, ProviderError, RateLimitedError
 from batchor_core.jobspec import chunk_policy, retry_policy
@@ -137,7 +139,13 @@ class RunStepper:
             progress = True
         for chunk in chunks:
             if chunk.state is ChunkState.UPLOADING:
-                # We may or may not have uploaded; upload again (the bytes are the artifact).
+                # We may or may not have uploaded. Delete any orphan upload, then upload
+                # again (the bytes are the artifact, so the new file is identical).
+                try:
+                    for file_id in self.provider.find_files(_upload_name(run.run_id, chunk)):
+                        self.provider.delete_file(file_id)
+                except ProviderError as exc:
+                    log.warning("run %s: could not clean up orphan uploads: %s", run.run_id, exc)
                 self._move(chunk, ChunkState.UPLOADING, state=ChunkState.SEALED)
                 progress = True
             elif chunk.state is ChunkState.SUBMITTING:
@@ -213,11 +221,12 @@ class RunStepper:
         with self.artifacts.open_read(key) as stream:
             try:
                 file_id = self.provider.upload_file(
-                    stream, filename=f"batchor-{chunk.chunk_id}-{digest[:12]}.jsonl"
+                    stream, filename=_upload_name(run.run_id, chunk)
                 )
             except ProviderError:
                 self._move(chunk, ChunkState.UPLOADING, state=ChunkState.SEALED)
                 raise
+        failpoints.reach("submit.uploaded")
         return self._move(chunk, ChunkState.UPLOADING, state=ChunkState.UPLOADED, file_id=file_id)
 
     def _create(self, run: RunRecord, chunk: ChunkRecord) -> None:
@@ -235,6 +244,7 @@ class RunStepper:
             # Ambiguous: the batch may exist. Look before anything is created again.
             self._reconcile_create(run, self._reload(chunk))
             raise
+        failpoints.reach("submit.created")
         self._move(
             chunk,
             ChunkState.SUBMITTING,
@@ -331,6 +341,7 @@ class RunStepper:
             key = f"runs/{run.run_id}/outputs/{chunk.chunk_id}-{batch.batch_id}-{kind}.jsonl"
             if not self.artifacts.exists(key):
                 self.artifacts.write_stream(key, self.provider.download_file(file_id))
+                failpoints.reach("collect.downloaded")
             with self.artifacts.open_read(key) as fh:
                 for raw in fh:
                     if not raw.strip():
@@ -354,6 +365,7 @@ class RunStepper:
             chunk, state=ChunkState.COLLECTED, provider_status=batch.status, not_before=None
         )
         self.store.record_outcomes(run.run_id, done, outcomes)
+        failpoints.reach("collect.recorded")
         log.info(
             "run %s: collected %s (%s): %d lines, %d without a line",
             run.run_id,
@@ -404,6 +416,7 @@ class RunStepper:
                 packer.abandon()
                 return False
             (chunk,) = packer.sync()
+            failpoints.reach("retry.written")
             self.store.assign_retries(run.run_id, rows, chunk=chunk)
             packer.finish()
         except BaseException:
@@ -481,6 +494,11 @@ class RunStepper:
         log.info(
             "run %s: chunk %s deferred %.1fs: %s", chunk.run_id, chunk.chunk_id, delay, exc.message
         )
+
+
+def _upload_name(run_id: str, chunk: ChunkRecord) -> str:
+    run_hash = hashlib.sha256(run_id.encode()).hexdigest()[:12]
+    return f"batchor-{run_hash}-{chunk.chunk_id}-{(chunk.sha256 or '')[:12]}.jsonl"
 
 
 def _batch_metadata(run_id: str, chunk: ChunkRecord) -> dict[str, str]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from batchor_core import failpoints
 from batchor_core.errors import InvalidItemError
 from batchor_core.jobspec import chunk_policy
 from batchor_core.lease import LeaseKeeper
@@ -147,6 +148,7 @@ class Ingestor:
                 rows = self._rows_for_slice(run_id, job, spec, piece, packer, endpoint, next_seq)
                 next_seq += len(rows)
                 touched = packer.sync()
+                failpoints.reach("ingest.lines_written")
                 self._lease.acquire(run_id)  # renew; a lost lease stops the ingest here
                 self._store.append_items(
                     run_id,
@@ -155,6 +157,7 @@ class Ingestor:
                     checkpoint=dict(piece.checkpoint),
                     lease_owner=self._lease.owner,
                 )
+                failpoints.reach("ingest.slice_committed")
                 packer.after_commit()
                 added += len(rows)
                 if time.monotonic() - last_log > 5:

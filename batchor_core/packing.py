@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
+from batchor_core import failpoints
 from batchor_core.models import ChunkPolicy
 from batchor_core.ports import ArtifactStore, ArtifactWriter, ChunkRecord, ChunkState, StateStore
 
@@ -66,6 +67,7 @@ def seal_chunk(store: StateStore, artifacts: ArtifactStore, chunk: ChunkRecord) 
         writer.sync()
         writer.close()
         digest = artifacts.publish(key)
+        failpoints.reach("seal.published")
     sealed = dataclasses.replace(chunk, state=ChunkState.SEALED, sha256=digest)
     store.save_chunk(sealed, expected=ChunkState.BUILDING)
     return sealed

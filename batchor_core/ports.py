@@ -381,6 +381,10 @@ class BatchProvider(Protocol):
         """Stream a file's content."""
         ...
 
+    def find_files(self, filename: str, *, max_pages: int = 5) -> list[str]:
+        """Ids of recent batch input files named ``filename``."""
+        ...
+
 
 class StateStore(Protocol):
     """The control plane: runs, chunks and items. Every change is conditional."""

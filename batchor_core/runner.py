@@ -13,6 +13,7 @@ from batchor_core.advance import RunStepper
 from batchor_core.errors import (
     ConfigurationError,
     JobChangedError,
+    RunLeasedError,
     RunNotFoundError,
     SourceChangedError,
 )
@@ -179,14 +180,14 @@ class BatchRunner:
             )
         run = Run(self, run_id, output_model=job.output_model)
         if record.ingest_complete or record.status.is_terminal:
-            run.refresh()
+            self._refresh_if_free(run)
             return run
         source = as_source(items)
         self._check_source(record, source)
         added = self._ingestor.run(record, job, request_spec(spec), source)
         self.storage.set_status(run_id, RunStatus.RUNNING, expected=[RunStatus.INGESTING])
         log.info("run %s: ingest complete (%d new items)", run_id, added)
-        run.refresh()
+        self._refresh_if_free(run)
         return run
 
     def get_run(self, run_id: str, *, job: BatchJob | None = None) -> Run:
@@ -231,6 +232,13 @@ class BatchRunner:
         return list(lister()) if callable(lister) else []
 
     # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _refresh_if_free(run: Run) -> None:
+        try:
+            run.refresh()
+        except RunLeasedError:
+            pass  # another process is advancing it; the handle is still good
 
     def _check_source(self, record: RunRecord, source: ItemSource) -> None:
         identity = source.identity()

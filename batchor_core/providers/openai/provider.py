@@ -174,6 +174,27 @@ class OpenAIBatchProvider:
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise self._error(exc, f"deleting file {file_id}") from exc
 
+    def find_files(self, filename: str, *, max_pages: int = 5) -> list[str]:
+        """Ids of recent ``batch`` files named ``filename`` (newest first).
+
+        Used to find an upload whose id was never recorded (a crash right after it).
+
+        Raises:
+            ProviderError: Listing failed.
+        """
+        client, _ = self._clients()
+        found: list[str] = []
+        try:
+            page = client.files.list(purpose="batch", limit=_LIST_PAGE_SIZE)
+            for number in range(1, max_pages + 1):
+                found.extend(f.id for f in page.data if f.filename == filename)
+                if number == max_pages or not page.has_next_page():
+                    break
+                page = page.get_next_page()
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise self._error(exc, "listing files") from exc
+        return found
+
     def download_file(self, file_id: str) -> Iterator[bytes]:
         """Stream a file's content in chunks of about 1 MiB; memory stays flat.
 

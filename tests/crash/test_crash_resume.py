@@ -1,0 +1,101 @@
+"""Crash anywhere, resume anywhere: real subprocesses, real SIGKILLs, a fresh process resumes.
+
+Each scenario (seeded) kills the worker at randomly chosen crash points (see
+batchor_core.failpoints) one to three times, then lets a final process finish, and checks
+that every item has exactly one terminal result, no provider batch was created twice,
+and no item was sent more often than its attempts.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchor_core import BatchRunner, ItemStatus, LocalArtifactStore, SQLiteStorage
+from batchor_core.failpoints import POINTS
+from batchor_core.packing import parse_custom_id
+from tests.crash.worker import items, job
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N_ITEMS = 40
+SCENARIOS = int(os.environ.get("BATCHOR_CRASH_SCENARIOS", "30"))
+
+
+def _worker(tmp_path: Path, url: str, crash: str | None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env.pop("BATCHOR_CRASH_AT", None)
+    if crash:
+        env["BATCHOR_CRASH_AT"] = crash
+    return subprocess.run(
+        [sys.executable, "-m", "tests.crash.worker", str(tmp_path / "runs.sqlite3"),
+         str(tmp_path / "artifacts"), url, "crashy", str(N_ITEMS)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+
+
+@pytest.mark.parametrize("seed", range(SCENARIOS))
+def test_crash_anywhere_resume_anywhere(seed: int, tmp_path: Path, emulator: Any) -> None:
+    rng = random.Random(seed)
+    emulator.faults.line_fault(contains="flaky", kind="error", times=1)
+    emulator.faults.line_fault(contains="badjson", kind="invalid_json", times=1)
+    crashes = [f"{rng.choice(POINTS)}:{1 if i == 0 else rng.randint(1, 3)}"
+               for i in range(rng.randint(1, 3))]
+    kills = 0
+    for crash in [*crashes, None]:
+        proc = _worker(tmp_path, emulator.base_url, crash)
+        if proc.returncode == -signal.SIGKILL:
+            kills += 1
+            continue
+        assert proc.returncode == 0, f"crash={crash}\n{proc.stderr[-3000:]}"
+        if crash is None:
+            break
+    else:
+        pytest.fail("the final, crash-free worker did not finish")
+    # The first crash point (n=1) is always reached by a run started from scratch.
+    assert kills >= 1, f"no kill happened for {crashes}"
+
+    runner = BatchRunner(storage=SQLiteStorage(tmp_path / "runs.sqlite3"),
+                         artifacts=LocalArtifactStore(tmp_path / "artifacts"),
+                         provider=_provider(emulator))
+    try:
+        run = runner.get_run("crashy", job=job())
+        summary = run.summary()
+        assert summary.status.value == "completed", crashes
+        assert (summary.total_items, summary.completed_items, summary.failed_items) == (N_ITEMS, N_ITEMS, 0)
+        results = list(run.results())
+        ids = [r.item_id for r in results]
+        assert len(ids) == len(set(ids)) == N_ITEMS, "every item exactly one terminal result"
+        assert set(ids) == {it.item_id for it in items(N_ITEMS)}
+        assert all(r.status is ItemStatus.COMPLETED for r in results)
+        by_id = {r.item_id: r for r in results}
+    finally:
+        runner.close()
+
+    # Provider side: no batch created twice for the same chunk.
+    created = Counter(
+        (b["metadata"] or {}).get("batchor_chunk") for b in emulator.batches()
+    )
+    assert all(n == 1 for n in created.values()), f"duplicate batches: {created} after {crashes}"
+    # No custom_id sent twice; no item sent more often than its attempts.
+    counts = emulator.custom_id_counts()
+    assert all(n == 1 for n in counts.values()), crashes
+    sends = Counter(parse_custom_id(cid)[0] for cid in counts)  # type: ignore[index]
+    for seq, item in enumerate(items(N_ITEMS)):
+        assert sends[seq] == by_id[item.item_id].attempts, (item.item_id, crashes)
+        faulty = "flaky" in item.payload["text"] or "badjson" in item.payload["text"]
+        assert by_id[item.item_id].attempts == (2 if faulty else 1)
+
+
+def _provider(emulator: Any) -> Any:
+    from batchor_core import OpenAIProviderConfig
+
+    return OpenAIProviderConfig(api_key="sk-test", base_url=emulator.base_url)
