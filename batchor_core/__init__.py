@@ -10,6 +10,7 @@ The main names::
 
 from batchor_core.artifacts import LocalArtifactStore
 from batchor_core.clock import FakeClock, SystemClock
+from batchor_core.exports import ExportReport
 from batchor_core.errors import (
     ArtifactError,
     BatchorError,
@@ -18,6 +19,7 @@ from batchor_core.errors import (
     JobChangedError,
     ProviderError,
     RateLimitedError,
+    RetentionError,
     RunConflictError,
     RunFinishedError,
     RunLeasedError,
@@ -56,6 +58,7 @@ __all__ = [
     "ChunkPolicy",
     "ConfigurationError",
     "Endpoint",
+    "ExportReport",
     "FakeClock",
     "InvalidItemError",
     "ItemError",
@@ -69,6 +72,7 @@ __all__ = [
     "PostgresStorage",
     "ProviderError",
     "RateLimitedError",
+    "RetentionError",
     "RetryPolicy",
     "Run",
     "RunConflictError",

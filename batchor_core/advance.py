@@ -27,6 +27,7 @@ from batchor_core.packing import (
     ChunkPacker,
     chunk_key,
     custom_id,
+    output_key,
     parse_custom_id,
     seal_chunk,
     swap_custom_id,
@@ -267,13 +268,16 @@ class RunStepper:
         if exc.retryable:
             self._defer(current, exc)
             return True
-        reason = f"provider refused chunk {chunk.chunk_id}: {exc.message}"
         self._defer(current, exc)
-        self.store.set_status(
-            run.run_id, RunStatus.PAUSED, reason=reason, expected=[RunStatus.RUNNING]
-        )
-        log.warning("run %s paused: %s", run.run_id, reason)
+        self._pause(run, f"provider refused chunk {chunk.chunk_id}: {exc.message}")
         return True
+
+    def _pause(self, run: RunRecord, reason: str) -> None:
+        """Pause on a fault no retry will fix (no quota, bad key); resume() continues."""
+        if self.store.set_status(
+            run.run_id, RunStatus.PAUSED, reason=reason[:2000], expected=[RunStatus.RUNNING]
+        ):
+            log.warning("run %s paused: %s", run.run_id, reason)
 
     # ------------------------------------------------------------------ poll + collect
 
@@ -294,6 +298,8 @@ class RunStepper:
                 batch = self.provider.get_batch(chunk.batch_id)
             except ProviderError as exc:
                 self._defer(chunk, exc)
+                if not exc.retryable:
+                    self._pause(run, f"cannot read batch {chunk.batch_id}: {exc.message}")
                 continue
             if not batch.is_terminal:
                 if batch.status != chunk.provider_status:
@@ -338,7 +344,7 @@ class RunStepper:
         for kind, file_id in (("output", batch.output_file_id), ("error", batch.error_file_id)):
             if not file_id:
                 continue
-            key = f"runs/{run.run_id}/outputs/{chunk.chunk_id}-{batch.batch_id}-{kind}.jsonl"
+            key = output_key(run.run_id, chunk.chunk_id, batch.batch_id, kind)
             if not self.artifacts.exists(key):
                 self.artifacts.write_stream(key, self.provider.download_file(file_id))
                 failpoints.reach("collect.downloaded")

@@ -14,6 +14,7 @@ edge, with ``raise ... from exc``.
     │   └── SourceChangedError      the item source differs from the stored one
     ├── RunLeasedError              another process holds the run's lease
     ├── RunFinishedError            the run is already terminal
+    ├── RetentionError              a prune that would lose data not yet exported
     ├── InvalidItemError            bad item (empty / duplicate id, unserialisable payload)
     ├── SourceError                 bad input file (names the file and the line or row)
     ├── StorageError                control-plane store failure
@@ -33,6 +34,7 @@ __all__ = [
     "JobChangedError",
     "ProviderError",
     "RateLimitedError",
+    "RetentionError",
     "RunConflictError",
     "RunFinishedError",
     "RunLeasedError",
@@ -104,6 +106,10 @@ class RunFinishedError(BatchorError):
     """The run is already in a terminal state and cannot take this action."""
 
 
+class RetentionError(BatchorError):
+    """A prune was refused because it would delete data that was never exported."""
+
+
 class InvalidItemError(BatchorError):
     """An item cannot be accepted (empty or duplicate id, payload not JSON-serialisable)."""
 
@@ -125,6 +131,7 @@ class ProviderError(BatchorError):
 
     Attributes:
         status_code: HTTP status, when the provider answered.
+        code: The provider's error code when it gave one (``insufficient_quota``, ...).
     """
 
     def __init__(
@@ -132,12 +139,14 @@ class ProviderError(BatchorError):
         message: str,
         *,
         status_code: int | None = None,
+        code: str | None = None,
         run_id: str | None = None,
         batch_id: str | None = None,
         retryable: bool | None = None,
     ) -> None:
         super().__init__(message, run_id=run_id, batch_id=batch_id, retryable=retryable)
         self.status_code = status_code
+        self.code = code
 
 
 class RateLimitedError(ProviderError):

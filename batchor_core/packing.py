@@ -16,12 +16,24 @@ from batchor_core import failpoints
 from batchor_core.models import ChunkPolicy
 from batchor_core.ports import ArtifactStore, ArtifactWriter, ChunkRecord, ChunkState, StateStore
 
-__all__ = ["ChunkPacker", "chunk_key", "custom_id", "parse_custom_id", "seal_chunk"]
+__all__ = [
+    "ChunkPacker",
+    "chunk_key",
+    "custom_id",
+    "output_key",
+    "parse_custom_id",
+    "seal_chunk",
+]
 
 
 def chunk_key(run_id: str, chunk_id: str) -> str:
     """Artifact key of a chunk's request JSONL."""
     return f"runs/{run_id}/requests/{chunk_id}.jsonl"
+
+
+def output_key(run_id: str, chunk_id: str, batch_id: str, kind: str) -> str:
+    """Artifact key of a batch's downloaded ``output`` or ``error`` file."""
+    return f"runs/{run_id}/outputs/{chunk_id}-{batch_id}-{kind}.jsonl"
 
 
 def custom_id(seq: int, submission: int) -> str:

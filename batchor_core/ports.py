@@ -84,6 +84,7 @@ class RunRecord:
     owner: JSONObject | None
     created_at: datetime
     updated_at: datetime
+    retention: JSONObject | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +425,14 @@ class StateStore(Protocol):
 
     def release_lease(self, run_id: str, owner: str) -> None:
         """Give the lease up if ``owner`` holds it."""
+        ...
+
+    def set_retention(self, run_id: str, retention: JSONObject) -> None:
+        """Record what was exported and pruned."""
+        ...
+
+    def chunks_with_pending_items(self, run_id: str) -> set[str]:
+        """Chunks still holding the request line of a non-terminal item."""
         ...
 
     def finish_ingest(self, run_id: str) -> None:

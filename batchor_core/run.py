@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -10,18 +11,23 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from batchor_core.errors import (
+    RetentionError,
     RunFinishedError,
     RunLeasedError,
     RunNotFoundError,
     RunTimeoutError,
 )
+from batchor_core.exports import ExportReport, write_export
 from batchor_core.models import ItemResult, ItemStatus, RunStatus, RunSummary, Usage
+from batchor_core.packing import chunk_key, output_key
 from batchor_core.ports import ChunkState, ResultRow, RunRecord
 
 if TYPE_CHECKING:
     from batchor_core.runner import BatchRunner
 
 __all__ = ["Run"]
+
+_FINISHED = (RunStatus.COMPLETED.value, RunStatus.CANCELLED.value)
 
 
 class Run:
@@ -88,9 +94,9 @@ class Run:
             if changed and on_progress is not None:
                 on_progress(summary)
             if summary.is_finished or (
-                summary.status is RunStatus.PAUSED and summary.pending_items == 0
+                summary.status is RunStatus.PAUSED and summary.batches_in_flight == 0
             ):
-                return summary
+                return summary  # finished, or paused with nothing left to collect
             if changed:
                 continue
             delay = poll_interval
@@ -172,6 +178,91 @@ class Run:
             metadata=json.loads(row.metadata_json) if row.metadata_json else None,
             cursor=row.finished_seq,
         )
+
+    # ------------------------------------------------------------------ retention
+
+    def export(
+        self, path: str | os.PathLike[str], *, format: str = "jsonl", after: int = 0
+    ) -> ExportReport:
+        """Stream terminal results (after cursor ``after``) to ``path``.
+
+        Formats: ``jsonl`` (outputs as JSON), ``csv`` and ``parquet`` (outputs and
+        metadata as JSON text). The file appears atomically. The export is recorded with
+        the run, which is what allows :meth:`prune` to delete raw outputs.
+        """
+        report = write_export(self.results(after=after), path, format, after=after)
+        record = self._record()
+        retention = dict(record.retention or {})
+        exports = list(retention.get("exports", []))
+        exports.append(
+            {
+                "path": str(report.path),
+                "format": report.format,
+                "after": after,
+                "rows": report.rows,
+                "cursor": report.cursor,
+                "run_status": record.status.value,
+                "at": self._runner.clock.now().isoformat(),
+            }
+        )
+        retention["exports"] = exports[-20:]
+        self._runner.storage.set_retention(self._run_id, retention)
+        return report
+
+    def prune(
+        self, *, requests: bool = True, raw_outputs: bool = False, force: bool = False
+    ) -> int:
+        """Delete artifacts deliberately; return how many files were deleted.
+
+        Args:
+            requests: Delete request JSONL of batches no item can be retried from.
+            raw_outputs: Delete downloaded provider output and error files. Refused unless
+                the run is finished and a full export was taken after it finished
+                (or ``force=True``).
+            force: Delete raw outputs even without an export.
+
+        Raises:
+            RetentionError: Raw outputs would be lost without an export.
+        """
+        record = self._record()
+        chunks = self._runner.storage.list_chunks(self._run_id)
+        artifacts = self._runner.artifacts
+        deleted = 0
+        if raw_outputs and not force:
+            exports = (record.retention or {}).get("exports", [])
+            full = [e for e in exports if e.get("after") == 0 and e.get("run_status") in _FINISHED]
+            if not record.status.is_terminal or not full:
+                raise RetentionError(
+                    f"run {self._run_id!r}: raw outputs are only pruned after the run finished "
+                    "and a full export was taken (run.export(path)); pass force=True to "
+                    "delete them anyway",
+                    run_id=self._run_id,
+                )
+        if requests:
+            busy = self._runner.storage.chunks_with_pending_items(self._run_id)
+            for chunk in chunks:
+                if chunk.state is ChunkState.COLLECTED and chunk.chunk_id not in busy:
+                    deleted += artifacts.delete(chunk_key(self._run_id, chunk.chunk_id))
+        if raw_outputs:
+            for chunk in chunks:
+                if chunk.batch_id:
+                    for kind in ("output", "error"):
+                        key = output_key(self._run_id, chunk.chunk_id, chunk.batch_id, kind)
+                        deleted += artifacts.delete(key)
+        retention = dict(record.retention or {})
+        prunes = list(retention.get("prunes", []))
+        prunes.append(
+            {
+                "requests": requests,
+                "raw_outputs": raw_outputs,
+                "forced": force,
+                "files_deleted": deleted,
+                "at": self._runner.clock.now().isoformat(),
+            }
+        )
+        retention["prunes"] = prunes[-20:]
+        self._runner.storage.set_retention(self._run_id, retention)
+        return deleted
 
     # ------------------------------------------------------------------ control
 

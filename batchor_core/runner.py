@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterable
@@ -235,10 +236,9 @@ class BatchRunner:
 
     @staticmethod
     def _refresh_if_free(run: Run) -> None:
-        try:
+        # Another process may be advancing it right now; the handle is good either way.
+        with contextlib.suppress(RunLeasedError):
             run.refresh()
-        except RunLeasedError:
-            pass  # another process is advancing it; the handle is still good
 
     def _check_source(self, record: RunRecord, source: ItemSource) -> None:
         identity = source.identity()

@@ -81,9 +81,8 @@ def _convert(array: Any) -> list[JSONValue]:
     if types.is_timestamp(t) or types.is_date(t) or types.is_time(t):
         try:
             return [None if v is None else v.isoformat() for v in array.to_pylist()]
-        except ValueError:  # nanoseconds that a datetime cannot hold
-            text = array.cast(pa.string()).to_pylist()
-            return [None if v is None else v.replace(" ", "T", 1) for v in text]
+        except ValueError:  # nanoseconds that a datetime cannot hold: value by value
+            return [_temporal(array, i) for i in range(len(array))]
     if types.is_duration(t):
         scale = _NS_PER_UNIT[t.unit]
         ints = array.cast(pa.int64()).to_pylist()
@@ -93,6 +92,14 @@ def _convert(array: Any) -> list[JSONValue]:
             None if v is None else base64.b64encode(v).decode("ascii") for v in array.to_pylist()
         ]
     return [json_value(v) for v in array.to_pylist(maps_as_pydicts="lossy")]
+
+
+def _temporal(array: Any, index: int) -> str | None:
+    try:
+        value = array[index].as_py()
+        return None if value is None else str(value.isoformat())
+    except ValueError:  # keep every digit: Arrow's own text, ISO-shaped
+        return str(array.slice(index, 1).cast(pa.string())[0].as_py()).replace(" ", "T", 1)
 
 
 def json_value(value: Any) -> JSONValue:

@@ -53,6 +53,8 @@ runs = Table(
     Column("output_tokens", BigInteger, nullable=False, default=0),
     Column("next_finished_seq", BigInteger, nullable=False, default=1),
     Column("owner", Text),
+    # What was exported and pruned, and when (JSON): retention is deliberate and recorded.
+    Column("retention", Text),
     # Lease columns: one process at a time advances a run (fencing token on every write).
     Column("lease_owner", String(128)),
     Column("lease_expires_at", DateTime(timezone=True)),

@@ -252,6 +252,28 @@ class SQLStateStore:
                 .values(lease_owner=None, lease_expires_at=None)
             )
 
+    def set_retention(self, run_id: str, retention: JSONObject) -> None:
+        """Record what was exported and pruned."""
+        with self._tx() as conn:
+            conn.execute(
+                update(runs)
+                .where(runs.c.run_id == run_id)
+                .values(retention=_dumps(retention), updated_at=_now())
+            )
+
+    def chunks_with_pending_items(self, run_id: str) -> set[str]:
+        """Chunks still holding the request line of a queued or retrying item."""
+        with self._tx() as conn:
+            return {
+                str(c)
+                for c in conn.execute(
+                    select(items.c.chunk_id)
+                    .where(items.c.run_id == run_id, items.c.status.in_([QUEUED, RETRY]))
+                    .distinct()
+                ).scalars()
+                if c is not None
+            }
+
     def finish_ingest(self, run_id: str) -> None:
         """Mark the source fully read."""
         with self._tx() as conn:
@@ -713,6 +735,7 @@ class SQLStateStore:
             input_tokens=int(m["input_tokens"]),
             output_tokens=int(m["output_tokens"]),
             owner=_loads(m["owner"]),
+            retention=_loads(m["retention"]),
             created_at=_aware(m["created_at"]) or _now(),
             updated_at=_aware(m["updated_at"]) or _now(),
         )

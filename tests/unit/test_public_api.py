@@ -14,10 +14,10 @@ PACKAGE = Path(batchor_core.__file__).parent
 
 EXPECTED_CORE = {
     "ArtifactError", "BatchItem", "BatchJob", "BatchRunner", "BatchorError", "ChunkPolicy",
-    "ConfigurationError", "Endpoint", "FakeClock", "InvalidItemError", "ItemError", "ItemResult",
+    "ConfigurationError", "Endpoint", "ExportReport", "FakeClock", "InvalidItemError", "ItemError", "ItemResult",
     "ItemStatus", "JobChangedError", "LocalArtifactStore", "MemoryStateStore",
     "OpenAIBatchProvider", "OpenAIProviderConfig", "PostgresStorage", "ProviderError",
-    "RateLimitedError", "RetryPolicy", "Run", "RunConflictError", "RunFinishedError",
+    "RateLimitedError", "RetentionError", "RetryPolicy", "Run", "RunConflictError", "RunFinishedError",
     "RunLeasedError", "RunNotFoundError", "RunStatus", "RunSummary", "RunTimeoutError",
     "SQLiteStorage", "SourceChangedError", "SourceError", "StorageError", "SystemClock", "Usage",
     "__version__",

@@ -87,6 +87,7 @@ def _translate(
                 f"{QUOTA_CODE}: OpenAI reports no quota left while {action}; add credit or "
                 f"raise the usage limit, then resume the run. ({detail})",
                 status_code=429,
+                code=QUOTA_CODE,
                 batch_id=batch_id,
                 retryable=False,
             )
@@ -140,7 +141,11 @@ def _rebuild(error: ProviderError, message: str) -> ProviderError:
             message, retry_after_seconds=error.retry_after_seconds, batch_id=error.batch_id
         )
     return ProviderError(
-        message, status_code=error.status_code, batch_id=error.batch_id, retryable=error.retryable
+        message,
+        status_code=error.status_code,
+        code=error.code,
+        batch_id=error.batch_id,
+        retryable=error.retryable,
     )
 
 

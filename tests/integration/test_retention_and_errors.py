@@ -1,0 +1,113 @@
+"""Exports, deliberate pruning, incremental results, and the errors users can hit."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from batchor_core import (
+    BatchItem,
+    BatchJob,
+    BatchRunner,
+    ChunkPolicy,
+    JobChangedError,
+    RetentionError,
+    RunFinishedError,
+    RunNotFoundError,
+    RunStatus,
+)
+from tests.integration.review_model import Review
+
+pytestmark = pytest.mark.integration
+
+
+def _job(**kwargs: Any) -> BatchJob:
+    return BatchJob(
+        model="gpt-4o-mini",
+        build_prompt=lambda item: str(item.payload["text"]),
+        output_model=Review,
+        **kwargs,
+    )
+
+
+def _items(n: int) -> list[BatchItem]:
+    return [
+        BatchItem(item_id=f"r{i}", payload={"text": f"t{i}"}, metadata={"row": i}) for i in range(n)
+    ]
+
+
+def test_export_every_format_and_prune_only_after_export(
+    make_runner: Callable[..., BatchRunner], tmp_path: Path
+) -> None:
+    runner = make_runner()
+    run = runner.start(_job(chunk_policy=ChunkPolicy(max_requests=3)), items=_items(7), run_id="ex")
+    assert run.wait(timeout=60, poll_interval=0.05).status is RunStatus.COMPLETED
+    artifacts = tmp_path / "artifacts"
+    outputs = list(artifacts.rglob("*-output.jsonl"))
+    assert len(outputs) == 3
+
+    with pytest.raises(RetentionError, match="full export"):
+        run.prune(raw_outputs=True)
+    assert all(p.exists() for p in outputs)
+
+    jsonl = run.export(tmp_path / "out" / "results.jsonl")
+    assert jsonl.rows == 7
+    lines = [json.loads(line) for line in jsonl.path.read_text().splitlines()]
+    assert {row["item_id"] for row in lines} == {f"r{i}" for i in range(7)}
+    assert all(Review.model_validate(row["output"]) for row in lines)
+    assert lines[0]["metadata"] == {"row": int(lines[0]["item_id"][1:])}
+
+    with open(run.export(tmp_path / "results.csv", format="csv").path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 7 and Review.model_validate_json(rows[0]["output"])
+
+    table = pq.read_table(run.export(tmp_path / "results.parquet", format="parquet").path)
+    assert table.num_rows == 7 and table.column("status").to_pylist() == ["completed"] * 7
+
+    deleted = run.prune(requests=True, raw_outputs=True)
+    assert deleted == 3 + 3  # three request files, three output files
+    assert not any(p.exists() for p in outputs)
+    assert not list(artifacts.rglob("requests/*.jsonl"))
+    record = runner.storage.load_run("ex")
+    assert record is not None and record.retention is not None
+    assert record.retention["prunes"][-1]["files_deleted"] == 6
+    assert len(record.retention["exports"]) == 3
+
+
+def test_results_cursor_reads_only_newer_results_across_handles(
+    make_runner: Callable[..., BatchRunner],
+) -> None:
+    runner = make_runner()
+    job = _job(chunk_policy=ChunkPolicy(max_requests=2, max_inflight_batches=1))
+    run = runner.start(job, items=_items(6), run_id="cursor")
+    seen: list[str] = []
+    cursor = 0
+    while not run.refresh().is_finished:
+        fresh = list(runner.get_run("cursor").results(after=cursor))
+        seen.extend(r.item_id for r in fresh)
+        cursor = fresh[-1].cursor if fresh else cursor
+    seen.extend(r.item_id for r in run.results(after=cursor))
+    assert sorted(seen) == sorted(f"r{i}" for i in range(6))  # each exactly once
+
+
+def test_errors_say_what_to_do(make_runner: Callable[..., BatchRunner]) -> None:
+    runner = make_runner()
+    with pytest.raises(RunNotFoundError, match="no run 'nope'"):
+        runner.get_run("nope")
+    run = runner.start(_job(), items=_items(2), run_id="same")
+    run.wait(timeout=60, poll_interval=0.05)
+    changed = BatchJob(model="gpt-4.1", build_prompt=lambda item: "other", output_model=Review)
+    with pytest.raises(JobChangedError, match=r"model \('gpt-4o-mini' -> 'gpt-4.1'\)") as info:
+        runner.start(changed, items=_items(2), run_id="same")
+    assert "start a new run id" in str(info.value) and info.value.run_id == "same"
+    with pytest.raises(RunFinishedError, match="already completed"):
+        run.cancel()
+    # Starting a finished run again just hands back the handle.
+    again = runner.start(_job(), items=_items(2), run_id="same")
+    assert again.summary().completed_items == 2
