@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start the machine's PostgreSQL cluster and print a URL to a fresh test database.
+# Start the machine's PostgreSQL cluster and print a URL to a fresh (re-created) test
+# database, so tables always match the code under test.
 # Exits non-zero (printing nothing on stdout) when Postgres cannot be started here.
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then
@@ -26,7 +27,7 @@ DO \$\$ BEGIN
     CREATE ROLE batchor LOGIN PASSWORD 'batchor';
   END IF;
 END \$\$;
-SELECT 'CREATE DATABASE batchor_test OWNER batchor'
-WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'batchor_test')\gexec
+DROP DATABASE IF EXISTS batchor_test WITH (FORCE);
+CREATE DATABASE batchor_test OWNER batchor;
 SQL
 echo "postgresql+psycopg://batchor:batchor@127.0.0.1:$port/batchor_test"

@@ -7,6 +7,7 @@ Prints one JSON summary line when the run finishes.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -53,7 +54,7 @@ def main() -> None:
         ingest_slice_size=5,
         transient_backoff_seconds=0.0,
         token_limit_backoff_seconds=0.0,
-        lease_ttl_seconds=1.0,
+        lease_ttl_seconds=float(os.environ.get("BATCHOR_TEST_LEASE_TTL", "1.0")),
     )
     deadline = time.monotonic() + 60
     while True:
