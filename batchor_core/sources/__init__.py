@@ -25,19 +25,21 @@ Bad input
     header but no data rows or a JSONL file with only blank lines (an empty run is almost
     always a mistake), an id or selected column missing from the header or schema, a
     duplicate CSV column name, a file that is not Parquet, a Parquet id column that is
-    neither string nor integer.
+    neither string nor integer. Each file source's ``check()`` raises these without reading
+    any rows; :class:`MultiSource` checks every file before its first item.
 
     Row-level problems depend on ``on_bad_row``. With ``"record"`` (the default) the row
     becomes a :class:`~batchor_core.ports.RejectedRow` in the slice's ``rejected`` list:
     ``item_id`` is the row's id when readable, else ``"<file>:<line>"``; ``error`` is
     ``"<file>:<line>: <what is wrong>"``; ``raw`` keeps what could be read (``{"line":
     <text>}``, or ``{"row": {...}}`` for Parquet). The runner stores it as a failed item, so
-    nothing is lost. With ``"raise"`` the same message raises ``SourceError`` before the
-    slice holding the row is yielded. Row-level problems are: malformed JSON, a JSON line
-    that is not an object, invalid UTF-8, a CSV row with too many or too few fields, an
-    empty, null or over-long id, an id that is neither string nor integer, a JSONL line
-    missing the id or a payload field, and an ``id_fn`` that raises. Blank lines are
-    skipped, not errors. Duplicate ids are left to the runner (it sees every file).
+    nothing is lost. With ``"raise"`` the same message (plus a hint) raises ``SourceError``
+    before the slice holding the row is yielded. Row-level problems are: malformed JSON, a
+    JSON line that is not an object, invalid UTF-8, a CSV row with too many or too few
+    fields, an empty, null or over-long id, an id that is neither string nor integer, a
+    JSONL line missing the id or a payload field, and an ``id_fn`` that raises. Blank
+    lines are skipped, not errors. Duplicate ids are left to the runner (it sees every
+    file); ``locations`` name each item's file and line for its message.
 
 Values
     CSV values are strings exactly as written (``"00123"`` stays ``"00123"``, an empty
@@ -47,11 +49,23 @@ Values
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from batchor_core.sources._identity import describe_identity_change
 from batchor_core.sources.csv_source import CsvSource
 from batchor_core.sources.jsonl_source import JsonlSource
 from batchor_core.sources.multi_source import MultiSource
 from batchor_core.sources.parquet_source import ParquetSource
+
+if TYPE_CHECKING:  # mypy proves every source implements the port
+    from batchor_core.ports import ItemSource
+
+    _PORT_CHECK: tuple[type[ItemSource], ...] = (
+        CsvSource,
+        JsonlSource,
+        MultiSource,
+        ParquetSource,
+    )
 
 __all__ = [
     "CsvSource",

@@ -27,10 +27,10 @@ __all__ = [
     "check_policy",
     "check_slice_size",
     "column_items",
+    "file_size",
     "fn_name",
     "id_from_fn",
     "item_id_of",
-    "open_file",
     "reject",
 ]
 
@@ -149,7 +149,7 @@ def reject(
     return RejectedRow(item_id=item_id or where, error=error, raw=raw)
 
 
-def open_file(path: str) -> int:
+def file_size(path: str) -> int:
     """Check ``path`` is a readable regular file and return its size; raise ``SourceError``."""
     try:
         st = os.stat(path)
@@ -236,7 +236,7 @@ def assemble_slices(
         while k < size:
             stop = min(size, k + slice_size - taken)
             if chunk.clean:
-                items.extend(chunk.entries[k:stop])  # type: ignore[arg-type]
+                items.extend(cast("Sequence[BatchItem]", chunk.entries)[k:stop])
                 locations.extend(chunk.locations[k:stop])
             else:
                 for entry, location in zip(

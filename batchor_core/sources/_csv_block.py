@@ -72,7 +72,8 @@ def block_chunks(
     expected = len(shape.names)
 
     def on_invalid(row: Any) -> str:
-        ragged[row.number - 1] = f"expected {expected} fields, got {row.actual_columns}"
+        index = row.number - 1 if row.number is not None else -1  # -1: fails the check below
+        ragged[index] = f"expected {expected} fields, got {row.actual_columns}"
         return "skip"
 
     wanted = shape.wanted
@@ -97,7 +98,7 @@ def block_chunks(
             f"{shape.path}:{records.lines[0]}: cannot parse CSV ({one_line(exc)})"
         ) from exc
     count = len(records.ends)
-    if table.num_rows + len(ragged) != count or any(k >= count for k in ragged):
+    if table.num_rows + len(ragged) != count or any(not 0 <= k < count for k in ragged):
         raise SourceError(
             f"{shape.path}:{records.lines[0]}: CSV records could not be delimited reliably "
             f"({count} found, pyarrow read {table.num_rows + len(ragged)})"

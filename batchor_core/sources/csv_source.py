@@ -22,10 +22,10 @@ from batchor_core.sources._common import (
     check_id_options,
     check_policy,
     check_slice_size,
+    file_size,
     fn_name,
-    open_file,
 )
-from batchor_core.sources._csv_block import CsvShape, block_chunks, parse_options
+from batchor_core.sources._csv_block import CsvShape, block_chunks, one_line, parse_options
 from batchor_core.sources._csv_records import RecordScanner
 from batchor_core.sources._identity import file_identity, offset_checkpoint, read_offset_checkpoint
 
@@ -134,10 +134,9 @@ class CsvSource:
         Reads the header and looks for a first data row; ``read_slices`` does the same
         before yielding anything, and :class:`MultiSource` calls this for every file first.
         """
-        size = self._size()
+        self._size()
         with open(self._path, "rb") as f:
-            header = self._header(f)
-            self._check_has_rows(f, header, size)
+            self._check_has_rows(f, self._header(f))
 
     def read_slices(
         self, checkpoint: JSONObject | None, *, slice_size: int
@@ -154,7 +153,7 @@ class CsvSource:
         with open(self._path, "rb") as f:
             header = self._header(f)
             if checkpoint is None:
-                self._check_has_rows(f, header, size)
+                self._check_has_rows(f, header)
                 offset, line = header.end, header.end_line
             else:
                 offset, line = read_offset_checkpoint(
@@ -175,12 +174,12 @@ class CsvSource:
             yield from assemble_slices(rows, slice_size=slice_size, checkpoint=offset_checkpoint)
 
     def _size(self) -> int:
-        size = open_file(self._path)
+        size = file_size(self._path)
         if size == 0:
             raise SourceError(f"{self._path}: file is empty (0 bytes); expected a header line")
         return size
 
-    def _check_has_rows(self, f: BinaryIO, header: _Header, size: int) -> None:
+    def _check_has_rows(self, f: BinaryIO, header: _Header) -> None:
         """Raise unless a data record follows the header (empty lines do not count)."""
         f.seek(header.end)
         buf, line = b"", header.end_line
@@ -227,7 +226,9 @@ class CsvSource:
         try:
             table = pacsv.read_csv(
                 pa.BufferReader(raw),
-                read_options=pacsv.ReadOptions(autogenerate_column_names=True, use_threads=False),
+                read_options=pacsv.ReadOptions(
+                    autogenerate_column_names=True, use_threads=False, block_size=len(raw) + 1
+                ),
                 parse_options=parse_options(self._delimiter, self._quote_char, None),
                 convert_options=pacsv.ConvertOptions(
                     column_types={f"f{i}": pa.binary() for i in range(fields)},
@@ -243,7 +244,7 @@ class CsvSource:
             ) from None
         except pa.ArrowException as exc:
             raise SourceError(
-                f"{self._path}:{records.lines[0]}: cannot parse the header line ({exc})"
+                f"{self._path}:{records.lines[0]}: cannot parse the header line ({one_line(exc)})"
             ) from exc
         return _Header(names=names, line=records.lines[0], end=end, end_line=records.next_lines[0])
 

@@ -21,10 +21,10 @@ from batchor_core.sources._common import (
     check_id_options,
     check_policy,
     check_slice_size,
+    file_size,
     fn_name,
     id_from_fn,
     item_id_of,
-    open_file,
     reject,
 )
 from batchor_core.sources._identity import file_identity, offset_checkpoint, read_offset_checkpoint
@@ -131,7 +131,7 @@ class JsonlSource:
             yield from assemble_slices(rows, slice_size=slice_size, checkpoint=offset_checkpoint)
 
     def _size(self) -> int:
-        size = open_file(self._path)
+        size = file_size(self._path)
         if size == 0:
             raise SourceError(f"{self._path}: file is empty (0 bytes)")
         return size

@@ -25,10 +25,10 @@ from batchor_core.sources._common import (
     check_policy,
     check_slice_size,
     column_items,
+    file_size,
     fn_name,
     id_from_fn,
     item_id_of,
-    open_file,
     reject,
 )
 from batchor_core.sources._identity import file_identity
@@ -39,10 +39,11 @@ __all__ = ["ParquetSource"]
 class ParquetSource:
     """Items from a Parquet file.
 
-    Values are made JSON-safe: decimals and dates/times become strings (ISO 8601 for
-    dates and times), binary becomes base64, NaN becomes ``None``; see
-    ``batchor_core.sources._arrow_values`` for every rule. The id column must hold
-    strings or integers.
+    Values are made JSON-safe, the same way whatever the physical type: strings, integers,
+    booleans and nulls as they are; NaN and infinities become ``None``; decimals become
+    strings (``"12.50"``); dates, times and timestamps become ISO 8601 strings; durations
+    become seconds; binary becomes base64; lists, structs and maps are converted
+    recursively (map keys become strings). The id column must hold strings or integers.
 
     Checkpoints are ``{"row_group": g, "row": r}``: the next unread row is row ``r`` of
     row group ``g``. Resuming opens row group ``g`` directly (earlier groups are never
@@ -135,7 +136,7 @@ class ParquetSource:
             yield from assemble_slices(rows, slice_size=slice_size, checkpoint=_checkpoint)
 
     def _open(self) -> Any:
-        if open_file(self._path) == 0:
+        if file_size(self._path) == 0:
             raise SourceError(f"{self._path}: file is empty (0 bytes), not a Parquet file")
         try:
             # Buffered reads stream each column chunk instead of loading it whole.

@@ -37,7 +37,7 @@ def test_concatenates_in_order(files: list[Path]) -> None:
     assert [len(s.items) + len(s.rejected) for s in got.slices] == [3, 3, 3]  # never mixed
     assert got.locations[3] == f"{files[1]}:1"
     assert got.rejected[0].error == f"{files[1]}:2: no payload field 'text'"
-    assert got.checkpoints[0] == {"index": 0, "inner": {"offset": 26, "line": 5}}
+    assert got.checkpoints[0] == {"index": 0, "inner": {"offset": 23, "line": 5}}
 
 
 def test_namespaced_ids_use_file_stems(files: list[Path]) -> None:

@@ -14,6 +14,7 @@ While :meth:`FaultPlan.hold_batches` is on, batches stop in ``in_progress``.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
@@ -86,6 +87,18 @@ class BatchLifecycle:
         )
         self._store.add_batch(record)
         return record
+
+    def process_in_background(self, record: BatchRecord) -> None:
+        """In instant mode, start working on a new batch at once, like the real service.
+
+        Whoever reads the batch next waits on its lock until the work is done, so the
+        batch still looks finished on first retrieve; meanwhile the client is free to do
+        other work (upload the next file, collect another batch).
+        """
+        if self._instant:
+            threading.Thread(
+                target=self.settle, args=(record,), name=f"emulator-{record.id}", daemon=True
+            ).start()
 
     def snapshot(self, record: BatchRecord) -> JSONObject:
         """Return the batch object as it is, without moving the batch."""

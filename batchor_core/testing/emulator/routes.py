@@ -173,6 +173,7 @@ class Router:
     def _create_batch(self, request: Request, _: str) -> Reply:
         record = self._lifecycle.create(_json_body(request))
         snapshot = self._lifecycle.snapshot(record)
+        self._lifecycle.process_in_background(record)
         failure = self._faults.take_commit_failure()
         if failure is not None:
             # The batch is committed; only the client's view of the outcome is lost.
