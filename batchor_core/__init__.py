@@ -10,7 +10,6 @@ The main names::
 
 from batchor_core.artifacts import LocalArtifactStore
 from batchor_core.clock import FakeClock, SystemClock
-from batchor_core.exports import ExportReport
 from batchor_core.errors import (
     ArtifactError,
     BatchorError,
@@ -29,6 +28,7 @@ from batchor_core.errors import (
     SourceError,
     StorageError,
 )
+from batchor_core.exports import ExportReport
 from batchor_core.models import (
     BatchItem,
     BatchJob,

@@ -114,6 +114,17 @@ class RunStepper:
         progress |= self._maybe_complete(run.run_id)
         return progress
 
+    def submit_ready(self, run_id: str) -> bool:
+        """Submit sealed chunks now (called during ingest, so batches start early)."""
+        run = self.store.load_run(run_id)
+        if run is None or run.status not in (RunStatus.INGESTING, RunStatus.RUNNING):
+            return False
+        self.lease.acquire(run_id)
+        try:
+            return self._submit(run)
+        finally:
+            self.lease.release(run_id)
+
     def next_wake(self, run_id: str) -> datetime | None:
         """Earliest time a backoff in this run ends (for callers deciding how long to wait)."""
         times = [c.not_before for c in self.store.list_chunks(run_id) if c.not_before]
@@ -217,7 +228,7 @@ class RunStepper:
                 f"{chunk.sha256[:12]}); restore it or cancel the run",
                 run_id=run.run_id,
             )
-        self.lease.acquire(run.run_id)  # renew before the side effect; raises if lost
+        self.lease.renew(run.run_id)  # before the side effect; raises if the lease was lost
         chunk = self._move(chunk, ChunkState.SEALED, state=ChunkState.UPLOADING)
         with self.artifacts.open_read(key) as stream:
             try:
@@ -231,7 +242,7 @@ class RunStepper:
         return self._move(chunk, ChunkState.UPLOADING, state=ChunkState.UPLOADED, file_id=file_id)
 
     def _create(self, run: RunRecord, chunk: ChunkRecord) -> None:
-        self.lease.acquire(run.run_id)  # renew before the side effect; raises if lost
+        self.lease.renew(run.run_id)  # before the side effect; raises if the lease was lost
         chunk = self._move(chunk, ChunkState.UPLOADED, state=ChunkState.SUBMITTING)
         assert chunk.file_id is not None
         try:

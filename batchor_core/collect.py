@@ -12,13 +12,13 @@ Rules (the same for every batch):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ValidationError
 
+from batchor_core import jsoncodec
 from batchor_core.models import ItemError, ItemStatus, RetryPolicy, Usage
 from batchor_core.ports import ItemOutcome, ParsedLine
 
@@ -32,7 +32,7 @@ def validate_output(
 ) -> tuple[str | None, ItemError | None]:
     """Check a model's text output; return ``(output_json, None)`` or ``(None, error)``."""
     if output_model is None:
-        return json.dumps(text, ensure_ascii=False), None
+        return jsoncodec.dumps_text(text), None
     try:
         output_model.model_validate_json(text)
     except ValidationError as exc:

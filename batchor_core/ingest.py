@@ -12,10 +12,10 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from batchor_core import failpoints
+from batchor_core import failpoints, jsoncodec
 from batchor_core.errors import InvalidItemError
 from batchor_core.jobspec import chunk_policy
 from batchor_core.lease import LeaseKeeper
@@ -37,9 +37,7 @@ from batchor_core.ports import (
 __all__ = ["Ingestor", "IterableSource", "as_source"]
 
 log = logging.getLogger("batchor.ingest")
-# Built once: json.dumps with options builds a new encoder on every call.
-_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_PLAIN = json.JSONEncoder(ensure_ascii=False).encode
+
 MAX_ITEM_ID_LENGTH = 512
 
 
@@ -106,7 +104,15 @@ class Ingestor:
         self._clock = clock
         self._slice_size = slice_size
 
-    def run(self, run: RunRecord, job: BatchJob, spec: RequestSpec, source: ItemSource) -> int:
+    def run(
+        self,
+        run: RunRecord,
+        job: BatchJob,
+        spec: RequestSpec,
+        source: ItemSource,
+        *,
+        on_sealed: Callable[[], object] | None = None,
+    ) -> int:
         """Ingest everything after the run's checkpoint; return how many items were added.
 
         Holds the run's lease throughout (renewed every slice; every commit is fenced).
@@ -114,11 +120,18 @@ class Ingestor:
         run_id = run.run_id
         self._lease.acquire(run_id)
         try:
-            return self._ingest(run, job, spec, source)
+            return self._ingest(run, job, spec, source, on_sealed)
         finally:
             self._lease.release(run_id)
 
-    def _ingest(self, run: RunRecord, job: BatchJob, spec: RequestSpec, source: ItemSource) -> int:
+    def _ingest(
+        self,
+        run: RunRecord,
+        job: BatchJob,
+        spec: RequestSpec,
+        source: ItemSource,
+        on_sealed: Callable[[], object] | None,
+    ) -> int:
         run_id = run.run_id
         # Re-read under the lease: another process may have ingested since we looked.
         run = self._store.load_run(run_id) or run
@@ -149,7 +162,7 @@ class Ingestor:
                 next_seq += len(rows)
                 touched = packer.sync()
                 failpoints.reach("ingest.lines_written")
-                self._lease.acquire(run_id)  # renew; a lost lease stops the ingest here
+                self._lease.renew(run_id)  # renew; a lost lease stops the ingest here
                 self._store.append_items(
                     run_id,
                     rows,
@@ -158,7 +171,8 @@ class Ingestor:
                     lease_owner=self._lease.owner,
                 )
                 failpoints.reach("ingest.slice_committed")
-                packer.after_commit()
+                if packer.after_commit() and on_sealed is not None:
+                    on_sealed()
                 added += len(rows)
                 if time.monotonic() - last_log > 5:
                     last_log = time.monotonic()
@@ -199,16 +213,16 @@ class Ingestor:
                 problem = ItemError("duplicate_id", f"duplicate item id {item_id!r}{at}")
             else:
                 try:
-                    payload_json = _PLAIN(item.payload)
+                    payload_json = jsoncodec.dumps_text(item.payload)
                     if item.metadata is not None:
-                        metadata_json = _PLAIN(item.metadata)
+                        metadata_json = jsoncodec.dumps_text(item.metadata)
                 except (TypeError, ValueError) as exc:
                     problem = ItemError("invalid_input", f"payload is not JSON{at}: {exc}")
                 if problem is None:
                     try:
-                        body = _COMPACT(
+                        body = jsoncodec.dumps(
                             self._provider.shape_body(spec, _user_body(job, item))
-                        ).encode()
+                        )
                         line = request_line(custom_id(seq, 1), endpoint, body)
                     except Exception as exc:  # a user's builder may raise anything
                         problem = ItemError(

@@ -38,9 +38,19 @@ class LeaseKeeper:
         self.clock = clock
         self.owner = owner
         self.ttl_seconds = ttl_seconds
+        self._depth: dict[str, int] = {}
 
     def acquire(self, run_id: str) -> None:
-        """Take or renew the lease on ``run_id``.
+        """Take the lease on ``run_id`` (re-entrant: nested holds need matching releases).
+
+        Raises:
+            RunLeasedError: Another live process holds it.
+        """
+        self.renew(run_id)
+        self._depth[run_id] = self._depth.get(run_id, 0) + 1
+
+    def renew(self, run_id: str) -> None:
+        """Extend a held lease (or take a free one) without adding a hold.
 
         Raises:
             RunLeasedError: Another live process holds it.
@@ -56,5 +66,10 @@ class LeaseKeeper:
             )
 
     def release(self, run_id: str) -> None:
-        """Give the lease up."""
+        """Drop one hold; the lease is given up when the outermost hold is released."""
+        depth = self._depth.get(run_id, 0) - 1
+        if depth > 0:
+            self._depth[run_id] = depth
+            return
+        self._depth.pop(run_id, None)
         self.store.release_lease(run_id, self.owner)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
+from batchor_core import jsoncodec
 from batchor_core.errors import (
     RetentionError,
     RunFinishedError,
@@ -167,7 +167,7 @@ class Run:
             if self._output_model is not None:
                 output = self._output_model.model_validate_json(row.output_json)
             else:
-                output = json.loads(row.output_json)
+                output = jsoncodec.loads(row.output_json)
         return ItemResult(
             item_id=row.item_id,
             status=row.status,
@@ -175,7 +175,7 @@ class Run:
             error=row.error if row.status is not ItemStatus.COMPLETED else None,
             attempts=row.attempts,
             usage=row.usage,
-            metadata=json.loads(row.metadata_json) if row.metadata_json else None,
+            metadata=jsoncodec.loads(row.metadata_json) if row.metadata_json else None,
             cursor=row.finished_seq,
         )
 

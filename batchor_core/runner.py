@@ -14,6 +14,7 @@ from batchor_core.advance import RunStepper
 from batchor_core.errors import (
     ConfigurationError,
     JobChangedError,
+    ProviderError,
     RunLeasedError,
     RunNotFoundError,
     SourceChangedError,
@@ -185,7 +186,15 @@ class BatchRunner:
             return run
         source = as_source(items)
         self._check_source(record, source)
-        added = self._ingestor.run(record, job, request_spec(spec), source)
+        # Full chunks are submitted while the rest is still being read, so the provider
+        # starts on the first batch long before a 10M-item file is fully ingested.
+        added = self._ingestor.run(
+            record,
+            job,
+            request_spec(spec),
+            source,
+            on_sealed=lambda: self._submit_quietly(run_id),
+        )
         self.storage.set_status(run_id, RunStatus.RUNNING, expected=[RunStatus.INGESTING])
         log.info("run %s: ingest complete (%d new items)", run_id, added)
         self._refresh_if_free(run)
@@ -233,6 +242,12 @@ class BatchRunner:
         return list(lister()) if callable(lister) else []
 
     # ------------------------------------------------------------------ internals
+
+    def _submit_quietly(self, run_id: str) -> None:
+        try:
+            self._stepper.submit_ready(run_id)
+        except ProviderError as exc:  # the next step retries; ingest goes on
+            log.warning("run %s: early submission deferred: %s", run_id, exc.message)
 
     @staticmethod
     def _refresh_if_free(run: Run) -> None:

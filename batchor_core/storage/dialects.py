@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Connection,
+    Engine,
+    String,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+)
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
 
-__all__ = ["executemany", "is_sqlite", "make_engine"]
+__all__ = ["executemany", "is_sqlite", "make_engine", "values_in"]
 
 
 def make_engine(url: str) -> Engine:
@@ -105,3 +118,20 @@ def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, 
 
 
 _NAMED_SQLITE = sqlite_dialect.dialect(paramstyle="named")
+
+
+def values_in(conn: Connection, column: ColumnElement[Any], values: Sequence[str]) -> Any:
+    """``column IN (values)`` bound as ONE parameter, however many values there are.
+
+    A plain ``IN`` list renders a placeholder per value, which costs more than the query
+    itself for 10,000-id ingest slices. SQLite reads a JSON array through ``json_each``;
+    Postgres takes an array with ``= ANY``.
+    """
+    if conn.dialect.name == "sqlite":
+        table = func.json_each(bindparam("values_json", json.dumps(list(values)))).table_valued(
+            "value"
+        )
+        return column.in_(select(table.c.value))
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam("values_array", list(values), type_=ARRAY(String)))
+    return column.in_(list(values))

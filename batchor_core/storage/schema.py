@@ -105,7 +105,7 @@ items = Table(
     Column("finished_seq", BigInteger),
     UniqueConstraint("run_id", "item_id", name="uq_batchor_items_item_id"),
     # Per-chunk lookups: collecting a batch, and finding items waiting for a retry.
-    Index("ix_batchor_items_chunk", "run_id", "chunk_id", "status"),
+    Index("ix_batchor_items_chunk", "run_id", "chunk_id"),
 )
 
 # The result cursor. Partial, so ingest (finished_seq still NULL) does not pay for it.

@@ -46,7 +46,7 @@ from batchor_core.ports import (
     RunRecord,
 )
 from batchor_core.storage import schema
-from batchor_core.storage.dialects import executemany, make_engine
+from batchor_core.storage.dialects import executemany, make_engine, values_in
 from batchor_core.storage.schema import chunks, items, runs
 
 __all__ = ["MemoryStateStore", "PostgresStorage", "SQLStateStore", "SQLiteStorage"]
@@ -375,8 +375,14 @@ class SQLStateStore:
         found: set[str] = set()
         with self._tx() as conn:
             for start in range(0, len(item_ids), 20000):
-                part = list(item_ids[start : start + 20000])
-                found.update(conn.execute(_EXISTING_IDS, {"r": run_id, "ids": part}).scalars())
+                part = item_ids[start : start + 20000]
+                found.update(
+                    conn.execute(
+                        select(items.c.item_id).where(
+                            items.c.run_id == run_id, values_in(conn, items.c.item_id, part)
+                        )
+                    ).scalars()
+                )
         return found
 
     def max_item_seq(self, run_id: str) -> int:
@@ -790,12 +796,6 @@ def _collected_chunks(run_id: str) -> Any:
 def _bind(name: str) -> Any:
     return bindparam(name)
 
-
-# An expanding bind renders the IN list at execution time without building one bind
-# object per id (which dominated ingest with 10,000-id slices).
-_EXISTING_IDS = select(items.c.item_id).where(
-    items.c.run_id == bindparam("r"), items.c.item_id.in_(bindparam("ids", expanding=True))
-)
 
 _ITEM_INSERT = insert(items).values(
     {

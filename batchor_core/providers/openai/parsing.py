@@ -23,8 +23,7 @@ and raises :class:`~batchor_core.errors.ProviderError`: the file is corrupt.
 
 from __future__ import annotations
 
-import json
-
+from batchor_core import jsoncodec
 from batchor_core.errors import ConfigurationError, ProviderError
 from batchor_core.models import Endpoint, ItemError, JSONObject, Usage
 from batchor_core.ports import ParsedLine
@@ -53,7 +52,7 @@ def parse_line(endpoint: str, line: bytes) -> ParsedLine:
     if endpoint != _CHAT and endpoint != _RESPONSES:
         raise ConfigurationError(f"Cannot parse results of unsupported endpoint {endpoint!r}")
     try:
-        obj = json.loads(line)
+        obj = jsoncodec.loads(line)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ProviderError(
             f"Batch result line is not valid JSON ({exc}): {_snippet(line)}", retryable=False
