@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,7 +20,6 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -80,23 +80,20 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
+def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> int:
     """Run ``stmt`` once per row through the driver's own executemany.
 
     SQLAlchemy's generic executemany path builds parameters row by row in Python, which
-    dominates bulk ingest and collection; here the statement is compiled once, with named
-    parameters, and the row dicts go straight to the driver. Bind type processors are
-    applied so values are stored exactly as SQLAlchemy would store them.
+    dominates bulk ingest and collection; here the statement is compiled once and the
+    rows go straight to the driver (as tuples for positional drivers such as sqlite3,
+    picked out with a C-level itemgetter). Bind type processors are applied so values
+    are stored exactly as SQLAlchemy would store them. Returns the rows changed.
     """
     if not rows:
-        return
+        return 0
     dialect = conn.dialect
-    compile_dialect = _NAMED_SQLITE if dialect.name == "sqlite" else dialect
-    compiled = stmt.compile(dialect=compile_dialect)
+    compiled = stmt.compile(dialect=dialect)
     assert isinstance(compiled, SQLCompiler)
-    if compiled.positional:  # a driver without named parameters: fall back to SQLAlchemy
-        conn.execute(stmt, list(rows))
-        return
     first = rows[0]
     extra = {k: v for k, v in compiled.params.items() if k not in first}
     processors = {}
@@ -104,20 +101,26 @@ def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, 
         proc = bind.type.bind_processor(dialect)
         if proc is not None:
             processors[name] = proc
-    params: Sequence[Mapping[str, Any]] = rows
+    prepared: Sequence[Mapping[str, Any]] = rows
     if extra or processors:
-        prepared = []
+        merged_rows = []
         for row in rows:
             merged = {**extra, **row} if extra else dict(row)
             for name, proc in processors.items():
                 if name in merged:
                     merged[name] = proc(merged[name])
-            prepared.append(merged)
-        params = prepared
-    conn.exec_driver_sql(compiled.string, list(params))
-
-
-_NAMED_SQLITE = sqlite_dialect.dialect(paramstyle="named")
+            merged_rows.append(merged)
+        prepared = merged_rows
+    params: list[Any]
+    if compiled.positional:
+        order = list(compiled.positiontup or [])
+        getter = operator.itemgetter(*order)
+        params = (
+            [getter(r) for r in prepared] if len(order) > 1 else [(getter(r),) for r in prepared]
+        )
+    else:
+        params = list(prepared)
+    return int(conn.exec_driver_sql(compiled.string, params).rowcount)
 
 
 def values_in(conn: Connection, column: ColumnElement[Any], values: Sequence[str]) -> Any:

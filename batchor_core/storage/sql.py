@@ -466,75 +466,57 @@ class SQLStateStore:
         so a replay after a crash (or a second collector) is a no-op.
         """
         with self._tx() as conn:
-            live = {
-                row.seq: row.submissions
-                for row in conn.execute(
-                    select(items.c.seq, items.c.submissions).where(
-                        items.c.run_id == run_id,
-                        items.c.chunk_id == chunk.chunk_id,
-                        items.c.status == QUEUED,
-                    )
+            # Claim the chunk first: only one collection of a submitted chunk can commit.
+            # (SQLite serialises writers; on Postgres the row lock makes a concurrent
+            # collector wait here and then find the chunk already collected.)
+            claimed = conn.execute(
+                update(chunks)
+                .where(
+                    chunks.c.run_id == run_id,
+                    chunks.c.chunk_id == chunk.chunk_id,
+                    chunks.c.state == ChunkState.SUBMITTED.value,
                 )
-            }
-            applicable = [o for o in outcomes if live.get(o.seq) == o.submission]
-            done = [o for o in applicable if o.status.is_terminal]
-            retry = [o for o in applicable if not o.status.is_terminal]
-            if done:
-                start = self._reserve_finished_seqs(conn, run_id, len(done))
-                done_params = [
-                    {**_outcome_params(o), "b_finished": start + i}
-                    for i, o in enumerate(sorted(done, key=lambda o: o.seq))
-                ]
-                executemany(
-                    conn,
-                    update(items)
-                    .where(
-                        and_(
-                            items.c.run_id == run_id,
-                            items.c.seq == _bind("b_seq"),
-                            items.c.status == QUEUED,
-                        )
-                    )
-                    .values(
-                        status=_bind("b_status"),
-                        output_json=_bind("b_output"),
-                        error_code=_bind("b_code"),
-                        error_message=_bind("b_message"),
-                        input_tokens=_bind("b_in"),
-                        output_tokens=_bind("b_out"),
-                        attempts=items.c.attempts + _bind("b_spent"),
-                        finished_seq=_bind("b_finished"),
-                    ),
-                    done_params,
-                )
-            if retry:
-                executemany(
-                    conn,
-                    update(items)
-                    .where(
-                        and_(
-                            items.c.run_id == run_id,
-                            items.c.seq == _bind("b_seq"),
-                            items.c.status == QUEUED,
-                        )
-                    )
-                    .values(
-                        status=RETRY,
-                        error_code=_bind("b_code"),
-                        error_message=_bind("b_message"),
-                        attempts=items.c.attempts + _bind("b_spent"),
-                        free_resubmits=items.c.free_resubmits + (1 - _bind("b_spent")),
-                        not_before=bindparam("b_not_before", type_=DateTime(timezone=True)),
-                    ),
-                    [_outcome_params(o) for o in retry],
-                )
+                .values(**self._chunk_values(chunk))
+            )
+            if claimed.rowcount == 0:
+                return 0
+            # Rows still change only while queued with the same submission number.
+            # Each row changes only while queued with the same submission number; the
+            # driver's rowcount says how many did, so counters never drift.
+            done = sorted((o for o in outcomes if o.status.is_terminal), key=lambda o: o.seq)
+            retry = [o for o in outcomes if not o.status.is_terminal]
             counters: dict[str, Any] = {}
+            tokens_in = tokens_out = changed = 0
+            start = self._reserve_finished_seqs(conn, run_id, len(done)) if done else 0
             for status, column in _COUNTER.items():
-                n = sum(1 for o in done if o.status is status)
-                if n:
-                    counters[column] = runs.c[column] + n
-            tokens_in = sum(o.usage.input_tokens for o in applicable if o.usage)
-            tokens_out = sum(o.usage.output_tokens for o in applicable if o.usage)
+                group = [(i, o) for i, o in enumerate(done) if o.status is status]
+                if not group:
+                    continue
+                params = [{**_outcome_params(run_id, o), "b_finished": start + i} for i, o in group]
+                n = executemany(conn, _DONE_UPDATE, params)
+                changed += n
+                counters[column] = runs.c[column] + n
+                if n < len(group):
+                    # Some outcomes were stale: count tokens only for rows that changed,
+                    # recognisable by the result cursor this transaction gave them.
+                    applied = set(
+                        conn.execute(
+                            select(items.c.seq).where(
+                                items.c.run_id == run_id,
+                                items.c.finished_seq >= start,
+                                items.c.finished_seq < start + len(done),
+                            )
+                        ).scalars()
+                    )
+                    group = [(i, o) for i, o in group if o.seq in applied]
+                tokens_in += sum(o.usage.input_tokens for _, o in group if o.usage)
+                tokens_out += sum(o.usage.output_tokens for _, o in group if o.usage)
+            if retry:
+                n = executemany(conn, _RETRY_UPDATE, [_outcome_params(run_id, o) for o in retry])
+                changed += n
+                if n == len(retry):
+                    tokens_in += sum(o.usage.input_tokens for o in retry if o.usage)
+                    tokens_out += sum(o.usage.output_tokens for o in retry if o.usage)
             conn.execute(
                 update(runs)
                 .where(runs.c.run_id == run_id)
@@ -545,12 +527,7 @@ class SQLStateStore:
                     **counters,
                 )
             )
-            conn.execute(
-                update(chunks)
-                .where(chunks.c.run_id == run_id, chunks.c.chunk_id == chunk.chunk_id)
-                .values(**self._chunk_values(chunk))
-            )
-        return len(applicable)
+        return changed
 
     @staticmethod
     def _reserve_finished_seqs(conn: Connection, run_id: str, count: int) -> int:
@@ -797,6 +774,39 @@ def _bind(name: str) -> Any:
     return bindparam(name)
 
 
+_LIVE_ROW = and_(
+    items.c.run_id == bindparam("b_run"),
+    items.c.seq == bindparam("b_seq"),
+    items.c.status == QUEUED,
+    items.c.submissions == bindparam("b_sub"),
+)
+_DONE_UPDATE = (
+    update(items)
+    .where(_LIVE_ROW)
+    .values(
+        status=bindparam("b_status"),
+        output_json=bindparam("b_output"),
+        error_code=bindparam("b_code"),
+        error_message=bindparam("b_message"),
+        input_tokens=bindparam("b_in"),
+        output_tokens=bindparam("b_out"),
+        attempts=items.c.attempts + bindparam("b_spent"),
+        finished_seq=bindparam("b_finished"),
+    )
+)
+_RETRY_UPDATE = (
+    update(items)
+    .where(_LIVE_ROW)
+    .values(
+        status=RETRY,
+        error_code=bindparam("b_code"),
+        error_message=bindparam("b_message"),
+        attempts=items.c.attempts + bindparam("b_spent"),
+        free_resubmits=items.c.free_resubmits + (1 - bindparam("b_spent")),
+        not_before=bindparam("b_not_before", type_=DateTime(timezone=True)),
+    )
+)
+
 _ITEM_INSERT = insert(items).values(
     {
         name: bindparam(name, type_=items.c[name].type)
@@ -818,9 +828,11 @@ _ITEM_INSERT = insert(items).values(
 )
 
 
-def _outcome_params(o: ItemOutcome) -> dict[str, Any]:
+def _outcome_params(run_id: str, o: ItemOutcome) -> dict[str, Any]:
     return {
+        "b_run": run_id,
         "b_seq": o.seq,
+        "b_sub": o.submission,
         "b_status": o.status.value,
         "b_output": o.output_json,
         "b_code": o.error.code if o.error else None,

@@ -57,7 +57,7 @@ def _chunk(run_id: str, chunk_id: str = "c00000", count: int = 0) -> ChunkRecord
 
 def _items(n: int, start: int = 0, chunk_id: str = "c00000") -> list[NewItem]:
     return [
-        NewItem(i, f"item-{i}", '{"i": %d}' % i, None, chunk_id) for i in range(start, start + n)
+        NewItem(i, f"item-{i}", f'{{"i": {i}}}', None, chunk_id) for i in range(start, start + n)
     ]
 
 
@@ -138,8 +138,14 @@ def test_outcomes_apply_once_and_feed_counters_and_cursor(
         ItemOutcome(3, 7, ItemStatus.COMPLETED, output_json='"stale"'),  # wrong submission
     ]
     done = dataclasses.replace(chunk, state=ChunkState.COLLECTED)
+    # Only a submitted chunk can be collected...
+    assert store.record_outcomes(run_id, done, outcomes) == 0
+    assert store.read_results(run_id, after=0, limit=10) == []
+    submitted = dataclasses.replace(chunk, state=ChunkState.SUBMITTED, batch_id="b1")
+    assert store.save_chunk(submitted, expected=ChunkState.BUILDING)
+    # ...once: the stale submission (3, 7) changes nothing, a replay changes nothing.
     assert store.record_outcomes(run_id, done, outcomes) == 4
-    assert store.record_outcomes(run_id, done, outcomes) == 0  # replay: nothing changes
+    assert store.record_outcomes(run_id, done, outcomes) == 0
     run = store.load_run(run_id)
     assert run is not None
     assert (run.completed_items, run.failed_items, run.input_tokens, run.output_tokens) == (
@@ -173,6 +179,9 @@ def test_retry_candidates_respect_backoff_and_move_to_new_chunk(
         ),
         ItemOutcome(2, 1, ItemStatus.COMPLETED, output_json='"ok"'),
     ]
+    store.save_chunk(
+        dataclasses.replace(chunk, state=ChunkState.SUBMITTED), expected=ChunkState.BUILDING
+    )
     store.record_outcomes(run_id, dataclasses.replace(chunk, state=ChunkState.COLLECTED), outcomes)
     assert [c.seq for c in store.retry_candidates(run_id, now=NOW, limit=10)] == [0]
     later = store.retry_candidates(run_id, now=NOW + timedelta(minutes=6), limit=10)

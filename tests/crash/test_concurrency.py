@@ -23,8 +23,16 @@ def test_three_processes_on_one_run_never_double_submit(tmp_path: Path, emulator
     emulator.faults.line_fault(contains="flaky", kind="error", times=1)
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "BATCHOR_TEST_LEASE_TTL": "10"}
     env.pop("BATCHOR_CRASH_AT", None)
-    args = [sys.executable, "-m", "tests.crash.worker", str(tmp_path / "runs.sqlite3"),
-            str(tmp_path / "artifacts"), emulator.base_url, "shared", str(N_ITEMS)]
+    args = [
+        sys.executable,
+        "-m",
+        "tests.crash.worker",
+        str(tmp_path / "runs.sqlite3"),
+        str(tmp_path / "artifacts"),
+        emulator.base_url,
+        "shared",
+        str(N_ITEMS),
+    ]
     procs = [
         subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(3)
@@ -35,8 +43,10 @@ def test_three_processes_on_one_run_never_double_submit(tmp_path: Path, emulator
         assert proc.returncode == 0, err[-3000:]
         reports.append(json.loads(out.strip().splitlines()[-1]))
     # Every process saw the same finished run.
-    assert all(r == {"status": "completed", "completed": N_ITEMS, "failed": 0, "total": N_ITEMS}
-               for r in reports), reports
+    assert all(
+        r == {"status": "completed", "completed": N_ITEMS, "failed": 0, "total": N_ITEMS}
+        for r in reports
+    ), reports
     per_chunk = Counter((b["metadata"] or {}).get("batchor_chunk") for b in emulator.batches())
     assert per_chunk and all(n == 1 for n in per_chunk.values()), per_chunk
     counts = emulator.custom_id_counts()

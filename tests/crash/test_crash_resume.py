@@ -36,9 +36,20 @@ def _worker(tmp_path: Path, url: str, crash: str | None) -> subprocess.Completed
     if crash:
         env["BATCHOR_CRASH_AT"] = crash
     return subprocess.run(
-        [sys.executable, "-m", "tests.crash.worker", str(tmp_path / "runs.sqlite3"),
-         str(tmp_path / "artifacts"), url, "crashy", str(N_ITEMS)],
-        capture_output=True, text=True, timeout=120, env=env,
+        [
+            sys.executable,
+            "-m",
+            "tests.crash.worker",
+            str(tmp_path / "runs.sqlite3"),
+            str(tmp_path / "artifacts"),
+            url,
+            "crashy",
+            str(N_ITEMS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
 
 
@@ -47,8 +58,10 @@ def test_crash_anywhere_resume_anywhere(seed: int, tmp_path: Path, emulator: Any
     rng = random.Random(seed)
     emulator.faults.line_fault(contains="flaky", kind="error", times=1)
     emulator.faults.line_fault(contains="badjson", kind="invalid_json", times=1)
-    crashes = [f"{rng.choice(POINTS)}:{1 if i == 0 else rng.randint(1, 3)}"
-               for i in range(rng.randint(1, 3))]
+    crashes = [
+        f"{rng.choice(POINTS)}:{1 if i == 0 else rng.randint(1, 3)}"
+        for i in range(rng.randint(1, 3))
+    ]
     kills = 0
     for crash in [*crashes, None]:
         proc = _worker(tmp_path, emulator.base_url, crash)
@@ -63,14 +76,20 @@ def test_crash_anywhere_resume_anywhere(seed: int, tmp_path: Path, emulator: Any
     # The first crash point (n=1) is always reached by a run started from scratch.
     assert kills >= 1, f"no kill happened for {crashes}"
 
-    runner = BatchRunner(storage=SQLiteStorage(tmp_path / "runs.sqlite3"),
-                         artifacts=LocalArtifactStore(tmp_path / "artifacts"),
-                         provider=_provider(emulator))
+    runner = BatchRunner(
+        storage=SQLiteStorage(tmp_path / "runs.sqlite3"),
+        artifacts=LocalArtifactStore(tmp_path / "artifacts"),
+        provider=_provider(emulator),
+    )
     try:
         run = runner.get_run("crashy", job=job())
         summary = run.summary()
         assert summary.status.value == "completed", crashes
-        assert (summary.total_items, summary.completed_items, summary.failed_items) == (N_ITEMS, N_ITEMS, 0)
+        assert (summary.total_items, summary.completed_items, summary.failed_items) == (
+            N_ITEMS,
+            N_ITEMS,
+            0,
+        )
         results = list(run.results())
         ids = [r.item_id for r in results]
         assert len(ids) == len(set(ids)) == N_ITEMS, "every item exactly one terminal result"
@@ -81,9 +100,7 @@ def test_crash_anywhere_resume_anywhere(seed: int, tmp_path: Path, emulator: Any
         runner.close()
 
     # Provider side: no batch created twice for the same chunk.
-    created = Counter(
-        (b["metadata"] or {}).get("batchor_chunk") for b in emulator.batches()
-    )
+    created = Counter((b["metadata"] or {}).get("batchor_chunk") for b in emulator.batches())
     assert all(n == 1 for n in created.values()), f"duplicate batches: {created} after {crashes}"
     # No custom_id sent twice; no item sent more often than its attempts.
     counts = emulator.custom_id_counts()

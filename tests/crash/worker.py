@@ -67,8 +67,16 @@ def main() -> None:
                 raise
             time.sleep(0.1)
     summary = run.wait(timeout=60, poll_interval=0.02)
-    print(json.dumps({"status": summary.status.value, "completed": summary.completed_items,
-                      "failed": summary.failed_items, "total": summary.total_items}))
+    print(
+        json.dumps(
+            {
+                "status": summary.status.value,
+                "completed": summary.completed_items,
+                "failed": summary.failed_items,
+                "total": summary.total_items,
+            }
+        )
+    )
     runner.close()
 
 

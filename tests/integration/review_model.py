@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel
 
 
-class Sentiment(str, Enum):
+class Sentiment(StrEnum):
     """A closed set the schema turns into an enum."""
 
     POSITIVE = "positive"

@@ -122,15 +122,21 @@ def test_per_line_errors_are_retried_then_recorded(
 
 @pytest.mark.parametrize(
     ("kind", "code"),
-    [("invalid_json", "invalid_json"), ("schema_mismatch", "schema_mismatch"),
-     ("refusal", "refusal"), ("length", "length")],
+    [
+        ("invalid_json", "invalid_json"),
+        ("schema_mismatch", "schema_mismatch"),
+        ("refusal", "refusal"),
+        ("length", "length"),
+    ],
 )
 def test_bad_structured_outputs_are_item_errors_not_crashes(
     make_runner: Callable[..., BatchRunner], emulator: Any, kind: str, code: str
 ) -> None:
     emulator.faults.line_fault(contains="poison", kind=kind)
-    items = [BatchItem(item_id="good", payload={"text": "fine"}),
-             BatchItem(item_id="bad", payload={"text": "poison"})]
+    items = [
+        BatchItem(item_id="good", payload={"text": "fine"}),
+        BatchItem(item_id="bad", payload={"text": "poison"}),
+    ]
     run = make_runner().start(
         _job(output_model=Review, retry_policy=RetryPolicy(max_attempts=2)),
         items=items,

@@ -24,15 +24,39 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 def _store(run_id: str = "r") -> MemoryStateStore:
     store = MemoryStateStore()
     store.create_run(
-        RunRecord(run_id, RunStatus.INGESTING, None, {}, "f", None, None, False,
-                  0, 0, 0, 0, 0, 0, None, NOW, NOW)
+        RunRecord(
+            run_id,
+            RunStatus.INGESTING,
+            None,
+            {},
+            "f",
+            None,
+            None,
+            False,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            None,
+            NOW,
+            NOW,
+        )
     )
     return store
 
 
 def _packer(store: MemoryStateStore, art: LocalArtifactStore, policy: ChunkPolicy) -> ChunkPacker:
-    return ChunkPacker(run_id="r", store=store, artifacts=art, policy=policy,
-                       open_chunk=None, next_chunk_seq=0, now=NOW)
+    return ChunkPacker(
+        run_id="r",
+        store=store,
+        artifacts=art,
+        policy=policy,
+        open_chunk=None,
+        next_chunk_seq=0,
+        now=NOW,
+    )
 
 
 def test_120k_requests_make_three_batches_not_one_per_slice(tmp_path: Path) -> None:

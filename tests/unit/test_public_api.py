@@ -13,13 +13,44 @@ from batchor_core import BatchJob, BatchRunner, MemoryStateStore, OpenAIProvider
 PACKAGE = Path(batchor_core.__file__).parent
 
 EXPECTED_CORE = {
-    "ArtifactError", "BatchItem", "BatchJob", "BatchRunner", "BatchorError", "ChunkPolicy",
-    "ConfigurationError", "Endpoint", "ExportReport", "FakeClock", "InvalidItemError", "ItemError", "ItemResult",
-    "ItemStatus", "JobChangedError", "LocalArtifactStore", "MemoryStateStore",
-    "OpenAIBatchProvider", "OpenAIProviderConfig", "PostgresStorage", "ProviderError",
-    "RateLimitedError", "RetentionError", "RetryPolicy", "Run", "RunConflictError", "RunFinishedError",
-    "RunLeasedError", "RunNotFoundError", "RunStatus", "RunSummary", "RunTimeoutError",
-    "SQLiteStorage", "SourceChangedError", "SourceError", "StorageError", "SystemClock", "Usage",
+    "ArtifactError",
+    "BatchItem",
+    "BatchJob",
+    "BatchRunner",
+    "BatchorError",
+    "ChunkPolicy",
+    "ConfigurationError",
+    "Endpoint",
+    "ExportReport",
+    "FakeClock",
+    "InvalidItemError",
+    "ItemError",
+    "ItemResult",
+    "ItemStatus",
+    "JobChangedError",
+    "LocalArtifactStore",
+    "MemoryStateStore",
+    "OpenAIBatchProvider",
+    "OpenAIProviderConfig",
+    "PostgresStorage",
+    "ProviderError",
+    "RateLimitedError",
+    "RetentionError",
+    "RetryPolicy",
+    "Run",
+    "RunConflictError",
+    "RunFinishedError",
+    "RunLeasedError",
+    "RunNotFoundError",
+    "RunStatus",
+    "RunSummary",
+    "RunTimeoutError",
+    "SQLiteStorage",
+    "SourceChangedError",
+    "SourceError",
+    "StorageError",
+    "SystemClock",
+    "Usage",
     "__version__",
 }
 
@@ -53,7 +84,10 @@ def test_layers_import_one_way(path: Path) -> None:
     imports = _imports(path)
     top = rel.parts[0]
     third_party = {
-        "sqlalchemy": "storage", "openai": "providers", "pyarrow": "sources", "dagster": None,
+        "sqlalchemy": "storage",
+        "openai": "providers",
+        "pyarrow": "sources",
+        "dagster": None,
     }
     for lib, home in third_party.items():
         if any(i == lib or i.startswith(lib + ".") for i in imports):
@@ -65,8 +99,18 @@ def test_layers_import_one_way(path: Path) -> None:
                     f"adapter {rel} imports adapter {other}"
                 )
         assert not any(i.startswith("batchor_core.runner") for i in imports)
-    if rel.name in {"models.py", "errors.py", "ports.py", "runner.py", "run.py", "advance.py",
-                    "ingest.py", "collect.py", "packing.py", "jobspec.py"}:
+    if rel.name in {
+        "models.py",
+        "errors.py",
+        "ports.py",
+        "runner.py",
+        "run.py",
+        "advance.py",
+        "ingest.py",
+        "collect.py",
+        "packing.py",
+        "jobspec.py",
+    }:
         for adapter in ADAPTERS:
             assert not any(i.startswith(f"batchor_core.{adapter}") for i in imports), (
                 f"{rel} imports adapter {adapter} at module level"
@@ -77,8 +121,9 @@ def test_api_key_never_appears_in_reprs_or_the_store(tmp_path: Path) -> None:
     secret = "sk-live-SECRET-1234567890"
     config = OpenAIProviderConfig(api_key=secret, base_url="http://127.0.0.1:9/v1")
     store = MemoryStateStore()
-    runner = BatchRunner(storage=store, provider=config,
-                         artifacts=batchor_core.LocalArtifactStore(tmp_path))
+    runner = BatchRunner(
+        storage=store, provider=config, artifacts=batchor_core.LocalArtifactStore(tmp_path)
+    )
     assert secret not in repr(config) and secret not in str(config)
     assert secret not in repr(runner) and secret not in repr(runner.provider)
     job = BatchJob(model="m", build_prompt=lambda item: "hi")
