@@ -181,11 +181,11 @@ class BatchRunner:
                 run_id=run_id,
             )
         run = Run(self, run_id, output_model=job.output_model)
+        source = as_source(items)
+        self._check_source(record, source)  # also for a finished run: a changed file is news
         if record.ingest_complete or record.status.is_terminal:
             self._refresh_if_free(run)
             return run
-        source = as_source(items)
-        self._check_source(record, source)
         # Full chunks are submitted while the rest is still being read, so the provider
         # starts on the first batch long before a 10M-item file is fully ingested.
         added = self._ingestor.run(
@@ -274,19 +274,28 @@ class BatchRunner:
         return self._stepper
 
 
-def _describe_source_change(old: JSONObject, new: JSONObject) -> str:
-    """One line naming what differs between two source identities."""
+def _describe_source_change(old: JSONObject, new: JSONObject, prefix: str = "") -> str:
+    """One line naming what differs between two source identities (nested fields too)."""
     parts = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key), new.get(key)
         if before == after:
             continue
-        if isinstance(before, str | int | float | None) and isinstance(
+        name = f"{prefix}{key}"
+        if isinstance(before, dict) and isinstance(after, dict):
+            parts.append(_describe_source_change(before, after, f"{name}."))
+        elif isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+            for i, (b, a) in enumerate(zip(before, after, strict=True)):
+                if b != a and isinstance(b, dict) and isinstance(a, dict):
+                    parts.append(_describe_source_change(b, a, f"{name}[{i}]."))
+                elif b != a:
+                    parts.append(f"{name}[{i}] changed")
+        elif key == "sha256":
+            parts.append(f"{name} changed (the file's content differs)")
+        elif isinstance(before, str | int | float | None) and isinstance(
             after, str | int | float | None
         ):
-            shown_before = f"{before}"[:40]
-            shown_after = f"{after}"[:40]
-            parts.append(f"{key} {shown_before} -> {shown_after}")
+            parts.append(f"{name} {str(before)[:40]!r} -> {str(after)[:40]!r}")
         else:
-            parts.append(f"{key} changed")
-    return "; ".join(parts) or "identity differs"
+            parts.append(f"{name} changed")
+    return "; ".join(p for p in parts if p) or "identity differs"
