@@ -44,8 +44,15 @@ def _items(n: int):  # type: ignore[no-untyped-def]
 
 def _start_emulator(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "batchor_core.testing.emulator", "--port", "0",
-         "--data-dir", str(data_dir)],
+        [
+            sys.executable,
+            "-m",
+            "batchor_core.testing.emulator",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -90,8 +97,10 @@ def main() -> None:
         emu.wait(timeout=30)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     total = finished - started
-    print(f"items:            {summary.total_items} ({summary.completed_items} completed, "
-          f"{summary.failed_items} failed) in {summary.batches_total} batches")
+    print(
+        f"items:            {summary.total_items} ({summary.completed_items} completed, "
+        f"{summary.failed_items} failed) in {summary.batches_total} batches"
+    )
     print(f"start (ingest+submit): {ingested - started:.2f}s")
     print(f"wait (poll+collect):   {finished - ingested:.2f}s")
     print(f"end to end:       {total:.2f}s = {summary.total_items / total:,.0f} items/s")

@@ -52,6 +52,7 @@ from batchor_core.storage.schema import chunks, items, runs
 __all__ = ["MemoryStateStore", "PostgresStorage", "SQLStateStore", "SQLiteStorage"]
 
 QUEUED = "queued"
+_BULK = 5_000  # rows per executemany: bounded memory, still few round trips
 RETRY = "retry"
 _TERMINAL = (ItemStatus.COMPLETED.value, ItemStatus.FAILED.value, ItemStatus.CANCELLED.value)
 _COUNTER = {
@@ -492,8 +493,16 @@ class SQLStateStore:
                 group = [(i, o) for i, o in enumerate(done) if o.status is status]
                 if not group:
                     continue
-                params = [{**_outcome_params(run_id, o), "b_finished": start + i} for i, o in group]
-                n = executemany(conn, _DONE_UPDATE, params)
+                n = 0
+                for part in range(0, len(group), _BULK):  # bounded parameter lists
+                    n += executemany(
+                        conn,
+                        _DONE_UPDATE,
+                        [
+                            {**_outcome_params(run_id, o), "b_finished": start + i}
+                            for i, o in group[part : part + _BULK]
+                        ],
+                    )
                 changed += n
                 counters[column] = runs.c[column] + n
                 if n < len(group):
@@ -512,7 +521,14 @@ class SQLStateStore:
                 tokens_in += sum(o.usage.input_tokens for _, o in group if o.usage)
                 tokens_out += sum(o.usage.output_tokens for _, o in group if o.usage)
             if retry:
-                n = executemany(conn, _RETRY_UPDATE, [_outcome_params(run_id, o) for o in retry])
+                n = sum(
+                    executemany(
+                        conn,
+                        _RETRY_UPDATE,
+                        [_outcome_params(run_id, o) for o in retry[part : part + _BULK]],
+                    )
+                    for part in range(0, len(retry), _BULK)
+                )
                 changed += n
                 if n == len(retry):
                     tokens_in += sum(o.usage.input_tokens for o in retry if o.usage)
