@@ -1,0 +1,254 @@
+"""Shared pieces of the SQL store: connection handling, row conversion, constants."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from batchor_core.errors import (
+    ConfigurationError,
+    StorageError,
+)
+from batchor_core.models import ItemError, ItemStatus, JSONObject, RunStatus, Usage
+from batchor_core.ports import (
+    ChunkRecord,
+    ChunkState,
+    ResultRow,
+    RunRecord,
+)
+from batchor_core.storage import schema
+from batchor_core.storage.dialects import make_engine
+from batchor_core.storage.schema import chunks
+
+__all__ = [
+    "BULK",
+    "COUNTERS",
+    "QUEUED",
+    "RETRY",
+    "StoreBase",
+    "Transaction",
+    "aware_utc",
+    "dump_json",
+    "load_json",
+    "public_status",
+    "utc_now",
+]
+
+QUEUED = "queued"
+BULK = 5_000  # rows per executemany: bounded memory, still few round trips
+RETRY = "retry"
+COUNTERS = {
+    ItemStatus.COMPLETED: "completed_items",
+    ItemStatus.FAILED: "failed_items",
+    ItemStatus.CANCELLED: "cancelled_items",
+}
+
+
+def aware_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def dump_json(value: JSONObject | None) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def load_json(value: str | None) -> JSONObject | None:
+    if value is None:
+        return None
+    loaded: JSONObject = json.loads(value)
+    return loaded
+
+
+def public_status(stored: str) -> ItemStatus:
+    return ItemStatus.PENDING if stored in (QUEUED, RETRY) else ItemStatus(stored)
+
+
+class StoreBase:
+    """Control-plane store on any SQLAlchemy URL.
+
+    Args:
+        url: SQLAlchemy database URL.
+        create_tables: Create missing tables on first use.
+    """
+
+    def __init__(self, url: str, *, create_tables: bool = True) -> None:
+        self.url = url
+        try:
+            self._engine: Engine = make_engine(url)
+            if create_tables:
+                schema.metadata.create_all(self._engine)
+                self._check_version()
+        except SQLAlchemyError as exc:
+            raise StorageError(
+                f"cannot open the batchor store at {self._safe_url()}: {exc}"
+            ) from exc
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._safe_url()!r})"
+
+    def _safe_url(self) -> str:
+        try:
+            from sqlalchemy.engine import make_url
+
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:
+            return "<invalid url>"
+
+    def _check_version(self) -> None:
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")
+            ).first()
+            if row is None:
+                conn.execute(
+                    insert(schema.meta).values(
+                        key="schema_version", value=str(schema.SCHEMA_VERSION)
+                    )
+                )
+            elif int(row[0]) != schema.SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"the store at {self._safe_url()} has schema version {row[0]}, this batchor "
+                    f"expects {schema.SCHEMA_VERSION}; use a matching batchor version"
+                )
+
+    def _upsert_chunk(self, conn: Connection, chunk: ChunkRecord) -> None:
+        result = conn.execute(
+            update(chunks)
+            .where(chunks.c.run_id == chunk.run_id, chunks.c.chunk_id == chunk.chunk_id)
+            .values(**self._chunk_values(chunk))
+        )
+        if result.rowcount == 0:
+            conn.execute(
+                insert(chunks).values(
+                    run_id=chunk.run_id,
+                    chunk_id=chunk.chunk_id,
+                    created_at=chunk.created_at,
+                    **self._chunk_values(chunk),
+                )
+            )
+
+    @staticmethod
+    def _chunk_values(chunk: ChunkRecord) -> dict[str, Any]:
+        return {
+            "seq": chunk.seq,
+            "state": chunk.state.value,
+            "request_count": chunk.request_count,
+            "byte_count": chunk.byte_count,
+            "sha256": chunk.sha256,
+            "file_id": chunk.file_id,
+            "batch_id": chunk.batch_id,
+            "provider_status": chunk.provider_status,
+            "not_before": chunk.not_before,
+            "last_error": chunk.last_error,
+            "updated_at": utc_now(),
+        }
+
+    def close(self) -> None:
+        """Dispose of the connection pool."""
+        self._engine.dispose()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _tx(self) -> Any:
+        return Transaction(self._engine)
+
+    @staticmethod
+    def _run_from_row(m: Any) -> RunRecord:
+        return RunRecord(
+            run_id=m["run_id"],
+            status=RunStatus(m["status"]),
+            status_reason=m["status_reason"],
+            job_spec=load_json(m["job_spec"]) or {},
+            job_fingerprint=m["job_fingerprint"],
+            source_identity=load_json(m["source_identity"]),
+            source_checkpoint=load_json(m["source_checkpoint"]),
+            ingest_complete=bool(m["ingest_complete"]),
+            total_items=int(m["total_items"]),
+            completed_items=int(m["completed_items"]),
+            failed_items=int(m["failed_items"]),
+            cancelled_items=int(m["cancelled_items"]),
+            input_tokens=int(m["input_tokens"]),
+            output_tokens=int(m["output_tokens"]),
+            owner=load_json(m["owner"]),
+            retention=load_json(m["retention"]),
+            created_at=aware_utc(m["created_at"]) or utc_now(),
+            updated_at=aware_utc(m["updated_at"]) or utc_now(),
+        )
+
+    @staticmethod
+    def _chunk_from_row(m: Any) -> ChunkRecord:
+        return ChunkRecord(
+            run_id=m["run_id"],
+            chunk_id=m["chunk_id"],
+            seq=int(m["seq"]),
+            state=ChunkState(m["state"]),
+            request_count=int(m["request_count"]),
+            byte_count=int(m["byte_count"]),
+            sha256=m["sha256"],
+            file_id=m["file_id"],
+            batch_id=m["batch_id"],
+            provider_status=m["provider_status"],
+            not_before=aware_utc(m["not_before"]),
+            last_error=m["last_error"],
+            created_at=aware_utc(m["created_at"]) or utc_now(),
+            updated_at=aware_utc(m["updated_at"]) or utc_now(),
+        )
+
+    @staticmethod
+    def _result_from_row(m: Any) -> ResultRow:
+        error = ItemError(m["error_code"], m["error_message"] or "") if m["error_code"] else None
+        usage = (
+            Usage(int(m["input_tokens"] or 0), int(m["output_tokens"] or 0))
+            if m["input_tokens"] is not None or m["output_tokens"] is not None
+            else None
+        )
+        return ResultRow(
+            seq=int(m["seq"]),
+            item_id=m["item_id"],
+            status=public_status(m["status"]),
+            output_json=m["output_json"],
+            error=error,
+            attempts=int(m["attempts"]),
+            usage=usage,
+            metadata_json=m["metadata_json"],
+            finished_seq=int(m["finished_seq"] or 0),
+        )
+
+
+class Transaction:
+    """One transaction; SQLAlchemy errors become StorageError at this edge."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._cm = engine.begin()
+
+    def __enter__(self) -> Connection:
+        try:
+            return self._cm.__enter__()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot reach the batchor store: {exc}") from exc
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            self._cm.__exit__(exc_type, exc, tb)
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as err:
+            raise StorageError(f"batchor store transaction failed: {err}") from err
+        if isinstance(exc, SQLAlchemyError) and not isinstance(exc, IntegrityError):
+            raise StorageError(f"batchor store operation failed: {exc}") from exc
