@@ -45,10 +45,14 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where the SQLite file goes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("httpx", "httpx2", "openai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="batchor-demo-"))
 
     items = (
-        BatchItem(item_id=f"review-{i}", payload={"text": f"Review {i}: {PHRASES[i % len(PHRASES)]}"})
+        BatchItem(
+            item_id=f"review-{i}", payload={"text": f"Review {i}: {PHRASES[i % len(PHRASES)]}"}
+        )
         for i in range(args.items)
     )
     job = BatchJob(
@@ -71,7 +75,14 @@ def main() -> None:
         )
         started = time.perf_counter()
         run = runner.start(job, items=items, run_id="demo-reviews")
-        summary = run.wait(timeout=300, poll_interval=0.2)
+        summary = run.wait(
+            timeout=300,
+            poll_interval=0.2,
+            on_progress=lambda s: print(
+                f"  progress: {s.completed_items + s.failed_items}/{s.total_items} done, "
+                f"{s.batches_in_flight} batch(es) in flight"
+            ),
+        )
         elapsed = time.perf_counter() - started
 
     print()
@@ -85,6 +96,9 @@ def main() -> None:
         review = result.output
         assert isinstance(review, Review)
         print(f"  {result.item_id}: {review.sentiment} score={review.score} ({review.summary!r})")
+    print(
+        "  (the emulator's answers are synthetic but schema-valid; point the provider at OpenAI for real ones)"
+    )
     print(f"  state: {workdir / 'runs.sqlite3'}   artifacts: {workdir / 'artifacts'}")
 
 

@@ -33,8 +33,10 @@ class OpenAIProviderConfig:
         project: OpenAI project id.
         timeout_seconds: Per-operation network timeout (connect, each read, each write).
         max_retries: SDK retries for calls that are safe to repeat (reads, uploads,
-            deletes). Batch creation never retries inside the SDK: an ambiguous failure
-            is surfaced so the runner can reconcile it.
+            deletes). 0 by default: the runner retries on its own schedule (honouring
+            Retry-After, however long) so that ``Run.refresh()`` never sleeps inside the
+            SDK. Batch creation never retries inside the SDK: an ambiguous failure is
+            surfaced so the runner can reconcile it.
     """
 
     api_key: str | None = None
@@ -42,7 +44,7 @@ class OpenAIProviderConfig:
     organization: str | None = None
     project: str | None = None
     timeout_seconds: float = 60.0
-    max_retries: int = 2
+    max_retries: int = 0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.timeout_seconds) and self.timeout_seconds > 0):
