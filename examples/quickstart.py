@@ -97,7 +97,8 @@ def main() -> None:
         assert isinstance(review, Review)
         print(f"  {result.item_id}: {review.sentiment} score={review.score} ({review.summary!r})")
     print(
-        "  (the emulator's answers are synthetic but schema-valid; point the provider at OpenAI for real ones)"
+        "  (the emulator's answers are synthetic but schema-valid;"
+        " point the provider at OpenAI for real ones)"
     )
     print(f"  state: {workdir / 'runs.sqlite3'}   artifacts: {workdir / 'artifacts'}")
 
