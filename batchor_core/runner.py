@@ -22,7 +22,7 @@ from batchor_core.errors import (
 from batchor_core.ingest import Ingestor, as_source
 from batchor_core.jobspec import describe_job_change, job_spec, request_spec, resolve_output_model
 from batchor_core.lease import LeaseKeeper, new_owner_id
-from batchor_core.models import BatchItem, BatchJob, JSONObject, RunStatus
+from batchor_core.models import BatchItem, BatchJob, JSONObject, RunStatus, RunSummary
 from batchor_core.ports import (
     ArtifactStore,
     BatchProvider,
@@ -235,6 +235,18 @@ class BatchRunner:
                 if schema != record.job_spec.get("output_schema"):
                     model = None  # same name, different shape: do not trust it
         return Run(self, run_id, output_model=model)
+
+    def pause(self, run_id: str, reason: str | None = None) -> RunSummary:
+        """Pause a run by id (see :meth:`Run.pause`)."""
+        return self.get_run(run_id).pause(reason)
+
+    def resume(self, run_id: str) -> RunSummary:
+        """Resume a paused run by id (see :meth:`Run.resume`)."""
+        return self.get_run(run_id).resume()
+
+    def cancel(self, run_id: str, reason: str | None = None) -> RunSummary:
+        """Cancel a run by id (see :meth:`Run.cancel`)."""
+        return self.get_run(run_id).cancel(reason)
 
     def list_runs(self) -> list[str]:
         """Ids of every run in the store, oldest first."""

@@ -1,0 +1,75 @@
+"""Replayable requests and orphan uploads: what a crash right after an upload leaves behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchor_core import BatchRunner, ConfigurationError, RunStatus
+from batchor_core.packing import chunk_key
+from tests.crash.worker import items, job
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_crash_after_upload_leaves_no_orphan_file(tmp_path: Path, emulator: Any) -> None:
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "BATCHOR_CRASH_AT": "submit.uploaded:1"}
+    args = [
+        sys.executable,
+        "-m",
+        "tests.crash.worker",
+        str(tmp_path / "runs.sqlite3"),
+        str(tmp_path / "artifacts"),
+        emulator.base_url,
+        "orphan",
+        "10",
+    ]
+    killed = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    assert killed.returncode == -signal.SIGKILL
+    assert len([f for f in emulator.files() if f["purpose"] == "batch"]) == 1  # the orphan
+    env.pop("BATCHOR_CRASH_AT")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    inputs = [f for f in emulator.files() if f["purpose"] == "batch"]
+    # Two chunks (7 + 3 requests): exactly one input file each; the orphan was deleted.
+    assert len(inputs) == 2
+    used = {b["input_file_id"] for b in emulator.batches()}
+    assert {f["id"] for f in inputs} == used
+
+
+def test_a_tampered_request_file_is_never_uploaded(
+    make_runner: Callable[..., BatchRunner], emulator: Any, tmp_path: Path
+) -> None:
+    emulator.faults.http_error(method="POST", path="/v1/files", status=503, count=1)
+    runner = make_runner()
+    run = runner.start(job(), items=items(5), run_id="tamper")
+    assert emulator.batch_create_count == 0  # the upload failed; the chunk waits, sealed
+    request_file = runner.artifacts.path_for(chunk_key("tamper", "c00000"))  # type: ignore[attr-defined]
+    request_file.write_bytes(request_file.read_bytes().replace(b"review", b"REVIEW"))
+    with pytest.raises(ConfigurationError, match="changed since it was prepared"):
+        run.refresh()
+    assert emulator.batch_create_count == 0
+    assert run.summary().status is RunStatus.RUNNING
+
+
+def test_operator_controls_by_run_id(
+    make_runner: Callable[..., BatchRunner], emulator: Any
+) -> None:
+    emulator.faults.hold_batches(True, completed_fraction=0.0)
+    runner = make_runner()
+    runner.start(job(), items=items(10), run_id="by-id")
+    assert runner.pause("by-id").status is RunStatus.PAUSED
+    assert runner.resume("by-id").status is RunStatus.RUNNING
+    summary = runner.cancel("by-id", reason="operator said so")
+    emulator.release_batches()
+    summary = runner.get_run("by-id").wait(timeout=30, poll_interval=0.05)
+    assert summary.status is RunStatus.CANCELLED
+    assert summary.status_reason == "operator said so"
+    assert summary.cancelled_items == 10
