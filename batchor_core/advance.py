@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel
 
 from batchor_core import failpoints
-from batchor_core.collect import OutcomeBuilder
+from batchor_core.collect import OutcomeBuilder, validate_output
 from batchor_core.errors import ConfigurationError, ProviderError, RateLimitedError
 from batchor_core.jobspec import chunk_policy, retry_policy
 from batchor_core.lease import LeaseKeeper
-from batchor_core.models import RunStatus
+from batchor_core.models import ItemError, ItemStatus, RunStatus, Usage
 from batchor_core.packing import (
     ChunkPacker,
     chunk_key,
@@ -48,6 +48,7 @@ from batchor_core.ports import (
 __all__ = ["RunStepper"]
 
 log = logging.getLogger("batchor.run")
+_NO_OUTPUT = ItemError("empty_output", "no output")
 
 
 class RunStepper:
@@ -342,15 +343,11 @@ class RunStepper:
                 "be imported here; pass job= to get_run() so results can be validated",
                 run_id=run.run_id,
             )
-        queued = self.store.queued_items(run.run_id, chunk.chunk_id)
-        live = {q.seq: q.submission for q in queued}
-        builder = OutcomeBuilder(
-            policy=retry_policy(spec),
-            attempts={q.seq: (q.attempts, q.free_resubmits) for q in queued},
-            now=self.clock.now(),
-            cancelling=cancelling,
-        )
-        outcomes: list[ItemOutcome] = []
+        # Successes (the common case) need nothing from the store; the store's conditional
+        # update ignores lines of stale submissions. Failures and missing lines need the
+        # items' attempt counts, fetched only for them.
+        successes: list[ItemOutcome] = []
+        failures: list[tuple[int, int, ItemError, Usage | None]] = []
         seen: set[int] = set()
         for kind, file_id in (("output", batch.output_file_id), ("error", batch.error_file_id)):
             if not file_id:
@@ -365,11 +362,46 @@ class RunStepper:
                         continue
                     parsed = self.provider.parse_line(spec["endpoint"], raw)
                     ids = parse_custom_id(parsed.custom_id)
-                    if ids is None or live.get(ids[0]) != ids[1] or ids[0] in seen:
-                        continue  # not ours, a stale submission, or a repeated line
+                    if ids is None or ids[0] in seen:
+                        continue  # not ours, or a repeated line
                     seen.add(ids[0])
-                    outcomes.append(builder.from_line(ids[0], ids[1], parsed, output_model))
-        missing = [(seq, sub) for seq, sub in live.items() if seq not in seen]
+                    seq, sub = ids
+                    if parsed.error is not None:
+                        failures.append((seq, sub, parsed.error, parsed.usage))
+                    elif parsed.text is None:
+                        failures.append((seq, sub, _NO_OUTPUT, None))
+                    else:
+                        output_json, error = validate_output(parsed.text, output_model)
+                        if error is None and output_json is not None:
+                            successes.append(
+                                ItemOutcome(
+                                    seq,
+                                    sub,
+                                    ItemStatus.COMPLETED,
+                                    output_json=output_json,
+                                    usage=parsed.usage,
+                                )
+                            )
+                        else:
+                            failures.append((seq, sub, error or _NO_OUTPUT, parsed.usage))
+        missing: list[tuple[int, int]] = []
+        if len(seen) < chunk.request_count:
+            missing = [
+                (q.seq, q.submission)
+                for q in self.store.queued_items(run.run_id, chunk.chunk_id)
+                if q.seq not in seen
+            ]
+        needs = [f[0] for f in failures] + [m[0] for m in missing]
+        builder = OutcomeBuilder(
+            policy=retry_policy(spec),
+            attempts=self.store.item_attempts(run.run_id, needs) if needs else {},
+            now=self.clock.now(),
+            cancelling=cancelling,
+        )
+        outcomes = successes
+        outcomes.extend(
+            builder.from_error(seq, sub, err, usage) for seq, sub, err, usage in failures
+        )
         outcomes.extend(
             builder.for_missing(
                 missing,

@@ -117,14 +117,20 @@ class OutcomeBuilder:
             retry_not_before=self.now + timedelta(seconds=delay_seconds),
         )
 
+    def from_error(
+        self, seq: int, submission: int, error: ItemError, usage: Usage | None = None
+    ) -> ItemOutcome:
+        """The outcome of a line that carries an error (or an invalid output)."""
+        if error.code in NEVER_RAN_CODES:
+            return self.never_ran(seq, submission, error)
+        return self.failure(seq, submission, error, usage)
+
     def from_line(
         self, seq: int, submission: int, parsed: ParsedLine, output_model: type[BaseModel] | None
     ) -> ItemOutcome:
         """The outcome of one output/error line."""
         if parsed.error is not None:
-            if parsed.error.code in NEVER_RAN_CODES:
-                return self.never_ran(seq, submission, parsed.error)
-            return self.failure(seq, submission, parsed.error, parsed.usage)
+            return self.from_error(seq, submission, parsed.error, parsed.usage)
         if parsed.text is None:
             return self.failure(seq, submission, ItemError("empty_output", "no output text"))
         output_json, error = validate_output(parsed.text, output_model)

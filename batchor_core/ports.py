@@ -487,6 +487,10 @@ class StateStore(Protocol):
         """Items of ``chunk_id`` still waiting for their result."""
         ...
 
+    def item_attempts(self, run_id: str, seqs: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """``seq -> (attempts spent, free resubmits used)`` for the given items."""
+        ...
+
     def set_status(
         self,
         run_id: str,

@@ -276,6 +276,20 @@ class ItemOps(StoreBase):
             [{"b_seq": s, "b_finished": start + i} for i, s in enumerate(sorted(seqs))],
         )
 
+    def item_attempts(self, run_id: str, seqs: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """seq -> (attempts spent, free resubmits used), for the given items."""
+        out: dict[int, tuple[int, int]] = {}
+        with self._tx() as conn:
+            for start in range(0, len(seqs), 5000):
+                part = list(seqs[start : start + 5000])
+                for row in conn.execute(
+                    select(items.c.seq, items.c.attempts, items.c.free_resubmits).where(
+                        items.c.run_id == run_id, items.c.seq.in_(part)
+                    )
+                ):
+                    out[int(row[0])] = (int(row[1]), int(row[2]))
+        return out
+
     def queued_items(self, run_id: str, chunk_id: str) -> list[QueuedItem]:
         """Items still queued in ``chunk_id``, with their attempt bookkeeping."""
         with self._tx() as conn:
