@@ -8,11 +8,13 @@ editing one byte or changing an option does not.
 from __future__ import annotations
 
 import hashlib
+from typing import ClassVar
 
 from batchor_core.errors import SourceError
 from batchor_core.models import JSONObject, JSONValue
 
 __all__ = [
+    "FileSource",
     "describe_identity_change",
     "file_identity",
     "offset_checkpoint",
@@ -152,3 +154,32 @@ def _option_order(key: str) -> tuple[int, str]:
 def _short(value: JSONValue, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class FileSource:
+    """What every single-file source shares: its path, its repr and its cached identity.
+
+    Subclasses set ``kind`` and ``_path``, start ``_identity`` as None, and implement
+    ``_identity_options`` (the options that change which items come out).
+    """
+
+    kind: ClassVar[str]
+    _path: str
+    _identity: JSONObject | None
+
+    @property
+    def path(self) -> str:
+        """The file's path, as given."""
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._path!r})"
+
+    def identity(self) -> JSONObject:
+        """Size, sha256 and item-shaping options; not the path. Hashed once per instance."""
+        if self._identity is None:
+            self._identity = file_identity(self.kind, self._path, self._identity_options())
+        return self._identity
+
+    def _identity_options(self) -> JSONObject:
+        raise NotImplementedError

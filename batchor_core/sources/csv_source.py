@@ -27,7 +27,7 @@ from batchor_core.sources._common import (
 )
 from batchor_core.sources._csv_block import CsvShape, block_chunks, one_line, parse_options
 from batchor_core.sources._csv_records import RecordScanner
-from batchor_core.sources._identity import file_identity, offset_checkpoint, read_offset_checkpoint
+from batchor_core.sources._identity import FileSource, offset_checkpoint, read_offset_checkpoint
 
 __all__ = ["CsvSource"]
 
@@ -43,7 +43,7 @@ class _Header:
     end_line: int
 
 
-class CsvSource:
+class CsvSource(FileSource):
     """Items from a CSV file with a header line.
 
     Every value is read as a string, exactly as written (``"00123"`` stays ``"00123"``);
@@ -69,6 +69,8 @@ class CsvSource:
         max_record_bytes: Longest record accepted; a longer one is almost always a quote
             left open, and reading on would pull the rest of the file into memory.
     """
+
+    kind = "csv"
 
     def __init__(
         self,
@@ -106,27 +108,16 @@ class CsvSource:
         )
         self._identity: JSONObject | None = None
 
-    @property
-    def path(self) -> str:
-        """The file's path, as given."""
-        return self._path
-
-    def __repr__(self) -> str:
-        return f"CsvSource({self._path!r})"
-
-    def identity(self) -> JSONObject:
-        """Size, sha256 and item-shaping options; not the path. Hashed once per instance."""
-        if self._identity is None:
-            options: JSONObject = {
-                "id_column": self._id_column,
-                "id_fn": fn_name(self._id_fn) if self._id_fn is not None else None,
-                "payload_columns": self._payload,
-                "metadata_columns": self._metadata,
-                "delimiter": self._delimiter,
-                "quote_char": self._quote_char,
-            }
-            self._identity = file_identity("csv", self._path, options)
-        return self._identity
+    def _identity_options(self) -> JSONObject:
+        options: JSONObject = {
+            "id_column": self._id_column,
+            "id_fn": fn_name(self._id_fn) if self._id_fn is not None else None,
+            "payload_columns": self._payload,
+            "metadata_columns": self._metadata,
+            "delimiter": self._delimiter,
+            "quote_char": self._quote_char,
+        }
+        return options
 
     def check(self) -> None:
         """Raise :class:`~batchor_core.errors.SourceError` now for any file-level problem.

@@ -27,7 +27,7 @@ from batchor_core.sources._common import (
     item_id_of,
     reject,
 )
-from batchor_core.sources._identity import file_identity, offset_checkpoint, read_offset_checkpoint
+from batchor_core.sources._identity import FileSource, offset_checkpoint, read_offset_checkpoint
 
 __all__ = ["JsonlSource"]
 
@@ -37,7 +37,7 @@ _WHITESPACE = " \t\r\n"  # JSON's whitespace; str.strip() alone would take more
 _WHITESPACE_BYTES = _WHITESPACE.encode("ascii")
 
 
-class JsonlSource:
+class JsonlSource(FileSource):
     """Items from a JSON Lines file (one JSON object per line, UTF-8).
 
     Blank lines are skipped. A UTF-8 byte order mark is skipped; ``\\r\\n`` line endings
@@ -60,6 +60,8 @@ class JsonlSource:
             :class:`~batchor_core.errors.SourceError`.
     """
 
+    kind = "jsonl"
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -78,25 +80,14 @@ class JsonlSource:
         self._policy = check_policy(on_bad_row)
         self._identity: JSONObject | None = None
 
-    @property
-    def path(self) -> str:
-        """The file's path, as given."""
-        return self._path
-
-    def __repr__(self) -> str:
-        return f"JsonlSource({self._path!r})"
-
-    def identity(self) -> JSONObject:
-        """Size, sha256 and item-shaping options; not the path. Hashed once per instance."""
-        if self._identity is None:
-            options: JSONObject = {
-                "id_field": self._id_field,
-                "id_fn": fn_name(self._id_fn) if self._id_fn is not None else None,
-                "payload_fields": self._payload,
-                "metadata_fields": self._metadata,
-            }
-            self._identity = file_identity("jsonl", self._path, options)
-        return self._identity
+    def _identity_options(self) -> JSONObject:
+        options: JSONObject = {
+            "id_field": self._id_field,
+            "id_fn": fn_name(self._id_fn) if self._id_fn is not None else None,
+            "payload_fields": self._payload,
+            "metadata_fields": self._metadata,
+        }
+        return options
 
     def check(self) -> None:
         """Raise :class:`~batchor_core.errors.SourceError` now for any file-level problem.

@@ -31,12 +31,12 @@ from batchor_core.sources._common import (
     item_id_of,
     reject,
 )
-from batchor_core.sources._identity import file_identity
+from batchor_core.sources._identity import FileSource
 
 __all__ = ["ParquetSource"]
 
 
-class ParquetSource:
+class ParquetSource(FileSource):
     """Items from a Parquet file.
 
     Values are made JSON-safe, the same way whatever the physical type: strings, integers,
@@ -61,6 +61,8 @@ class ParquetSource:
         batch_rows: Rows decoded at a time (memory use, not results).
     """
 
+    kind = "parquet"
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -83,25 +85,14 @@ class ParquetSource:
         self._batch_rows = batch_rows
         self._identity: JSONObject | None = None
 
-    @property
-    def path(self) -> str:
-        """The file's path, as given."""
-        return self._path
-
-    def __repr__(self) -> str:
-        return f"ParquetSource({self._path!r})"
-
-    def identity(self) -> JSONObject:
-        """Size, sha256 and item-shaping options; not the path. Hashed once per instance."""
-        if self._identity is None:
-            options: JSONObject = {
-                "id_column": self._id_column,
-                "id_fn": fn_name(self._id_fn) if self._id_fn is not None else None,
-                "payload_columns": self._payload,
-                "metadata_columns": self._metadata,
-            }
-            self._identity = file_identity("parquet", self._path, options)
-        return self._identity
+    def _identity_options(self) -> JSONObject:
+        options: JSONObject = {
+            "id_column": self._id_column,
+            "id_fn": fn_name(self._id_fn) if self._id_fn is not None else None,
+            "payload_columns": self._payload,
+            "metadata_columns": self._metadata,
+        }
+        return options
 
     def check(self) -> None:
         """Raise :class:`~batchor_core.errors.SourceError` now for any file-level problem.
