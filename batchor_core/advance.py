@@ -173,15 +173,7 @@ class RunStepper:
             return False
         if found:
             batch = found[0]
-            self._move(
-                chunk,
-                ChunkState.SUBMITTING,
-                state=ChunkState.SUBMITTED,
-                batch_id=batch.batch_id,
-                provider_status=batch.status,
-                last_error=None,
-                not_before=None,
-            )
+            self._mark_submitted(chunk, batch)
             log.info(
                 "run %s: chunk %s was already created as %s",
                 run.run_id,
@@ -258,15 +250,7 @@ class RunStepper:
             self._reconcile_create(run, self._reload(chunk))
             raise
         failpoints.reach("submit.created")
-        self._move(
-            chunk,
-            ChunkState.SUBMITTING,
-            state=ChunkState.SUBMITTED,
-            batch_id=batch.batch_id,
-            provider_status=batch.status,
-            last_error=None,
-            not_before=None,
-        )
+        self._mark_submitted(chunk, batch)
         log.info(
             "run %s: submitted chunk %s as %s (%d requests)",
             run.run_id,
@@ -523,6 +507,17 @@ class RunStepper:
                 run_id=chunk.run_id,
             )
         return updated
+
+    def _mark_submitted(self, chunk: ChunkRecord, batch: ProviderBatch) -> None:
+        self._move(
+            chunk,
+            ChunkState.SUBMITTING,
+            state=ChunkState.SUBMITTED,
+            batch_id=batch.batch_id,
+            provider_status=batch.status,
+            last_error=None,
+            not_before=None,
+        )
 
     def _reload(self, chunk: ChunkRecord) -> ChunkRecord:
         for current in self.store.list_chunks(chunk.run_id):
