@@ -21,7 +21,8 @@ edge, with ``raise ... from exc``.
     ├── ArtifactError               artifact store failure
     ├── ProviderError               provider call failed (``retryable`` tells whether to retry)
     │   └── RateLimitedError        429; carries ``retry_after_seconds``
-    └── RunTimeoutError             :meth:`Run.wait` gave up before the run finished
+    ├── RunTimeoutError             :meth:`Run.wait` gave up before the run finished
+    └── IngestIncompleteError       the run stopped part-way through reading its items
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "ArtifactError",
     "BatchorError",
     "ConfigurationError",
+    "IngestIncompleteError",
     "InvalidItemError",
     "JobChangedError",
     "ProviderError",
@@ -169,6 +171,13 @@ class RateLimitedError(ProviderError):
     ) -> None:
         super().__init__(message, status_code=status_code, run_id=run_id, batch_id=batch_id)
         self.retry_after_seconds = retry_after_seconds
+
+
+class IngestIncompleteError(BatchorError):
+    """The run stopped part-way through reading its items and nobody is reading them now.
+
+    Resume it with ``runner.start(job, items=<the same source>, run_id=...)``.
+    """
 
 
 class RunTimeoutError(BatchorError):

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from batchor_core import jsoncodec
 from batchor_core.errors import (
+    IngestIncompleteError,
     RetentionError,
     RunFinishedError,
     RunLeasedError,
@@ -86,11 +87,26 @@ class Run:
         started = time.monotonic()
         while True:
             record = self._record()
+            leased_elsewhere = False
             try:
                 changed = self._runner.stepper.step(record, self._output_model, max_collect=4)
             except RunLeasedError:
                 changed = False  # another process is advancing it; watch and wait
+                leased_elsewhere = True
             summary = self.summary()
+            if (
+                not summary.ingest_complete
+                and not changed
+                and not leased_elsewhere
+                and summary.status in (RunStatus.INGESTING, RunStatus.RUNNING)
+                and summary.batches_in_flight == 0
+            ):
+                raise IngestIncompleteError(
+                    f"run {self._run_id!r} stopped part-way through reading its items "
+                    f"({summary.total_items} read) and no process is reading them; resume it "
+                    "with runner.start(job, items=<the same items>, run_id=...)",
+                    run_id=self._run_id,
+                )
             if changed and on_progress is not None:
                 on_progress(summary)
             if summary.is_finished or (
@@ -273,7 +289,7 @@ class Run:
             self._run_id,
             RunStatus.PAUSED,
             reason=reason or "paused by operator",
-            expected=[RunStatus.RUNNING, RunStatus.PAUSED],
+            expected=[RunStatus.INGESTING, RunStatus.RUNNING, RunStatus.PAUSED],
         )
         return self.summary()
 

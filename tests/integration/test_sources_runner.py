@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchor_core import BatchRunner, ItemStatus, SourceChangedError
+from batchor_core import BatchRunner, IngestIncompleteError, ItemStatus, SourceChangedError
 from batchor_core.packing import parse_custom_id
 from batchor_core.sources import CsvSource, JsonlSource, MultiSource
 from tests.crash.source_worker import job, source
@@ -137,3 +137,16 @@ def test_bad_rows_and_duplicates_become_failed_items_naming_file_and_line(
     dup = [m for m in messages if "duplicate item id '3'" in m]
     assert dup and "b.jsonl:1" in dup[0]
     assert all(r.attempts == 1 for r in failed.values())
+
+
+@pytest.mark.slow
+def test_waiting_on_a_half_ingested_run_says_how_to_resume_it(
+    tmp_path: Path, make_runner: Callable[..., BatchRunner], emulator: Any
+) -> None:
+    data = _write("jsonl", tmp_path / "items.jsonl")
+    killed = _worker(tmp_path, emulator.base_url, "jsonl", data, "ingest.slice_committed:3")
+    assert killed.returncode == -signal.SIGKILL
+    time.sleep(0.6)  # the dead process's lease expires
+    run = make_runner().get_run("ingest", job=job())
+    with pytest.raises(IngestIncompleteError, match=r"runner\.start\(job, items="):
+        run.wait(timeout=10, poll_interval=0.01)

@@ -23,6 +23,7 @@ EXPECTED_CORE = {
     "Endpoint",
     "ExportReport",
     "FakeClock",
+    "IngestIncompleteError",
     "InvalidItemError",
     "ItemError",
     "ItemResult",
