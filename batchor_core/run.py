@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -84,7 +83,7 @@ class Run:
             RunTimeoutError: The run did not finish in time (it keeps going; wait again).
         """
         clock = self._runner.clock
-        started = time.monotonic()
+        started = clock.now()  # timeouts run on the runner's clock (a fake one in tests)
         while True:
             record = self._record()
             leased_elsewhere = False
@@ -120,7 +119,7 @@ class Run:
             if wake is not None:
                 delay = min(delay, max((wake - clock.now()).total_seconds(), 0.05))
             if timeout is not None:
-                left = timeout - (time.monotonic() - started)
+                left = timeout - (clock.now() - started).total_seconds()
                 if left <= 0:
                     raise RunTimeoutError(
                         f"run {self._run_id!r} not finished after {timeout:g}s "
