@@ -112,6 +112,7 @@ class Ingestor:
         source: ItemSource,
         *,
         on_sealed: Callable[[], object] | None = None,
+        on_slice: Callable[[], object] | None = None,
     ) -> int:
         """Ingest everything after the run's checkpoint; return how many items were added.
 
@@ -120,7 +121,7 @@ class Ingestor:
         run_id = run.run_id
         self._lease.acquire(run_id)
         try:
-            return self._ingest(run, job, spec, source, on_sealed)
+            return self._ingest(run, job, spec, source, on_sealed, on_slice)
         finally:
             self._lease.release(run_id)
 
@@ -131,6 +132,7 @@ class Ingestor:
         spec: RequestSpec,
         source: ItemSource,
         on_sealed: Callable[[], object] | None,
+        on_slice: Callable[[], object] | None,
     ) -> int:
         run_id = run.run_id
         # Re-read under the lease: another process may have ingested since we looked.
@@ -174,6 +176,8 @@ class Ingestor:
                 if packer.after_commit() and on_sealed is not None:
                     on_sealed()
                 added += len(rows)
+                if on_slice is not None:
+                    on_slice()
                 if time.monotonic() - last_log > 5:
                     last_log = time.monotonic()
                     rate = added / max(last_log - started, 1e-9)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import BaseModel
@@ -127,6 +127,7 @@ class BatchRunner:
         items: Iterable[BatchItem] | ItemSource,
         run_id: str | None = None,
         owner: JSONObject | None = None,
+        on_progress: Callable[[RunSummary], None] | None = None,
     ) -> Run:
         """Start a run, or resume the run with this id, and submit what is ready.
 
@@ -139,6 +140,8 @@ class BatchRunner:
             items: An iterable of :class:`BatchItem` or an item source (CSV, JSONL, ...).
             run_id: Durable id; generated when omitted. Reusing it resumes the run.
             owner: Who owns the run (for example a Dagster asset and partition).
+            on_progress: Called with the run's summary after every committed ingest slice
+                (long ingests show progress; ``Run.wait`` takes the same callback).
 
         Returns:
             The run's handle.
@@ -194,6 +197,7 @@ class BatchRunner:
             request_spec(spec),
             source,
             on_sealed=lambda: self._submit_quietly(run_id),
+            on_slice=(lambda: on_progress(run.summary())) if on_progress is not None else None,
         )
         self.storage.set_status(run_id, RunStatus.RUNNING, expected=[RunStatus.INGESTING])
         log.info("run %s: ingest complete (%d new items)", run_id, added)

@@ -74,7 +74,12 @@ def main() -> None:
             provider=OpenAIProviderConfig(api_key="sk-demo", base_url=emu.base_url),
         )
         started = time.perf_counter()
-        run = runner.start(job, items=items, run_id="demo-reviews")
+        run = runner.start(
+            job,
+            items=items,
+            run_id="demo-reviews",
+            on_progress=lambda s: print(f"  ingested {s.total_items} items"),
+        )
         summary = run.wait(
             timeout=300,
             poll_interval=0.2,

@@ -197,3 +197,15 @@ print(json.dumps({{"status": s.status.value, "completed": s.completed_items,
     again = runner.get_run("rehydrate")
     assert again.summary().completed_items == 7
     assert all(isinstance(r.output, Review) for r in again.results())
+
+
+def test_start_reports_ingest_progress_per_slice(make_runner: Callable[..., BatchRunner]) -> None:
+    seen: list[int] = []
+    run = make_runner(ingest_slice_size=4).start(
+        _job(),
+        items=_items(10),
+        run_id="progress",
+        on_progress=lambda s: seen.append(s.total_items),
+    )
+    assert seen == [4, 8, 10]
+    assert run.wait(timeout=60, poll_interval=0.05).completed_items == 10
