@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections import defaultdict
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
@@ -24,13 +23,10 @@ from batchor_core.jobspec import chunk_policy, retry_policy
 from batchor_core.lease import LeaseKeeper
 from batchor_core.models import ItemError, ItemStatus, RunStatus, Usage
 from batchor_core.packing import (
-    ChunkPacker,
     chunk_key,
-    custom_id,
     output_key,
     parse_custom_id,
     seal_chunk,
-    swap_custom_id,
 )
 from batchor_core.ports import (
     UNSUBMITTED_CHUNK_STATES,
@@ -44,6 +40,7 @@ from batchor_core.ports import (
     RunRecord,
     StateStore,
 )
+from batchor_core.retries import build_retry_chunk
 
 __all__ = ["RunStepper"]
 
@@ -411,52 +408,12 @@ class RunStepper:
     # ------------------------------------------------------------------ retries
 
     def _build_retry_chunk(self, run: RunRecord) -> bool:
-        policy = chunk_policy(run.job_spec)
-        candidates = self.store.retry_candidates(
-            run.run_id, now=self.clock.now(), limit=policy.max_requests
+        queued = build_retry_chunk(
+            store=self.store, artifacts=self.artifacts, now=self.clock.now(), run=run
         )
-        if not candidates:
-            return False
-        chunks = self.store.list_chunks(run.run_id)
-        if any(c.state is ChunkState.BUILDING for c in chunks) and not run.ingest_complete:
-            return False  # let the ingest finish its open chunk first
-        by_chunk: dict[str, dict[int, int]] = defaultdict(dict)
-        for cand in candidates:
-            by_chunk[cand.chunk_id][cand.seq] = cand.submission + 1
-        packer = ChunkPacker(
-            run_id=run.run_id,
-            store=self.store,
-            artifacts=self.artifacts,
-            policy=policy,
-            open_chunk=None,
-            next_chunk_seq=(chunks[-1].seq + 1) if chunks else 0,
-            now=self.clock.now(),
-        )
-        rows: list[tuple[int, int]] = []
-        try:
-            for source_chunk, wanted in by_chunk.items():
-                with self.artifacts.open_read(chunk_key(run.run_id, source_chunk)) as fh:
-                    for line in fh:
-                        ids = parse_custom_id(_line_custom_id(line))
-                        if ids is None or ids[0] not in wanted:
-                            continue
-                        new_line = swap_custom_id(line, custom_id(ids[0], wanted[ids[0]]))
-                        if rows and packer.would_open_new(new_line):
-                            break
-                        packer.add(new_line)
-                        rows.append((ids[0], wanted[ids[0]]))
-            if not rows:
-                packer.abandon()
-                return False
-            (chunk,) = packer.sync()
-            failpoints.reach("retry.written")
-            self.store.assign_retries(run.run_id, rows, chunk=chunk)
-            packer.finish()
-        except BaseException:
-            packer.abandon()
-            raise
-        log.info("run %s: %d items queued for another attempt", run.run_id, len(rows))
-        return True
+        if queued:
+            log.info("run %s: %d items queued for another attempt", run.run_id, queued)
+        return queued > 0
 
     # ------------------------------------------------------------------ finish
 
@@ -551,11 +508,3 @@ def _batch_metadata(run_id: str, chunk: ChunkRecord) -> dict[str, str]:
         "batchor_chunk": chunk.chunk_id,
         "batchor_sha256": (chunk.sha256 or "")[:32],
     }
-
-
-def _line_custom_id(line: bytes) -> str:
-    prefix = b'{"custom_id":"'
-    if not line.startswith(prefix):
-        return ""
-    end = line.find(b'"', len(prefix))
-    return line[len(prefix) : end].decode() if end > 0 else ""
