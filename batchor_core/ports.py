@@ -1,20 +1,38 @@
-"""Ports: the small protocols the runner talks to, and the records that cross them.
+"""Ports: the small protocols the runner talks to.
 
 Adapters (``storage/``, ``artifacts/``, ``providers/``, ``sources/``) implement these;
 the runner depends on nothing else. Port methods are named for the transitions they make.
+The records that cross them live in :mod:`batchor_core.records` and are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from batchor_core.models import BatchItem, ItemError, ItemStatus, JSONObject, RunStatus, Usage
+from batchor_core.models import JSONObject, RunStatus
+from batchor_core.records import (
+    IN_FLIGHT_CHUNK_STATES,
+    UNSUBMITTED_CHUNK_STATES,
+    ChunkRecord,
+    ChunkState,
+    ItemOutcome,
+    NewItem,
+    ParsedLine,
+    ProviderBatch,
+    QueuedItem,
+    RejectedRow,
+    RequestSpec,
+    ResultRow,
+    RetryCandidate,
+    RunRecord,
+    SourceSlice,
+)
 
 __all__ = [
+    "IN_FLIGHT_CHUNK_STATES",
+    "UNSUBMITTED_CHUNK_STATES",
     "ArtifactStore",
     "ArtifactWriter",
     "BatchProvider",
@@ -35,226 +53,6 @@ __all__ = [
     "SourceSlice",
     "StateStore",
 ]
-
-
-# --------------------------------------------------------------------------- records
-
-
-class ChunkState(StrEnum):
-    """Lifecycle of one provider batch (a "chunk" of requests) on our side.
-
-    ``building -> sealed -> uploading -> uploaded -> submitting -> submitted -> collected``.
-    ``uploading`` and ``submitting`` are intents written before the side effect, so a
-    crash in between is reconciled on restart instead of repeated blindly.
-    """
-
-    BUILDING = "building"
-    SEALED = "sealed"
-    UPLOADING = "uploading"
-    UPLOADED = "uploaded"
-    SUBMITTING = "submitting"
-    SUBMITTED = "submitted"
-    COLLECTED = "collected"
-
-
-IN_FLIGHT_CHUNK_STATES = frozenset({ChunkState.SUBMITTED})
-UNSUBMITTED_CHUNK_STATES = frozenset(
-    {ChunkState.SEALED, ChunkState.UPLOADING, ChunkState.UPLOADED, ChunkState.SUBMITTING}
-)
-
-
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """A run as the store keeps it."""
-
-    run_id: str
-    status: RunStatus
-    status_reason: str | None
-    job_spec: JSONObject
-    job_fingerprint: str
-    source_identity: JSONObject | None
-    source_checkpoint: JSONObject | None
-    ingest_complete: bool
-    total_items: int
-    completed_items: int
-    failed_items: int
-    cancelled_items: int
-    input_tokens: int
-    output_tokens: int
-    owner: JSONObject | None
-    created_at: datetime
-    updated_at: datetime
-    retention: JSONObject | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkRecord:
-    """One provider batch's worth of requests."""
-
-    run_id: str
-    chunk_id: str
-    seq: int
-    state: ChunkState
-    request_count: int
-    byte_count: int
-    sha256: str | None
-    file_id: str | None
-    batch_id: str | None
-    provider_status: str | None
-    not_before: datetime | None
-    last_error: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class NewItem:
-    """An item row to insert at ingest.
-
-    ``status`` is ``pending`` for a normal item; a row rejected by its source is inserted
-    already ``failed`` with ``error`` set, so it is never lost.
-    """
-
-    seq: int
-    item_id: str
-    payload_json: str
-    metadata_json: str | None
-    chunk_id: str | None
-    status: ItemStatus = ItemStatus.PENDING
-    error: ItemError | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ItemOutcome:
-    """What one result line (or its absence) means for an item.
-
-    ``status`` is the item's next status: terminal, or ``pending`` to retry.
-    The update only applies while the item is still pending in the same submission,
-    so replaying a collection after a crash changes nothing.
-    """
-
-    seq: int
-    submission: int
-    status: ItemStatus
-    output_json: str | None = None
-    error: ItemError | None = None
-    usage: Usage | None = None
-    spend_attempt: bool = True
-    retry_not_before: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedItem:
-    """An item waiting for the result of its current submission."""
-
-    seq: int
-    submission: int
-    attempts: int
-    free_resubmits: int
-
-
-@dataclass(frozen=True, slots=True)
-class RetryCandidate:
-    """A pending item whose last submission ended without a result."""
-
-    seq: int
-    chunk_id: str
-    submission: int
-
-
-@dataclass(frozen=True, slots=True)
-class ResultRow:
-    """A terminal item as stored."""
-
-    seq: int
-    item_id: str
-    status: ItemStatus
-    output_json: str | None
-    error: ItemError | None
-    attempts: int
-    usage: Usage | None
-    metadata_json: str | None
-    finished_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedRow:
-    """An input row a source could not turn into an item.
-
-    Attributes:
-        item_id: The row's id when it could be read, else a synthetic ``file:line`` id.
-        error: What is wrong with the row (names the file and line or row).
-        raw: The row's raw text or values, kept so nothing is lost.
-    """
-
-    item_id: str
-    error: str
-    raw: JSONObject = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class SourceSlice:
-    """Items read from a source, and the checkpoint just after the last of them.
-
-    The runner commits the items and the checkpoint in one transaction, so a resumed
-    ingest starts exactly after the last committed slice.
-    """
-
-    items: Sequence[BatchItem]
-    checkpoint: JSONObject
-    rejected: Sequence[RejectedRow] = ()
-    locations: Sequence[str] = ()
-    """Where each item came from (``file:line``), parallel to ``items``, for error messages."""
-
-
-@dataclass(frozen=True, slots=True)
-class RequestSpec:
-    """What the provider needs to shape request bodies, as stored with the run."""
-
-    model: str
-    endpoint: str
-    request_options: JSONObject
-    output_schema: JSONObject | None
-    output_name: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderBatch:
-    """A provider batch, translated out of the SDK's types."""
-
-    batch_id: str
-    status: str
-    input_file_id: str | None
-    output_file_id: str | None
-    error_file_id: str | None
-    total: int
-    completed: int
-    failed: int
-    errors: tuple[ItemError, ...]
-    metadata: Mapping[str, str]
-
-    @property
-    def is_terminal(self) -> bool:
-        """Whether the provider will not change this batch any more."""
-        return self.status in ("completed", "failed", "expired", "cancelled")
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedLine:
-    """One line of a provider output or error file.
-
-    Attributes:
-        custom_id: The request's custom id.
-        text: The model's text output, when the request succeeded.
-        error: Why the request failed, when it did (``code`` ``batch_expired`` or
-            ``batch_cancelled`` means it never ran).
-        usage: Tokens used, when reported.
-    """
-
-    custom_id: str
-    text: str | None
-    error: ItemError | None
-    usage: Usage | None
 
 
 # --------------------------------------------------------------------------- protocols
