@@ -195,7 +195,7 @@ class RunStepper:
             if policy.max_inflight_batches is not None and in_flight >= policy.max_inflight_batches:
                 break
             if chunk.not_before is not None and chunk.not_before > now:
-                continue
+                break  # batches go out in order: later chunks wait behind a deferred one
             try:
                 if chunk.state is ChunkState.SEALED:
                     chunk = self._upload(run, chunk)
@@ -258,11 +258,19 @@ class RunStepper:
 
     def _handle_submit_error(self, run: RunRecord, chunk: ChunkRecord, exc: ProviderError) -> bool:
         current = self._reload(chunk)
-        if exc.retryable:
-            self._defer(current, exc)
-            return True
+        if current.state is ChunkState.SUBMITTED:
+            return True  # the ambiguous create did happen; reconciling adopted the batch
         self._defer(current, exc)
-        self._pause(run, f"provider refused chunk {chunk.chunk_id}: {exc.message}")
+        if isinstance(exc, RateLimitedError):
+            # A 429 is about the account, not this chunk: hold back every unsubmitted
+            # chunk of the run for as long as the provider asked.
+            for other in self.store.list_chunks(
+                run.run_id, [ChunkState.SEALED, ChunkState.UPLOADED]
+            ):
+                if other.chunk_id != current.chunk_id:
+                    self._defer(other, exc)
+        if not exc.retryable:
+            self._pause(run, f"provider refused chunk {chunk.chunk_id}: {exc.message}")
         return True
 
     def _pause(self, run: RunRecord, reason: str) -> None:

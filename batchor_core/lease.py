@@ -39,6 +39,7 @@ class LeaseKeeper:
         self.owner = owner
         self.ttl_seconds = ttl_seconds
         self._depth: dict[str, int] = {}
+        self._tokens: dict[str, int] = {}
 
     def acquire(self, run_id: str) -> None:
         """Take the lease on ``run_id`` (re-entrant: nested holds need matching releases).
@@ -46,24 +47,42 @@ class LeaseKeeper:
         Raises:
             RunLeasedError: Another live process holds it.
         """
-        self.renew(run_id)
+        if self._depth.get(run_id, 0) == 0:
+            self._tokens[run_id] = self._grant(run_id)
+        else:
+            self.renew(run_id)
         self._depth[run_id] = self._depth.get(run_id, 0) + 1
 
     def renew(self, run_id: str) -> None:
-        """Extend a held lease (or take a free one) without adding a hold.
+        """Extend a held lease without adding a hold (a free lease is simply taken).
 
         Raises:
-            RunLeasedError: Another live process holds it.
+            RunLeasedError: Another process holds it, or the lease changed hands since
+                this process took it (it expired and someone else had it meanwhile).
         """
-        holder = self.store.acquire_lease(
-            run_id, self.owner, now=self.clock.now(), ttl_seconds=self.ttl_seconds
-        )
-        if holder is not None:
+        token = self._grant(run_id)
+        held = self._tokens.get(run_id)
+        if held is not None and token != held:
+            self._tokens[run_id] = token
             raise RunLeasedError(
-                f"run {run_id!r} is being advanced by {holder}; wait for it, or let its "
-                "lease expire if that process is gone",
+                f"this process lost the lease on run {run_id!r} (it expired and another "
+                "process took it over); its current step was abandoned and nothing more "
+                "was sent",
                 run_id=run_id,
             )
+        self._tokens.setdefault(run_id, token)
+
+    def _grant(self, run_id: str) -> int:
+        grant = self.store.acquire_lease(
+            run_id, self.owner, now=self.clock.now(), ttl_seconds=self.ttl_seconds
+        )
+        if grant.token is None:
+            raise RunLeasedError(
+                f"run {run_id!r} is being advanced by {grant.holder}; wait for it, or let "
+                "its lease expire if that process is gone",
+                run_id=run_id,
+            )
+        return grant.token
 
     def release(self, run_id: str) -> None:
         """Drop one hold; the lease is given up when the outermost hold is released."""
@@ -72,4 +91,5 @@ class LeaseKeeper:
             self._depth[run_id] = depth
             return
         self._depth.pop(run_id, None)
+        self._tokens.pop(run_id, None)
         self.store.release_lease(run_id, self.owner)

@@ -18,6 +18,7 @@ from batchor_core.records import (
     ChunkRecord,
     ChunkState,
     ItemOutcome,
+    LeaseGrant,
     NewItem,
     ParsedLine,
     ProviderBatch,
@@ -41,6 +42,7 @@ __all__ = [
     "Clock",
     "ItemOutcome",
     "ItemSource",
+    "LeaseGrant",
     "NewItem",
     "ParsedLine",
     "ProviderBatch",
@@ -217,8 +219,8 @@ class StateStore(Protocol):
 
     def acquire_lease(
         self, run_id: str, owner: str, *, now: datetime, ttl_seconds: float
-    ) -> str | None:
-        """Take or renew the run's lease; None on success, else who holds it."""
+    ) -> LeaseGrant:
+        """Take or renew the run's lease; the grant carries the fencing token or the holder."""
         ...
 
     def release_lease(self, run_id: str, owner: str) -> None:

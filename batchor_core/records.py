@@ -19,6 +19,7 @@ __all__ = [
     "ChunkRecord",
     "ChunkState",
     "ItemOutcome",
+    "LeaseGrant",
     "NewItem",
     "ParsedLine",
     "ProviderBatch",
@@ -53,6 +54,21 @@ IN_FLIGHT_CHUNK_STATES = frozenset({ChunkState.SUBMITTED})
 UNSUBMITTED_CHUNK_STATES = frozenset(
     {ChunkState.SEALED, ChunkState.UPLOADING, ChunkState.UPLOADED, ChunkState.SUBMITTING}
 )
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """The answer to a lease request.
+
+    Attributes:
+        token: The fencing token while the caller holds the lease, else None. It changes
+            every time the lease changes hands, so a process can tell that it lost the
+            lease even if it got it back later.
+        holder: Who holds the lease when the caller does not.
+    """
+
+    token: int | None
+    holder: str = ""
 
 
 @dataclass(frozen=True, slots=True)

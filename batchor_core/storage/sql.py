@@ -27,6 +27,7 @@ from batchor_core.models import JSONObject, RunStatus
 from batchor_core.ports import (
     ChunkRecord,
     ChunkState,
+    LeaseGrant,
     RunRecord,
 )
 from batchor_core.storage.schema import chunks, items, runs
@@ -118,11 +119,12 @@ class SQLStateStore(ItemOps):
 
     def acquire_lease(
         self, run_id: str, owner: str, *, now: datetime, ttl_seconds: float
-    ) -> str | None:
-        """Take or renew the run's lease; return None on success, else the current holder.
+    ) -> LeaseGrant:
+        """Take or renew the run's lease; the grant has the fencing token, or the holder.
 
         The lease is free when nobody holds it, when ``owner`` already holds it, or when
-        the holder's lease has expired (a crashed process).
+        the holder's lease has expired (a crashed process). The token changes whenever
+        the lease changes hands (including after a release).
         """
         expires = now + timedelta(seconds=ttl_seconds)
         with self._tx() as conn:
@@ -144,15 +146,17 @@ class SQLStateStore(ItemOps):
                         else_=runs.c.lease_token + 1,
                     ),
                 )
+                .returning(runs.c.lease_token)
             )
-            if result.rowcount > 0:
-                return None
+            token = result.scalar()
+            if token is not None:
+                return LeaseGrant(token=int(token))
             holder = conn.execute(
                 select(runs.c.lease_owner, runs.c.lease_expires_at).where(runs.c.run_id == run_id)
             ).first()
         if holder is None:
-            return "<no such run>"
-        return f"{holder[0]} (until {aware_utc(holder[1])})"
+            return LeaseGrant(token=None, holder="<no such run>")
+        return LeaseGrant(token=None, holder=f"{holder[0]} (until {aware_utc(holder[1])})")
 
     def release_lease(self, run_id: str, owner: str) -> None:
         """Give the lease up if ``owner`` holds it."""

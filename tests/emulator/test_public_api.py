@@ -7,14 +7,19 @@ from pathlib import Path
 
 import batchor_core.testing
 import batchor_core.testing.emulator
+import batchor_core.testing.fakes
 
 EXPECTED = {"FaultPlan", "LineFaultKind", "LineFaultRule", "OpenAIEmulator", "ProcessingMode"}
+EXPECTED_FAKES = {"FakeBatchProvider"}
 
 
 def test_testing_all_is_pinned() -> None:
-    assert set(batchor_core.testing.__all__) == EXPECTED
+    assert set(batchor_core.testing.__all__) == EXPECTED | EXPECTED_FAKES
+    assert batchor_core.testing.__all__ == sorted(batchor_core.testing.__all__)
     for name in EXPECTED:
         assert getattr(batchor_core.testing, name) is getattr(batchor_core.testing.emulator, name)
+    for name in EXPECTED_FAKES:
+        assert getattr(batchor_core.testing, name) is getattr(batchor_core.testing.fakes, name)
 
 
 def test_emulator_uses_only_the_standard_library() -> None:
