@@ -221,13 +221,9 @@ class RunStepper:
         self.lease.renew(run.run_id)  # before the side effect; raises if the lease was lost
         chunk = self._move(chunk, ChunkState.SEALED, state=ChunkState.UPLOADING)
         with self.artifacts.open_read(key) as stream:
-            try:
-                file_id = self.provider.upload_file(
-                    stream, filename=_upload_name(run.run_id, chunk)
-                )
-            except ProviderError:
-                self._move(chunk, ChunkState.UPLOADING, state=ChunkState.SEALED)
-                raise
+            # On failure the chunk stays "uploading": the next step's recovery deletes any
+            # file the provider kept anyway, then puts the chunk back to "sealed".
+            file_id = self.provider.upload_file(stream, filename=_upload_name(run.run_id, chunk))
         failpoints.reach("submit.uploaded")
         return self._move(chunk, ChunkState.UPLOADING, state=ChunkState.UPLOADED, file_id=file_id)
 

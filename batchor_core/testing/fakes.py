@@ -94,7 +94,7 @@ class FakeBatchProvider:
         self._inputs: dict[str, list[JSONObject]] = {}  # batch id -> its request lines
         self._ids = Counter[str]()
         self._create_faults: deque[tuple[ProviderError, bool]] = deque()
-        self._upload_faults: deque[ProviderError] = deque()
+        self._upload_faults: deque[tuple[ProviderError, bool]] = deque()
         self._get_faults: deque[ProviderError] = deque()
         self._finishes: deque[_Finish] = deque()
         self._held = False
@@ -114,9 +114,13 @@ class FakeBatchProvider:
         """
         self._create_faults.append((error, commit))
 
-    def fail_next_upload(self, error: ProviderError) -> None:
-        """Make the next ``upload_file`` raise ``error`` (nothing is stored)."""
-        self._upload_faults.append(error)
+    def fail_next_upload(self, error: ProviderError, *, commit: bool = False) -> None:
+        """Make the next ``upload_file`` raise ``error``.
+
+        With ``commit=True`` the file is stored anyway (an ambiguous failure that leaves
+        an orphan behind); otherwise nothing is stored.
+        """
+        self._upload_faults.append((error, commit))
 
     def fail_next_get(self, error: ProviderError) -> None:
         """Make the next ``get_batch`` raise ``error``."""
@@ -197,7 +201,10 @@ class FakeBatchProvider:
         self.calls.append("upload_file")
         content = stream.read()
         if self._upload_faults:
-            raise self._upload_faults.popleft()
+            error, commit = self._upload_faults.popleft()
+            if commit:
+                self._store(filename, content)  # kept, but the caller never learns its id
+            raise error
         return self._store(filename, content)
 
     def delete_file(self, file_id: str) -> None:

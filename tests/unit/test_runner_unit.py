@@ -440,3 +440,14 @@ def test_a_process_that_lost_its_lease_cannot_quietly_take_it_back(
     with pytest.raises(RunLeasedError, match="lost the lease"):
         runner_a.stepper.lease.renew("fenced")  # the lease is free, but A must not resume
     runner_a.stepper.lease.release("fenced")
+
+
+def test_an_ambiguous_upload_leaves_no_orphan_file(make_runner: Factory, clock: FakeClock) -> None:
+    provider = FakeBatchProvider()
+    provider.fail_next_upload(ProviderError("connection dropped", retryable=True), commit=True)
+    run = make_runner(provider).start(_job(), items=_items(3), run_id="orphan")
+    assert len(provider.files) == 1  # the orphan: stored, id never recorded
+    clock.advance(61)
+    assert run.wait(timeout=600, poll_interval=1).status is RunStatus.COMPLETED
+    inputs = {fid for fid, (name, _) in provider.files.items() if name.startswith("batchor-")}
+    assert inputs == {provider.created_batches[0].input_file_id}
