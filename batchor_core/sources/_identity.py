@@ -8,10 +8,19 @@ editing one byte or changing an option does not.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterable
 from typing import ClassVar
 
 from batchor_core.errors import SourceError
 from batchor_core.models import JSONObject, JSONValue
+from batchor_core.sources._common import (
+    IdFn,
+    check_columns,
+    check_id_options,
+    check_policy,
+    fn_name,
+)
 
 __all__ = [
     "FileSource",
@@ -157,15 +166,36 @@ def _short(value: JSONValue, limit: int = 80) -> str:
 
 
 class FileSource:
-    """What every single-file source shares: its path, its repr and its cached identity.
+    """What every single-file source shares: path, id/payload/metadata options, identity.
 
-    Subclasses set ``kind`` and ``_path``, start ``_identity`` as None, and implement
-    ``_identity_options`` (the options that change which items come out).
+    Subclasses set ``kind`` and ``key_name`` (``"column"`` or ``"field"``), call
+    :meth:`_setup` from ``__init__``, and may extend :meth:`_identity_options`.
     """
 
     kind: ClassVar[str]
+    key_name: ClassVar[str] = "column"
     _path: str
     _identity: JSONObject | None
+
+    def _setup(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        id_key: str | None,
+        id_fn: IdFn | None,
+        payload: Iterable[str] | None,
+        metadata: Iterable[str] | None,
+        on_bad_row: str,
+    ) -> None:
+        """Validate and keep the options every file source takes."""
+        n = self.key_name
+        self._path = os.fspath(path)
+        self._id_key = check_id_options(id_key, id_fn, what=f"id_{n}")
+        self._id_fn = id_fn
+        self._payload = check_columns(payload, what=f"payload_{n}s")
+        self._metadata = check_columns(metadata, what=f"metadata_{n}s")
+        self._policy = check_policy(on_bad_row)
+        self._identity = None
 
     @property
     def path(self) -> str:
@@ -182,4 +212,10 @@ class FileSource:
         return self._identity
 
     def _identity_options(self) -> JSONObject:
-        raise NotImplementedError
+        n = self.key_name
+        return {
+            f"id_{n}": self._id_key,
+            "id_fn": fn_name(self._id_fn) if self._id_fn is not None else None,
+            f"payload_{n}s": self._payload,
+            f"metadata_{n}s": self._metadata,
+        }

@@ -18,12 +18,8 @@ from batchor_core.sources._common import (
     IdFn,
     RowChunk,
     assemble_slices,
-    check_columns,
-    check_id_options,
-    check_policy,
     check_slice_size,
     file_size,
-    fn_name,
 )
 from batchor_core.sources._csv_block import CsvShape, block_chunks, one_line, parse_options
 from batchor_core.sources._csv_records import RecordScanner
@@ -71,6 +67,7 @@ class CsvSource(FileSource):
     """
 
     kind = "csv"
+    key_name = "column"
 
     def __init__(
         self,
@@ -86,12 +83,14 @@ class CsvSource(FileSource):
         block_bytes: int = 2 << 20,
         max_record_bytes: int = 64 << 20,
     ) -> None:
-        self._path = os.fspath(path)
-        self._id_column = check_id_options(id_column, id_fn, what="id_column")
-        self._id_fn = id_fn
-        self._payload = check_columns(payload_columns, what="payload_columns")
-        self._metadata = check_columns(metadata_columns, what="metadata_columns")
-        self._policy = check_policy(on_bad_row)
+        self._setup(
+            path,
+            id_key=id_column,
+            id_fn=id_fn,
+            payload=payload_columns,
+            metadata=metadata_columns,
+            on_bad_row=on_bad_row,
+        )
         for name, char in (("delimiter", delimiter), ("quote_char", quote_char)):
             if not isinstance(char, str) or len(char) != 1 or char in "\r\n" or ord(char) > 127:
                 raise ConfigurationError(f"{name} must be one ASCII character, not {char!r}")
@@ -106,18 +105,13 @@ class CsvSource(FileSource):
         self._scanner = RecordScanner(
             delimiter=delimiter.encode("ascii"), quote_char=quote_char.encode("ascii")
         )
-        self._identity: JSONObject | None = None
 
     def _identity_options(self) -> JSONObject:
-        options: JSONObject = {
-            "id_column": self._id_column,
-            "id_fn": fn_name(self._id_fn) if self._id_fn is not None else None,
-            "payload_columns": self._payload,
-            "metadata_columns": self._metadata,
+        return {
+            **super()._identity_options(),
             "delimiter": self._delimiter,
             "quote_char": self._quote_char,
         }
-        return options
 
     def check(self) -> None:
         """Raise :class:`~batchor_core.errors.SourceError` now for any file-level problem.
@@ -153,7 +147,7 @@ class CsvSource(FileSource):
             shape = CsvShape(
                 path=self._path,
                 names=header.names,
-                id_column=self._id_column,
+                id_column=self._id_key,
                 id_fn=self._id_fn,
                 payload=self._payload if self._payload is not None else header.names,
                 metadata=self._metadata,
@@ -250,8 +244,8 @@ class CsvSource(FileSource):
                 )
             seen.add(name)
         wanted: list[tuple[str, str]] = []
-        if self._id_column is not None:
-            wanted.append(("id column", self._id_column))
+        if self._id_key is not None:
+            wanted.append(("id column", self._id_key))
         wanted += [("payload column", n) for n in self._payload or ()]
         wanted += [("metadata column", n) for n in self._metadata or ()]
         for what, name in wanted:

@@ -17,12 +17,8 @@ from batchor_core.sources._common import (
     RowChunk,
     RowProblem,
     assemble_slices,
-    check_columns,
-    check_id_options,
-    check_policy,
     check_slice_size,
     file_size,
-    fn_name,
     id_from_fn,
     item_id_of,
     reject,
@@ -61,6 +57,7 @@ class JsonlSource(FileSource):
     """
 
     kind = "jsonl"
+    key_name = "field"
 
     def __init__(
         self,
@@ -72,22 +69,14 @@ class JsonlSource(FileSource):
         metadata_fields: Iterable[str] | None = None,
         on_bad_row: BadRowPolicy = "record",
     ) -> None:
-        self._path = os.fspath(path)
-        self._id_field = check_id_options(id_field, id_fn, what="id_field")
-        self._id_fn = id_fn
-        self._payload = check_columns(payload_fields, what="payload_fields")
-        self._metadata = check_columns(metadata_fields, what="metadata_fields")
-        self._policy = check_policy(on_bad_row)
-        self._identity: JSONObject | None = None
-
-    def _identity_options(self) -> JSONObject:
-        options: JSONObject = {
-            "id_field": self._id_field,
-            "id_fn": fn_name(self._id_fn) if self._id_fn is not None else None,
-            "payload_fields": self._payload,
-            "metadata_fields": self._metadata,
-        }
-        return options
+        self._setup(
+            path,
+            id_key=id_field,
+            id_fn=id_fn,
+            payload=payload_fields,
+            metadata=metadata_fields,
+            on_bad_row=on_bad_row,
+        )
 
     def check(self) -> None:
         """Raise :class:`~batchor_core.errors.SourceError` now for any file-level problem.
@@ -161,7 +150,7 @@ class JsonlSource(FileSource):
         next_lines: list[int] = []
         end = base
         clean = True
-        fast = self._id_field is not None
+        fast = self._id_key is not None
         count, has_newline = len(lines), block.endswith(b"\n")
         for k, raw in enumerate(lines):
             end += len(raw) + (1 if k + 1 < count or has_newline else 0)
@@ -199,7 +188,7 @@ class JsonlSource(FileSource):
             return None
         if stop != len(text) or type(obj) is not dict:
             return None
-        value = obj.get(self._id_field)
+        value = obj.get(self._id_key)
         if type(value) is not str or not value or len(value) > MAX_ID_LENGTH:
             return None
         try:
@@ -224,10 +213,10 @@ class JsonlSource(FileSource):
                 raise RowProblem(f"not valid JSON ({exc})") from None
             if not isinstance(obj, dict):
                 raise RowProblem(f"expected a JSON object, got {_json_kind(obj)}")
-            if self._id_field is not None:
-                if self._id_field not in obj:
-                    raise RowProblem(f"no id field {self._id_field!r}")
-                item_id = item_id_of(obj[self._id_field])
+            if self._id_key is not None:
+                if self._id_key not in obj:
+                    raise RowProblem(f"no id field {self._id_key!r}")
+                item_id = item_id_of(obj[self._id_key])
             else:
                 assert self._id_fn is not None
                 item_id = id_from_fn(self._id_fn, obj)

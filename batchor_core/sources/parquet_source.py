@@ -20,13 +20,9 @@ from batchor_core.sources._common import (
     RowChunk,
     RowProblem,
     assemble_slices,
-    check_columns,
-    check_id_options,
-    check_policy,
     check_slice_size,
     column_items,
     file_size,
-    fn_name,
     id_from_fn,
     item_id_of,
     reject,
@@ -62,6 +58,7 @@ class ParquetSource(FileSource):
     """
 
     kind = "parquet"
+    key_name = "column"
 
     def __init__(
         self,
@@ -74,25 +71,17 @@ class ParquetSource(FileSource):
         on_bad_row: BadRowPolicy = "record",
         batch_rows: int = 8192,
     ) -> None:
-        self._path = os.fspath(path)
-        self._id_column = check_id_options(id_column, id_fn, what="id_column")
-        self._id_fn = id_fn
-        self._payload = check_columns(payload_columns, what="payload_columns")
-        self._metadata = check_columns(metadata_columns, what="metadata_columns")
-        self._policy = check_policy(on_bad_row)
+        self._setup(
+            path,
+            id_key=id_column,
+            id_fn=id_fn,
+            payload=payload_columns,
+            metadata=metadata_columns,
+            on_bad_row=on_bad_row,
+        )
         if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
             raise ConfigurationError(f"batch_rows must be a positive integer, not {batch_rows!r}")
         self._batch_rows = batch_rows
-        self._identity: JSONObject | None = None
-
-    def _identity_options(self) -> JSONObject:
-        options: JSONObject = {
-            "id_column": self._id_column,
-            "id_fn": fn_name(self._id_fn) if self._id_fn is not None else None,
-            "payload_columns": self._payload,
-            "metadata_columns": self._metadata,
-        }
-        return options
 
     def check(self) -> None:
         """Raise :class:`~batchor_core.errors.SourceError` now for any file-level problem.
@@ -152,8 +141,8 @@ class ParquetSource(FileSource):
         if len(set(names)) != len(names):
             raise SourceError(f"{self._path}: the schema has duplicate column names {names!r}")
         wanted: list[tuple[str, str]] = []
-        if self._id_column is not None:
-            wanted.append(("id column", self._id_column))
+        if self._id_key is not None:
+            wanted.append(("id column", self._id_key))
         wanted += [("payload column", n) for n in self._payload or ()]
         wanted += [("metadata column", n) for n in self._metadata or ()]
         for what, name in wanted:
@@ -162,16 +151,16 @@ class ParquetSource(FileSource):
                 raise SourceError(
                     f"{self._path}: no {what} {name!r} in the schema; columns are {shown}"
                 )
-        if self._id_column is not None:
-            id_type = schema.field(self._id_column).type
+        if self._id_key is not None:
+            id_type = schema.field(self._id_key).type
             if not is_id_type(id_type):
                 raise SourceError(
-                    f"{self._path}: id column {self._id_column!r} has type {id_type}; "
+                    f"{self._path}: id column {self._id_key!r} has type {id_type}; "
                     "it must hold strings or integers (or pass id_fn=)"
                 )
         if self._id_fn is not None or self._payload is None:
             return names
-        keep = {self._id_column, *self._payload, *(self._metadata or ())}
+        keep = {self._id_key, *self._payload, *(self._metadata or ())}
         return [n for n in names if n in keep]
 
     def _read_checkpoint(self, checkpoint: JSONObject, counts: list[int]) -> Position:
@@ -244,9 +233,9 @@ class ParquetSource(FileSource):
             r = at + k + 1  # rows of the group read after entry k
             return (g, r) if r < count else (g + 1, 0)
 
-        if not bad and self._id_column is not None:
-            ids = columns[self._id_column]
-            id_column = batch.column(names.index(self._id_column))
+        if not bad and self._id_key is not None:
+            ids = columns[self._id_key]
+            id_column = batch.column(names.index(self._id_key))
             if pa.types.is_integer(id_column.type) and id_column.null_count == 0:
                 ids = list(map(str, ids))
             payload = self._payload if self._payload is not None else names
@@ -267,13 +256,13 @@ class ParquetSource(FileSource):
         pay_names = self._payload if self._payload is not None else names
         pay = [(n, columns[n]) for n in pay_names]
         meta = [(n, columns[n]) for n in self._metadata] if self._metadata is not None else None
-        ids = columns[self._id_column] if self._id_column is not None else None
+        ids = columns[self._id_key] if self._id_key is not None else None
         entries: list[BatchItem | RejectedRow] = []
         for i in range(size):
             item_id: str | None = None
             try:
                 problem, bad_column = bad.get(i, (None, None))
-                if ids is not None and bad_column != self._id_column:
+                if ids is not None and bad_column != self._id_key:
                     item_id = item_id_of(ids[i])
                 elif self._id_fn is not None and problem is None:
                     item_id = id_from_fn(self._id_fn, {n: columns[n][i] for n in names})
