@@ -92,11 +92,8 @@ class RunStepper:
         """
         if run.status.is_terminal:
             return False
-        self.lease.acquire(run.run_id)
-        try:
+        with self.lease.held(run.run_id):
             return self._step(run, output_model, max_collect=max_collect)
-        finally:
-            self.lease.release(run.run_id)
 
     def _step(
         self, run: RunRecord, output_model: type[BaseModel] | None, *, max_collect: int
@@ -117,11 +114,8 @@ class RunStepper:
         run = self.store.load_run(run_id)
         if run is None or run.status not in (RunStatus.INGESTING, RunStatus.RUNNING):
             return False
-        self.lease.acquire(run_id)
-        try:
+        with self.lease.held(run_id):
             return self._submit(run)
-        finally:
-            self.lease.release(run_id)
 
     def next_wake(self, run_id: str) -> datetime | None:
         """Earliest time a backoff in this run ends (for callers deciding how long to wait)."""

@@ -118,12 +118,8 @@ class Ingestor:
 
         Holds the run's lease throughout (renewed every slice; every commit is fenced).
         """
-        run_id = run.run_id
-        self._lease.acquire(run_id)
-        try:
+        with self._lease.held(run.run_id):
             return self._ingest(run, job, spec, source, on_sealed, on_slice)
-        finally:
-            self._lease.release(run_id)
 
     def _ingest(
         self,

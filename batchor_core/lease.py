@@ -8,9 +8,11 @@ well, so even a process that lost its lease cannot move a chunk another process 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 
 from batchor_core.errors import RunLeasedError
 from batchor_core.ports import Clock, StateStore
@@ -52,6 +54,19 @@ class LeaseKeeper:
         else:
             self.renew(run_id)
         self._depth[run_id] = self._depth.get(run_id, 0) + 1
+
+    @contextlib.contextmanager
+    def held(self, run_id: str) -> Iterator[None]:
+        """Hold the lease for the duration of a ``with`` block.
+
+        Raises:
+            RunLeasedError: Another live process holds it.
+        """
+        self.acquire(run_id)
+        try:
+            yield
+        finally:
+            self.release(run_id)
 
     def renew(self, run_id: str) -> None:
         """Extend a held lease without adding a hold (a free lease is simply taken).

@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from batchor_core import BatchRunner, ItemStatus, LocalArtifactStore, SQLiteStorage
 from batchor_core.failpoints import POINTS
 from batchor_core.packing import parse_custom_id
+from tests.crash import run_worker
 from tests.crash.worker import items, job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,26 +31,7 @@ SCENARIOS = int(os.environ.get("BATCHOR_CRASH_SCENARIOS", "30"))
 
 
 def _worker(tmp_path: Path, url: str, crash: str | None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    env.pop("BATCHOR_CRASH_AT", None)
-    if crash:
-        env["BATCHOR_CRASH_AT"] = crash
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.crash.worker",
-            str(tmp_path / "runs.sqlite3"),
-            str(tmp_path / "artifacts"),
-            url,
-            "crashy",
-            str(N_ITEMS),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    return run_worker("tests.crash.worker", tmp_path, url, "crashy", str(N_ITEMS), crash=crash)
 
 
 @pytest.mark.parametrize("seed", range(SCENARIOS))

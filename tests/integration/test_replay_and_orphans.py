@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,28 +11,18 @@ import pytest
 
 from batchor_core import BatchRunner, ConfigurationError, RunStatus
 from batchor_core.packing import chunk_key
+from tests.crash import run_worker
 from tests.crash.worker import items, job
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_crash_after_upload_leaves_no_orphan_file(tmp_path: Path, emulator: Any) -> None:
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "BATCHOR_CRASH_AT": "submit.uploaded:1"}
-    args = [
-        sys.executable,
-        "-m",
-        "tests.crash.worker",
-        str(tmp_path / "runs.sqlite3"),
-        str(tmp_path / "artifacts"),
-        emulator.base_url,
-        "orphan",
-        "10",
-    ]
-    killed = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    args = (emulator.base_url, "orphan", "10")
+    killed = run_worker("tests.crash.worker", tmp_path, *args, crash="submit.uploaded:1")
     assert killed.returncode == -signal.SIGKILL
     assert len([f for f in emulator.files() if f["purpose"] == "batch"]) == 1  # the orphan
-    env.pop("BATCHOR_CRASH_AT")
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    done = run_worker("tests.crash.worker", tmp_path, *args)
     assert done.returncode == 0, done.stderr[-2000:]
     inputs = [f for f in emulator.files() if f["purpose"] == "batch"]
     # Two chunks (7 + 3 requests): exactly one input file each; the orphan was deleted.

@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +19,7 @@ import pytest
 from batchor_core import BatchRunner, IngestIncompleteError, ItemStatus, SourceChangedError
 from batchor_core.packing import parse_custom_id
 from batchor_core.sources import CsvSource, JsonlSource, MultiSource
+from tests.crash import run_worker
 from tests.crash.source_worker import job, source
 
 pytestmark = pytest.mark.integration
@@ -41,26 +40,8 @@ def _write(kind: str, path: Path, n: int = N_ROWS) -> Path:
 
 
 def _worker(tmp_path: Path, url: str, kind: str, data: Path, crash: str | None) -> Any:
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    env.pop("BATCHOR_CRASH_AT", None)
-    if crash:
-        env["BATCHOR_CRASH_AT"] = crash
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.crash.source_worker",
-            str(tmp_path / "runs.sqlite3"),
-            str(tmp_path / "artifacts"),
-            url,
-            "ingest",
-            kind,
-            str(data),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
+    return run_worker(
+        "tests.crash.source_worker", tmp_path, url, "ingest", kind, str(data), crash=crash
     )
 
 
