@@ -46,6 +46,7 @@ __all__ = ["RunStepper"]
 
 log = logging.getLogger("batchor.run")
 _NO_OUTPUT = ItemError("empty_output", "no output")
+_STOPPING = frozenset({"cancelling", "cancelled", "completed", "failed", "expired"})
 
 
 class RunStepper:
@@ -93,12 +94,17 @@ class RunStepper:
         if run.status.is_terminal:
             return False
         with self.lease.held(run.run_id):
+            run = self.store.load_run(run.run_id) or run  # re-read under the lease
+            if run.status.is_terminal:
+                return False
             return self._step(run, output_model, max_collect=max_collect)
 
     def _step(
         self, run: RunRecord, output_model: type[BaseModel] | None, *, max_collect: int
     ) -> bool:
         progress = self._recover(run)
+        if run.status is RunStatus.CANCELLING:
+            progress |= self._cancel_in_flight(run)
         progress |= self._poll_and_collect(run, output_model, max_collect=max_collect)
         current = self.store.load_run(run.run_id) or run
         if current.status is RunStatus.RUNNING:
@@ -144,12 +150,16 @@ class RunStepper:
         for chunk in chunks:
             if chunk.state is ChunkState.UPLOADING:
                 # We may or may not have uploaded. Delete any orphan upload, then upload
-                # again (the bytes are the artifact, so the new file is identical).
+                # again (the bytes are the artifact, so the new file is identical). If the
+                # clean-up itself fails, try again later rather than leave an orphan.
+                if chunk.not_before is not None and chunk.not_before > self.clock.now():
+                    continue
                 try:
                     for file_id in self.provider.find_files(_upload_name(run.run_id, chunk)):
                         self.provider.delete_file(file_id)
                 except ProviderError as exc:
-                    log.warning("run %s: could not clean up orphan uploads: %s", run.run_id, exc)
+                    self._defer(chunk, exc)
+                    continue
                 self._move(chunk, ChunkState.UPLOADING, state=ChunkState.SEALED)
                 progress = True
             elif chunk.state is ChunkState.SUBMITTING:
@@ -414,6 +424,22 @@ class RunStepper:
         return queued > 0
 
     # ------------------------------------------------------------------ finish
+
+    def _cancel_in_flight(self, run: RunRecord) -> bool:
+        """Ask the provider to stop every batch still running (including one adopted by
+        reconciliation after the cancel was requested); collection keeps their finished rows.
+        """
+        progress = False
+        for chunk in self.store.list_chunks(run.run_id, [ChunkState.SUBMITTED]):
+            if chunk.batch_id and chunk.provider_status not in _STOPPING:
+                try:
+                    batch = self.provider.cancel_batch(chunk.batch_id)
+                except ProviderError as exc:
+                    log.info("run %s: cancelling %s: %s", run.run_id, chunk.batch_id, exc)
+                    continue
+                self._move(chunk, ChunkState.SUBMITTED, provider_status=batch.status)
+                progress = True
+        return progress
 
     def _finish_cancel(self, run: RunRecord) -> bool:
         chunks = self.store.list_chunks(run.run_id)

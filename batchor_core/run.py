@@ -315,14 +315,12 @@ class Run:
                 RunStatus.CANCELLING,
             ],
         )
-        provider = self._runner.provider
-        for chunk in self._runner.storage.list_chunks(self._run_id, [ChunkState.SUBMITTED]):
-            if chunk.batch_id and chunk.provider_status not in ("cancelling", "cancelled"):
-                try:
-                    provider.cancel_batch(chunk.batch_id)
-                except Exception:
-                    continue
-        return self.refresh(max_collect=1_000_000)
+        # The step cancels in-flight batches and settles the run; if another process holds
+        # the lease, its next step does the same.
+        try:
+            return self.refresh(max_collect=1_000_000)
+        except RunLeasedError:
+            return self.summary()
 
     def _require_live(self, action: str) -> None:
         record = self._record()

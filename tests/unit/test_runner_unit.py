@@ -451,3 +451,19 @@ def test_an_ambiguous_upload_leaves_no_orphan_file(make_runner: Factory, clock: 
     assert run.wait(timeout=600, poll_interval=1).status is RunStatus.COMPLETED
     inputs = {fid for fid, (name, _) in provider.files.items() if name.startswith("batchor-")}
     assert inputs == {provider.created_batches[0].input_file_id}
+
+
+def test_cancel_while_another_process_holds_the_lease(make_runner: Factory) -> None:
+    provider = FakeBatchProvider()
+    provider.hold(True)
+    runner_a = make_runner(provider, owner_id="A")
+    runner_b = make_runner(provider, owner_id="B")
+    runner_a.start(_job(), items=_items(3), run_id="busy")
+    runner_a.stepper.lease.acquire("busy")  # A is mid-step
+    summary = runner_b.cancel("busy", reason="stop")
+    assert summary.status is RunStatus.CANCELLING  # recorded at once...
+    assert "cancel_batch" not in provider.calls  # ...and left to the lease holder
+    runner_a.stepper.lease.release("busy")
+    summary = runner_a.get_run("busy").refresh()
+    assert "cancel_batch" in provider.calls
+    assert summary.status is RunStatus.CANCELLED and summary.cancelled_items == 3
