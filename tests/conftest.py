@@ -24,7 +24,7 @@ POSTGRES_URL = os.environ.get("BATCHOR_TEST_POSTGRES_URL")
 REQUIRE_POSTGRES = os.environ.get("BATCHOR_REQUIRE_POSTGRES") == "1"
 
 
-def _postgres_param() -> Any:
+def postgres_param() -> Any:
     if POSTGRES_URL or REQUIRE_POSTGRES:
         return pytest.param("postgres", marks=pytest.mark.postgres)
     return pytest.param(
@@ -33,7 +33,7 @@ def _postgres_param() -> Any:
     )
 
 
-@pytest.fixture(params=["memory", "sqlite", _postgres_param()])
+@pytest.fixture(params=["memory", "sqlite", postgres_param()])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLStateStore]:
     """Every control-plane store, so one behaviour is written once and run on all."""
     kind = request.param

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,16 +14,25 @@ from typing import Any
 import pytest
 
 from batchor_core.packing import parse_custom_id
+from tests.conftest import POSTGRES_URL, postgres_param
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_ITEMS = 60
 
 
-def test_three_processes_on_one_run_never_double_submit(tmp_path: Path, emulator: Any) -> None:
+@pytest.mark.parametrize("store", ["sqlite", postgres_param()])
+def test_three_processes_on_one_run_never_double_submit(
+    tmp_path: Path, emulator: Any, store: str
+) -> None:
     emulator.faults.line_fault(contains="flaky", kind="error", times=1)
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "BATCHOR_TEST_LEASE_TTL": "10"}
     env.pop("BATCHOR_CRASH_AT", None)
+    run_id = "shared"
+    if store == "postgres":
+        assert POSTGRES_URL
+        env["BATCHOR_TEST_STORE_URL"] = POSTGRES_URL
+        run_id = f"shared-{uuid.uuid4().hex[:10]}"  # the database is shared across tests
     args = [
         sys.executable,
         "-m",
@@ -30,7 +40,7 @@ def test_three_processes_on_one_run_never_double_submit(tmp_path: Path, emulator
         str(tmp_path / "runs.sqlite3"),
         str(tmp_path / "artifacts"),
         emulator.base_url,
-        "shared",
+        run_id,
         str(N_ITEMS),
     ]
     procs = [

@@ -18,6 +18,7 @@ from batchor_core import (
     ChunkPolicy,
     LocalArtifactStore,
     OpenAIProviderConfig,
+    PostgresStorage,
     RetryPolicy,
     RunLeasedError,
     SQLiteStorage,
@@ -47,8 +48,9 @@ def job() -> BatchJob:
 
 def main() -> None:
     db, artifacts, base_url, run_id, n = sys.argv[1:6]
+    store_url = os.environ.get("BATCHOR_TEST_STORE_URL")
     runner = BatchRunner(
-        storage=SQLiteStorage(db),
+        storage=PostgresStorage(store_url) if store_url else SQLiteStorage(db),
         artifacts=LocalArtifactStore(artifacts),
         provider=OpenAIProviderConfig(api_key="sk-test", base_url=base_url, max_retries=0),
         ingest_slice_size=5,
