@@ -12,15 +12,23 @@ import os
 import random
 import signal
 import subprocess
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batchor_core import BatchRunner, ItemStatus, LocalArtifactStore, SQLiteStorage
+from batchor_core import (
+    BatchRunner,
+    ItemStatus,
+    LocalArtifactStore,
+    PostgresStorage,
+    SQLiteStorage,
+)
 from batchor_core.failpoints import POINTS
 from batchor_core.packing import parse_custom_id
+from tests.conftest import POSTGRES_URL, postgres_param
 from tests.crash import run_worker
 from tests.crash.worker import items, job
 
@@ -30,13 +38,27 @@ N_ITEMS = 40
 SCENARIOS = int(os.environ.get("BATCHOR_CRASH_SCENARIOS", "30"))
 
 
-def _worker(tmp_path: Path, url: str, crash: str | None) -> subprocess.CompletedProcess[str]:
-    return run_worker("tests.crash.worker", tmp_path, url, "crashy", str(N_ITEMS), crash=crash)
+PG_SCENARIOS = int(os.environ.get("BATCHOR_CRASH_PG_SCENARIOS", "5"))
+CASES = [("sqlite", seed) for seed in range(SCENARIOS)] + [
+    pytest.param("postgres", seed, marks=postgres_param().marks) for seed in range(PG_SCENARIOS)
+]
 
 
-@pytest.mark.parametrize("seed", range(SCENARIOS))
-def test_crash_anywhere_resume_anywhere(seed: int, tmp_path: Path, emulator: Any) -> None:
+@pytest.mark.parametrize(("store", "seed"), CASES)
+def test_crash_anywhere_resume_anywhere(
+    store: str, seed: int, tmp_path: Path, emulator: Any
+) -> None:
     rng = random.Random(seed)
+    run_id, env = "crashy", {}
+    if store == "postgres":
+        assert POSTGRES_URL
+        run_id, env = f"crashy-{uuid.uuid4().hex[:10]}", {"BATCHOR_TEST_STORE_URL": POSTGRES_URL}
+
+    def _worker(url: str, crash: str | None) -> subprocess.CompletedProcess[str]:
+        return run_worker(
+            "tests.crash.worker", tmp_path, url, run_id, str(N_ITEMS), crash=crash, **env
+        )
+
     emulator.faults.line_fault(contains="flaky", kind="error", times=1)
     emulator.faults.line_fault(contains="badjson", kind="invalid_json", times=1)
     crashes = [
@@ -45,7 +67,7 @@ def test_crash_anywhere_resume_anywhere(seed: int, tmp_path: Path, emulator: Any
     ]
     kills = 0
     for crash in [*crashes, None]:
-        proc = _worker(tmp_path, emulator.base_url, crash)
+        proc = _worker(emulator.base_url, crash)
         if proc.returncode == -signal.SIGKILL:
             kills += 1
             continue
@@ -58,12 +80,16 @@ def test_crash_anywhere_resume_anywhere(seed: int, tmp_path: Path, emulator: Any
     assert kills >= 1, f"no kill happened for {crashes}"
 
     runner = BatchRunner(
-        storage=SQLiteStorage(tmp_path / "runs.sqlite3"),
+        storage=(
+            PostgresStorage(POSTGRES_URL)
+            if store == "postgres" and POSTGRES_URL
+            else SQLiteStorage(tmp_path / "runs.sqlite3")
+        ),
         artifacts=LocalArtifactStore(tmp_path / "artifacts"),
         provider=_provider(emulator),
     )
     try:
-        run = runner.get_run("crashy", job=job())
+        run = runner.get_run(run_id, job=job())
         summary = run.summary()
         assert summary.status.value == "completed", crashes
         assert (summary.total_items, summary.completed_items, summary.failed_items) == (
