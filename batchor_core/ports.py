@@ -138,6 +138,10 @@ class ArtifactStore(Protocol):
 class BatchProvider(Protocol):
     """A batch API: the only thing that talks to the provider."""
 
+    def preflight(self) -> None:
+        """Fail fast, without network calls, on configuration that can never work."""
+        ...
+
     def output_schema(self, output_model: type) -> tuple[str, JSONObject]:
         """The strict JSON schema name and body the provider enforces for ``output_model``."""
         ...

@@ -150,6 +150,7 @@ class BatchRunner:
             JobChangedError: The run exists with a different job.
             SourceChangedError: The run exists with a different item source.
         """
+        self.provider.preflight()  # e.g. a missing API key fails before anything is read
         spec, fingerprint = job_spec(job, self.provider)
         run_id = run_id or f"run-{self.clock.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         if not run_id.strip() or len(run_id) > 200:

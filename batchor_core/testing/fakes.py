@@ -157,6 +157,9 @@ class FakeBatchProvider:
 
     # ------------------------------------------------------------------ bodies
 
+    def preflight(self) -> None:
+        """Nothing to check: the fake needs no configuration."""
+
     def output_schema(self, output_model: type) -> tuple[str, JSONObject]:
         """``(class name, model_json_schema())`` of a pydantic model class."""
         if not hasattr(output_model, "model_json_schema"):

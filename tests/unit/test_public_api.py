@@ -149,3 +149,20 @@ def test_job_validation_messages_say_what_to_do() -> None:
         BatchJob(model="m")
     with pytest.raises(ValueError, match="not supported"):
         BatchJob(model="m", endpoint="/v1/embeddings", build_prompt=lambda i: "x")
+
+
+def test_a_missing_api_key_fails_before_anything_is_ingested(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    store = MemoryStateStore()
+    runner = BatchRunner(
+        storage=store,
+        artifacts=batchor_core.LocalArtifactStore(tmp_path),
+        provider=OpenAIProviderConfig(base_url="http://127.0.0.1:9/v1"),
+    )
+    job = BatchJob(model="m", build_prompt=lambda item: "hi")
+    with pytest.raises(batchor_core.ConfigurationError, match="OPENAI_API_KEY"):
+        runner.start(job, items=[batchor_core.BatchItem(item_id="a")], run_id="nokey")
+    assert store.load_run("nokey") is None
+    runner.close()

@@ -115,6 +115,14 @@ class OpenAIBatchProvider:
 
     # ----------------------------------------------------------------- requests and results
 
+    def preflight(self) -> None:
+        """Check the configuration without calling the API (a missing key fails here).
+
+        Raises:
+            ConfigurationError: No API key is configured.
+        """
+        self.config.resolved_api_key()
+
     def output_schema(self, output_model: type) -> tuple[str, JSONObject]:
         """The strict JSON schema name and body OpenAI enforces for ``output_model``.
 
