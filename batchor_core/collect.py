@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from batchor_core import jsoncodec
 from batchor_core.models import ItemError, ItemStatus, RetryPolicy, Usage
-from batchor_core.ports import ItemOutcome, ParsedLine
+from batchor_core.ports import ItemOutcome
 
 __all__ = ["OutcomeBuilder", "validate_output"]
 
@@ -67,14 +67,6 @@ class OutcomeBuilder:
     attempts: dict[int, tuple[int, int]]
     now: datetime
     cancelling: bool = False
-
-    def success(
-        self, seq: int, submission: int, output_json: str, usage: Usage | None
-    ) -> ItemOutcome:
-        """A validated output."""
-        return ItemOutcome(
-            seq, submission, ItemStatus.COMPLETED, output_json=output_json, usage=usage
-        )
 
     def failure(
         self, seq: int, submission: int, error: ItemError, usage: Usage | None = None
@@ -124,20 +116,6 @@ class OutcomeBuilder:
         if error.code in NEVER_RAN_CODES:
             return self.never_ran(seq, submission, error)
         return self.failure(seq, submission, error, usage)
-
-    def from_line(
-        self, seq: int, submission: int, parsed: ParsedLine, output_model: type[BaseModel] | None
-    ) -> ItemOutcome:
-        """The outcome of one output/error line."""
-        if parsed.error is not None:
-            return self.from_error(seq, submission, parsed.error, parsed.usage)
-        if parsed.text is None:
-            return self.failure(seq, submission, ItemError("empty_output", "no output text"))
-        output_json, error = validate_output(parsed.text, output_model)
-        if error is not None or output_json is None:
-            assert error is not None
-            return self.failure(seq, submission, error, parsed.usage)
-        return self.success(seq, submission, output_json, parsed.usage)
 
     def for_missing(
         self,

@@ -13,7 +13,6 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 from batchor_core.models import JSONObject, RunStatus
 from batchor_core.records import (
-    IN_FLIGHT_CHUNK_STATES,
     UNSUBMITTED_CHUNK_STATES,
     ChunkRecord,
     ChunkState,
@@ -32,7 +31,6 @@ from batchor_core.records import (
 )
 
 __all__ = [
-    "IN_FLIGHT_CHUNK_STATES",
     "UNSUBMITTED_CHUNK_STATES",
     "ArtifactStore",
     "ArtifactWriter",

@@ -14,7 +14,6 @@ from enum import StrEnum
 from batchor_core.models import BatchItem, ItemError, ItemStatus, JSONObject, RunStatus, Usage
 
 __all__ = [
-    "IN_FLIGHT_CHUNK_STATES",
     "UNSUBMITTED_CHUNK_STATES",
     "ChunkRecord",
     "ChunkState",
@@ -50,7 +49,6 @@ class ChunkState(StrEnum):
     COLLECTED = "collected"
 
 
-IN_FLIGHT_CHUNK_STATES = frozenset({ChunkState.SUBMITTED})
 UNSUBMITTED_CHUNK_STATES = frozenset(
     {ChunkState.SEALED, ChunkState.UPLOADING, ChunkState.UPLOADED, ChunkState.SUBMITTING}
 )
