@@ -197,7 +197,9 @@ class Ingestor:
     ) -> list[NewItem]:
         locations = list(piece.locations) or [""] * len(piece.items)
         ids = [str(item.item_id) for item in piece.items]
-        existing = self._store.existing_item_ids(run_id, ids) if ids else set()
+        # Rejected rows are stored under their own ids too, so they are checked as well.
+        wanted = ids + [r.item_id for r in piece.rejected]
+        existing = self._store.existing_item_ids(run_id, wanted) if wanted else set()
         seen: set[str] = set()
         rows: list[NewItem] = []
         seq = first_seq
@@ -231,8 +233,7 @@ class Ingestor:
                 if problem is None and not packer.fits_alone(line):
                     problem = ItemError("request_too_large", f"request is {len(line)} bytes{at}")
             if problem is not None:
-                if item_id in seen or item_id in existing or not item_id:
-                    item_id = f"{item_id or '<empty>'}#rejected@{where or seq}"
+                item_id = _storable_id(item_id, where or str(seq), seen, existing)
                 rows.append(
                     NewItem(
                         seq, item_id, payload_json, metadata_json, None, ItemStatus.FAILED, problem
@@ -243,9 +244,7 @@ class Ingestor:
             seen.add(item_id)
             seq += 1
         for rejected in piece.rejected:
-            rid = rejected.item_id
-            if rid in seen or rid in existing:
-                rid = f"{rid}#rejected@{seq}"
+            rid = _storable_id(rejected.item_id, str(seq), seen, existing)
             seen.add(rid)
             rows.append(
                 NewItem(
@@ -260,6 +259,15 @@ class Ingestor:
             )
             seq += 1
         return rows
+
+
+def _storable_id(item_id: str, where: str, seen: set[str], existing: set[str]) -> str:
+    """An id a failed row can be stored under: its own, unless that is empty, too long or
+    already taken (then a ``#rejected@<where>`` variant, so the row is never lost)."""
+    taken = item_id in seen or item_id in existing
+    if item_id and len(item_id) <= MAX_ITEM_ID_LENGTH and not taken:
+        return item_id
+    return f"{(item_id or '<empty>')[:300]}#rejected@{where[:200]}"
 
 
 def _user_body(job: BatchJob, item: BatchItem) -> Mapping[str, object]:

@@ -16,7 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchor_core import BatchRunner, IngestIncompleteError, ItemStatus, SourceChangedError
+from batchor_core import (
+    BatchItem,
+    BatchRunner,
+    IngestIncompleteError,
+    ItemStatus,
+    SourceChangedError,
+)
 from batchor_core.packing import parse_custom_id
 from batchor_core.sources import CsvSource, JsonlSource, MultiSource
 from tests.crash import run_worker
@@ -131,3 +137,25 @@ def test_waiting_on_a_half_ingested_run_says_how_to_resume_it(
     run = make_runner().get_run("ingest", job=job())
     with pytest.raises(IngestIncompleteError, match=r"runner\.start\(job, items="):
         run.wait(timeout=10, poll_interval=0.01)
+
+
+def test_a_rejected_row_reusing_an_earlier_slices_id_does_not_stop_the_ingest(
+    tmp_path: Path, make_runner: Callable[..., BatchRunner]
+) -> None:
+    data = tmp_path / "a.jsonl"
+    data.write_text('{"id": "1", "text": "ok"}\n{"id": "1"}\n{"id": "2", "text": "ok"}\n')
+    too_long = "x" * 600
+    runner = make_runner(ingest_slice_size=1)  # the clash is across slices
+    run = runner.start(job(), items=JsonlSource(data, payload_fields=["text"]), run_id="clash")
+    summary = run.wait(timeout=60, poll_interval=0.05)
+    assert (summary.total_items, summary.completed_items, summary.failed_items) == (3, 2, 1)
+    (failed,) = [r for r in run.results() if r.status is ItemStatus.FAILED]
+    assert failed.item_id.startswith("1#rejected@") and failed.error is not None
+    assert "a.jsonl:2" in failed.error.message
+
+    other = runner.start(
+        job(), items=[BatchItem(item_id=too_long, payload={"text": "t"})], run_id="long-id"
+    )
+    (row,) = list(other.results())
+    assert row.status is ItemStatus.FAILED and len(row.item_id) <= 512
+    assert row.error is not None and "1-512 characters" in row.error.message
