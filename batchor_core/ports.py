@@ -200,6 +200,10 @@ class StateStore(Protocol):
         """The run, or None."""
         ...
 
+    def list_run_ids(self) -> list[str]:
+        """Every run id, oldest first."""
+        ...
+
     def set_source(self, run_id: str, identity: JSONObject) -> None:
         """Record the item source's identity the first time it is seen."""
         ...

@@ -177,13 +177,7 @@ class BatchRunner:
                 updated_at=now,
             )
         )
-        if record.job_fingerprint != fingerprint:
-            raise JobChangedError(
-                f"run {run_id!r} was started with a different job: "
-                f"{describe_job_change(record.job_spec, spec)}. Use the original job to resume "
-                "it, or start a new run id.",
-                run_id=run_id,
-            )
+        _check_job(record, spec, fingerprint)
         run = Run(self, run_id, output_model=job.output_model)
         source = as_source(items)
         self._check_source(record, source)  # also for a finished run: a changed file is news
@@ -225,13 +219,7 @@ class BatchRunner:
             )
         model: type[BaseModel] | None = None
         if job is not None:
-            spec, fingerprint = job_spec(job, self.provider)
-            if fingerprint != record.job_fingerprint:
-                raise JobChangedError(
-                    f"run {run_id!r} was started with a different job: "
-                    f"{describe_job_change(record.job_spec, spec)}",
-                    run_id=run_id,
-                )
+            _check_job(record, *job_spec(job, self.provider))
             model = job.output_model
         else:
             model = resolve_output_model(record.job_spec)
@@ -255,8 +243,7 @@ class BatchRunner:
 
     def list_runs(self) -> list[str]:
         """Ids of every run in the store, oldest first."""
-        lister = getattr(self.storage, "list_run_ids", None)
-        return list(lister()) if callable(lister) else []
+        return self.storage.list_run_ids()
 
     # ------------------------------------------------------------------ internals
 
@@ -289,6 +276,16 @@ class BatchRunner:
     def stepper(self) -> RunStepper:
         """The step engine (used by :class:`Run`)."""
         return self._stepper
+
+
+def _check_job(record: RunRecord, spec: JSONObject, fingerprint: str) -> None:
+    if record.job_fingerprint != fingerprint:
+        raise JobChangedError(
+            f"run {record.run_id!r} was started with a different job: "
+            f"{describe_job_change(record.job_spec, spec)}. Use the original job to resume "
+            "it, or start a new run id.",
+            run_id=record.run_id,
+        )
 
 
 def _describe_source_change(old: JSONObject, new: JSONObject, prefix: str = "") -> str:

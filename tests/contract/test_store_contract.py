@@ -77,6 +77,7 @@ def test_create_run_is_idempotent_and_round_trips(store: SQLStateStore, run_id: 
     assert loaded.owner == {"asset": "reviews", "partition": "2026-01-01"}
     assert loaded.created_at == NOW and loaded.created_at.tzinfo is not None
     assert store.load_run(run_id + "-missing") is None
+    assert run_id in store.list_run_ids()
 
 
 def test_append_commits_items_chunk_and_checkpoint_together(
