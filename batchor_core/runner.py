@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,7 +22,7 @@ from batchor_core.errors import (
 from batchor_core.ingest import Ingestor, as_source
 from batchor_core.jobspec import describe_job_change, job_spec, request_spec, resolve_output_model
 from batchor_core.lease import LeaseKeeper, new_owner_id
-from batchor_core.models import BatchItem, BatchJob, JSONObject, RunStatus, RunSummary
+from batchor_core.models import BatchItem, BatchJob, JSONObject, JSONValue, RunStatus, RunSummary
 from batchor_core.ports import (
     ArtifactStore,
     BatchProvider,
@@ -31,7 +31,7 @@ from batchor_core.ports import (
     RunRecord,
     StateStore,
 )
-from batchor_core.run import Run
+from batchor_core.run import Run, summarize
 
 __all__ = ["BatchRunner"]
 
@@ -241,9 +241,32 @@ class BatchRunner:
         """Cancel a run by id (see :meth:`Run.cancel`)."""
         return self.get_run(run_id).cancel(reason)
 
-    def list_runs(self) -> list[str]:
-        """Ids of every run in the store, oldest first."""
-        return self.storage.list_run_ids()
+    def list_runs(
+        self,
+        *,
+        owner: Mapping[str, JSONValue] | None = None,
+        status: RunStatus | str | Collection[RunStatus | str] | None = None,
+        collected: bool | None = None,
+    ) -> list[RunSummary]:
+        """Summaries of the runs in the store, oldest first.
+
+        Args:
+            owner: Only runs whose owner has these keys and values (a run started with
+                ``owner={"asset": "reviews", "partition": "2026-11"}`` matches
+                ``owner={"asset": "reviews"}``).
+            status: Only runs with this status, or one of these statuses.
+            collected: Only runs with (True) or without (False) a collection marker
+                (see :meth:`Run.mark_collected`).
+        """
+        statuses: list[RunStatus] | None = None
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            statuses = [RunStatus(s) for s in wanted]
+        records = self.storage.list_runs(statuses=statuses, collected=collected)
+        if owner is not None:
+            records = [r for r in records if _owned_by(r.owner, owner)]
+        stats = self.storage.chunk_stats([r.run_id for r in records])
+        return [summarize(r, stats[r.run_id]) for r in records]
 
     # ------------------------------------------------------------------ internals
 
@@ -276,6 +299,10 @@ class BatchRunner:
     def stepper(self) -> RunStepper:
         """The step engine (used by :class:`Run`)."""
         return self._stepper
+
+
+def _owned_by(actual: JSONObject | None, wanted: Mapping[str, JSONValue]) -> bool:
+    return actual is not None and all(actual.get(k) == v for k, v in wanted.items())
 
 
 def _check_job(record: RunRecord, spec: JSONObject, fingerprint: str) -> None:
