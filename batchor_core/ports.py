@@ -228,6 +228,10 @@ class StateStore(Protocol):
         ``replace``, take the marker over from that collector. Return who holds it now."""
         ...
 
+    def release_collected(self, run_id: str, by: str) -> bool:
+        """Remove the run's collection marker if ``by`` holds it; return whether it did."""
+        ...
+
     def error_counts(self, run_id: str) -> dict[str, int]:
         """How many failed or cancelled items carry each error code."""
         ...

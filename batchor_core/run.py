@@ -229,6 +229,11 @@ class Run:
         )
         return holder == by
 
+    def release_collection(self, by: str) -> bool:
+        """Give up the collection marker ``by`` holds (its collector failed before it
+        produced the downstream result), so another collector may take the run."""
+        return self._runner.storage.release_collected(self._run_id, by)
+
     def _raw_results(self, page_size: int = 5000) -> Iterator[ResultRow]:
         cursor = 0
         while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
@@ -101,6 +102,38 @@ class BatchRunner:
             clock=self.clock,
             slice_size=ingest_slice_size,
         )
+
+    @classmethod
+    def from_settings(
+        cls,
+        *,
+        store: str | os.PathLike[str] | None = None,
+        artifacts: str | os.PathLike[str] | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        **options: Any,
+    ) -> BatchRunner:
+        """A runner from plain settings, as a config file or orchestrator resource holds them.
+
+        Args:
+            store: A SQLite path, ``sqlite:///path``, ``postgresql://...`` or ``"memory"``
+                (default: ``./.batchor/batchor.sqlite3``).
+            artifacts: Artifact directory (default: beside the SQLite file).
+            api_key: OpenAI API key (default: ``OPENAI_API_KEY``).
+            base_url: OpenAI base URL (default: ``OPENAI_BASE_URL`` or the real service).
+            **options: Any other :class:`BatchRunner` keyword argument.
+        """
+        from batchor_core import defaults
+        from batchor_core.providers.openai import OpenAIProviderConfig
+
+        storage = defaults.open_storage(store)
+        try:
+            artifact_store = defaults.open_artifacts(artifacts, storage)
+            provider = OpenAIProviderConfig(api_key=api_key, base_url=base_url)
+            return cls(storage=storage, artifacts=artifact_store, provider=provider, **options)
+        except BaseException:
+            storage.close()
+            raise
 
     def __repr__(self) -> str:
         return f"BatchRunner(storage={self.storage!r}, artifacts={self.artifacts!r})"
@@ -228,6 +261,11 @@ class BatchRunner:
                 if schema != record.job_spec.get("output_schema"):
                     model = None  # same name, different shape: do not trust it
         return Run(self, run_id, output_model=model)
+
+    def job_fingerprint(self, job: BatchJob) -> str:
+        """The digest a run stores to recognise its job (model, endpoint, options, output
+        schema, policies and the request builder's code); equal jobs give equal digests."""
+        return job_spec(job, self.provider)[1]
 
     def pause(self, run_id: str, reason: str | None = None) -> RunSummary:
         """Pause a run by id (see :meth:`Run.pause`)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import (
     case,
+    delete,
     func,
     insert,
     or_,
@@ -166,6 +167,16 @@ class SQLStateStore(ItemOps):
                 select(collections.c.collected_by).where(collections.c.run_id == run_id)
             ).scalar()
         return str(holder) if holder is not None else ""
+
+    def release_collected(self, run_id: str, by: str) -> bool:
+        """Delete the marker if ``by`` holds it (a collector that failed before finishing)."""
+        with self._tx() as conn:
+            result = conn.execute(
+                delete(collections).where(
+                    collections.c.run_id == run_id, collections.c.collected_by == by
+                )
+            )
+        return bool(result.rowcount > 0)
 
     def error_counts(self, run_id: str) -> dict[str, int]:
         """Error codes of failed and cancelled items, with how many items carry each."""

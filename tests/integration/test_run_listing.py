@@ -110,6 +110,9 @@ def test_the_collection_marker_has_one_winner(
     assert not run.mark_collected("late", replace="someone-else")  # only the holder is replaced
     assert run.mark_collected("late", replace=winner)  # taking over from a failed collector
     assert run.summary().collected_by == "late"
+    assert not run.release_collection("someone-else")
+    assert run.release_collection("late") and run.summary().collected_by is None
+    assert run.mark_collected("again")
     with pytest.raises(RunNotFoundError):
         Run(runner, "no-such-run", output_model=None).mark_collected("x")
 
