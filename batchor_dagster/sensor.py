@@ -94,7 +94,9 @@ def build_batchor_sensor(
         description=description
         or "Advances in-flight batchor runs and requests one collecting run per finished run.",
     )
-    def _batchor_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    def _batchor_sensor(context: dg.SensorEvaluationContext, **_given: Any) -> dg.SensorResult:
+        # Direct invocation (tests, ``sensor(context)``) also passes the required resources
+        # as keyword arguments; the daemon does not. Both read it from the context.
         resource: BatchorResource = getattr(context.resources, resource_key)
         tick = _Tick(
             context=context,
