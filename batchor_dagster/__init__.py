@@ -17,6 +17,7 @@ materialization.
 
 from batchor_dagster.asset import BatchorRunConfig, batchor_asset
 from batchor_dagster.checks import failed_fraction_below
+from batchor_dagster.component import BatchorBatchComponent, PromptTemplate
 from batchor_dagster.constants import (
     COLLECT_ATTEMPT_TAG,
     COLLECT_FOR_TAG,
@@ -32,9 +33,11 @@ __all__ = [
     "COLLECT_FOR_TAG",
     "RUN_ID_METADATA_KEY",
     "RUN_ID_TAG",
+    "BatchorBatchComponent",
     "BatchorResource",
     "BatchorResultsIOManager",
     "BatchorRunConfig",
+    "PromptTemplate",
     "batchor_asset",
     "build_batchor_sensor",
     "failed_fraction_below",
