@@ -12,13 +12,14 @@ that timed out may already have advanced runs, and the next tick carries on.
 
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
 
-from batchor_core import BatchorError, BatchRunner, RunLeasedError, RunSummary
+from batchor_core import BatchorError, BatchRunner, MemoryStateStore, RunLeasedError, RunSummary
 
 from .constants import (
     COLLECT_ATTEMPT_TAG,
@@ -63,6 +64,7 @@ def build_batchor_sensor(
     max_collect_attempts: int = 3,
     resource_key: str = DEFAULT_RESOURCE_KEY,
     description: str | None = None,
+    max_workers: int = 4,
 ) -> dg.SensorDefinition:
     """A sensor that drives the batchor runs of ``assets`` between Dagster runs.
 
@@ -78,9 +80,13 @@ def build_batchor_sensor(
             sensor gives up on it and says so (a failed one gets a new ``run_key``).
         resource_key: Key of the :class:`BatchorResource`.
         description: Sensor description.
+        max_workers: Runs advanced at once (threads; each run is one store transaction
+            and provider call after another, so waiting overlaps).
     """
     if not assets:
         raise dg.DagsterInvalidDefinitionError("build_batchor_sensor needs at least one asset")
+    if max_workers < 1:
+        raise dg.DagsterInvalidDefinitionError("max_workers must be at least 1")
     if max_collect_attempts < 1:
         raise dg.DagsterInvalidDefinitionError("max_collect_attempts must be at least 1")
     targets = _targets(assets)
@@ -104,6 +110,10 @@ def build_batchor_sensor(
             targets=targets,
             deadline=time.monotonic() + time_budget_seconds,
             max_attempts=max_collect_attempts,
+            # The memory store is one connection: advance its runs one at a time.
+            workers=1
+            if isinstance(resource.get_runner().storage, MemoryStateStore)
+            else max_workers,
         )
         return tick.evaluate()
 
@@ -134,6 +144,7 @@ class _Tick:
     targets: dict[str, _Target]
     deadline: float
     max_attempts: int
+    workers: int = 1
 
     def evaluate(self) -> dg.SensorResult:
         mine = [s for s in self.runner.list_runs(collected=False) if self._target(s)]
@@ -173,36 +184,55 @@ class _Tick:
         self, live: list[RunSummary]
     ) -> tuple[dict[str, RunSummary], list[dg.AssetObservation], str | None]:
         """Refresh runs round-robin from the cursor until the budget is spent (at least
-        one per tick, so a tick always moves something)."""
+        one per tick, so a tick always moves something), ``workers`` at a time."""
         refreshed: dict[str, RunSummary] = {}
-        events: list[dg.AssetObservation] = []
         cursor = self.context.cursor
-        for summary in _rotate(live, cursor):
-            if refreshed and time.monotonic() >= self.deadline:
-                break
-            cursor = summary.run_id
-            try:
-                after = self.runner.get_run(summary.run_id).refresh(max_collect=1)
-            except RunLeasedError:
-                refreshed[summary.run_id] = summary
-                continue  # someone else is advancing it
-            except BatchorError as exc:
-                self.context.log.warning(f"batchor: run {summary.run_id!r}: {exc.message}")
-                refreshed[summary.run_id] = summary
+        order = _rotate(live, cursor)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="batchor") as pool:
+            pending: dict[Future[RunSummary], RunSummary] = {}
+            queue = iter(order)
+            started = 0
+            while True:
+                while len(pending) < self.workers and (
+                    started == 0 or time.monotonic() < self.deadline
+                ):
+                    summary = next(queue, None)
+                    if summary is None:
+                        break
+                    pending[pool.submit(self._refresh_one, summary)] = summary
+                    cursor = summary.run_id
+                    started += 1
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    before = pending.pop(future)
+                    refreshed[before.run_id] = future.result()
+        events = []
+        for before in order:
+            after = refreshed.get(before.run_id)
+            if after is None or after.status.is_terminal or not _progressed(before, after):
                 continue
-            refreshed[summary.run_id] = after
-            if _progressed(summary, after) and not after.status.is_terminal:
-                target = self._target(after)
-                assert target is not None
-                events.append(
-                    dg.AssetObservation(
-                        asset_key=target.key,
-                        partition=_partition(after) if target.partitions_def else None,
-                        metadata=observation_metadata(after),
-                        tags={RUN_ID_TAG: tag_value(after.run_id)},
-                    )
+            target = self._target(after)
+            assert target is not None
+            events.append(
+                dg.AssetObservation(
+                    asset_key=target.key,
+                    partition=_partition(after) if target.partitions_def else None,
+                    metadata=observation_metadata(after),
+                    tags={RUN_ID_TAG: tag_value(after.run_id)},
                 )
+            )
         return refreshed, events, cursor
+
+    def _refresh_one(self, summary: RunSummary) -> RunSummary:
+        try:
+            return self.runner.get_run(summary.run_id).refresh(max_collect=1)
+        except RunLeasedError:
+            return summary  # someone else is advancing it
+        except BatchorError as exc:
+            self.context.log.warning(f"batchor: run {summary.run_id!r}: {exc.message}")
+            return summary
 
     # ------------------------------------------------------------------ collecting
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import dagster as dg
@@ -15,6 +16,7 @@ from batchor_dagster import (
     batchor_asset,
     build_batchor_sensor,
 )
+from tests.conftest import POSTGRES_URL, postgres_param
 from tests.dagster.conftest import materializations, review_items, review_job
 
 pytestmark = pytest.mark.integration
@@ -262,3 +264,37 @@ def test_a_collector_that_died_before_materializing_is_taken_over(
     assert run.summary().collected_by != failing.run_id
     assert len(materializations(instance, asset.key)) == 1
     assert _tick(sensor, instance, resource).run_requests == []
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", postgres_param()])
+def test_many_runs_in_one_tick_with_parallel_workers(
+    store_kind: str, instance: dg.DagsterInstance, tmp_path: Any, emulator: Any
+) -> None:
+    url = str(tmp_path / "many.sqlite3") if store_kind == "sqlite" else POSTGRES_URL
+    assert url
+    resource = BatchorResource(
+        storage_url=url,
+        artifact_root=str(tmp_path / "artifacts"),
+        openai_api_key="sk-test",
+        openai_base_url=emulator.base_url,
+    )
+    name = f"many_{uuid.uuid4().hex[:8]}"  # the Postgres database is shared across tests
+    asset = batchor_asset(name=name, build_job=review_job, build_items=lambda c: [])
+    sensor = build_batchor_sensor([asset], max_workers=4)
+    runner = resource.get_runner()
+    emulator.faults.hold_batches()
+    ids = [f"{name}-{k:02d}" for k in range(12)]
+    for run_id in ids:
+        runner.start(
+            review_job(),
+            items=review_items(2),
+            run_id=run_id,
+            owner={"asset": name, "partition": None},
+        )
+    held = _tick(sensor, instance, resource)
+    assert held.run_requests == [] and held.cursor == ids[-1]
+    emulator.release_batches()
+    collected = _tick(sensor, instance, resource)
+    assert sorted(r.run_key for r in collected.run_requests) == [f"{i}:collect" for i in ids]
+    assert emulator.batch_create_count == 12
+    runner.close()
