@@ -203,7 +203,12 @@ def _submit_or_collect(
     if summary is None or (not summary.ingest_complete and not summary.status.is_terminal):
         if items is None:
             items = plan.build_items(context)
-        run = _start(context, runner, job, items, run_id, owner)
+        try:
+            run = _start(context, runner, job, items, run_id, owner)
+        except RunLeasedError:
+            note = "another process is reading this run's items right now"
+            context.log.info(f"batchor: {note} (run {run_id!r})")
+            run = runner.get_run(run_id)
     else:
         run = _handle(context, runner, run_id, job)
         if not summary.status.is_terminal:
@@ -283,6 +288,8 @@ def _start(
         return runner.start(
             job, items=items, run_id=run_id, owner=dict(owner), on_progress=progress
         )
+    except RunLeasedError:
+        raise  # someone else is reading its items: not a failure of this run
     except RunConflictError as exc:
         raise _failure(
             f"durable run {run_id!r} already exists with other inputs; resume it with the "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from batchor_core import BatchRunner
+from batchor_core import BatchItem, BatchRunner
 from batchor_dagster import (
     RUN_ID_METADATA_KEY,
     RUN_ID_TAG,
@@ -257,3 +259,51 @@ def test_resource_outside_a_run_and_its_settings(tmp_path: Path, emulator: Any) 
     assert isinstance(runner, BatchRunner)
     assert Path(resource.export_dir()) == tmp_path / "artifacts" / "exports"
     runner.close()
+
+
+def test_a_run_another_process_is_ingesting_is_observed_not_failed(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    resource: BatchorResource,
+    tmp_path: Path,
+) -> None:
+    items = review_items(3)
+    gate = threading.Event()
+    reading = threading.Event()
+
+    def slow() -> Iterator[BatchItem]:
+        yield items[0]
+        reading.set()
+        gate.wait(timeout=30)
+        yield from items[1:]
+
+    other = BatchRunner.from_settings(
+        store=resource.storage_url,
+        artifacts=resource.artifact_root,
+        api_key="sk-test-dagster",
+        base_url=resource.openai_base_url,
+        ingest_slice_size=1,
+    )
+    owner = {"asset": "reviews", "partition": None}
+    worker = threading.Thread(
+        target=lambda: other.start(review_job(), items=slow(), run_id="busy", owner=owner)
+    )
+    worker.start()
+    try:
+        assert reading.wait(timeout=30)
+        asset = batchor_asset(
+            name="reviews",
+            build_job=review_job,
+            build_items=lambda ctx: items,
+            run_id_fn=lambda ctx: "busy",
+        )
+        result = dg.materialize([asset], resources=resources, instance=instance)
+        assert result.success
+        (observed,) = events_of(result, OBS)
+        assert _meta(observed)["batchor/note"] == (
+            "another process is reading this run's items right now"
+        )
+    finally:
+        gate.set()
+        worker.join(timeout=60)
+        other.close()
