@@ -20,10 +20,23 @@ import functools
 import re
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, inspect, select, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    insert,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.sql import column, table
 
 from batchor_core.errors import ConfigurationError
+from batchor_core.storage import schema
 
 __all__ = ["MIGRATIONS", "VERSION_TABLE", "ensure_current", "known_revisions"]
 
@@ -33,6 +46,13 @@ VERSION_TABLE = "batchor_alembic_version"
 _SCHEMA_LOCK = int.from_bytes(b"batchor", "big")
 _REVISION_FILE = re.compile(r"rev_(\d{4})_\w+\.py")
 _version = table(VERSION_TABLE, column("version_num"))
+# The same shape Alembic gives its version table, for stamping a new store.
+_version_table = Table(
+    VERSION_TABLE,
+    MetaData(),
+    Column("version_num", String(32), nullable=False),
+    PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
+)
 _meta = table("batchor_meta", column("key"), column("value"))
 
 
@@ -49,8 +69,14 @@ def known_revisions(directory: Path = MIGRATIONS) -> tuple[str, ...]:
     return tuple(found)
 
 
-def ensure_current(engine: Engine, *, where: str, directory: Path = MIGRATIONS) -> str:
+def ensure_current(
+    engine: Engine, *, where: str, directory: Path = MIGRATIONS, create_fresh: bool = True
+) -> str:
     """Bring the store behind ``engine`` to the head revision; return it.
+
+    An empty database gets the schema of :mod:`batchor_core.storage.schema` directly,
+    stamped at the head (Alembic's advice for new databases; a test checks that the
+    scripts build the same schema). ``create_fresh=False`` runs the scripts instead.
 
     Raises:
         ConfigurationError: The store was written by a newer batchor, or is not a store
@@ -70,10 +96,23 @@ def ensure_current(engine: Engine, *, where: str, directory: Path = MIGRATIONS) 
         if current == head:
             return head
         _refuse_unknown(current, revisions, where)
+        if current is None and create_fresh and not _has_tables(conn):
+            schema.metadata.create_all(conn)
+            conn.execute(
+                insert(schema.meta).values(key="schema_version", value=str(schema.SCHEMA_VERSION))
+            )
+            _version_table.create(conn)
+            conn.execute(insert(_version_table).values(version_num=head))
+            return head
         if current is None:
             _check_unversioned(conn, where)
         _upgrade(conn, directory)
     return head
+
+
+def _has_tables(conn: Connection) -> bool:
+    names = set(inspect(conn).get_table_names())
+    return any(t.name in names for t in schema.metadata.sorted_tables)
 
 
 def _current(conn: Connection) -> str | None:
