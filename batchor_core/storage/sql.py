@@ -383,7 +383,7 @@ def _prepare_sqlite_file(path: Path) -> None:
     if path.stat().st_size == 0:
         return  # created by a process that is creating the store right now
     try:
-        conn = sqlite3.connect(path, isolation_level=None)
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
         try:
             tables = {
                 str(r[0])
