@@ -126,8 +126,9 @@ def test_migrations_build_exactly_the_schema_the_code_uses(fresh_url: str) -> No
     assert ours == []
 
 
+@pytest.mark.parametrize("how", ["on open", "explicitly"])
 def test_a_store_of_the_release_before_migrations_is_upgraded_in_place(
-    fresh_url: str, tmp_path: Path, emulator: Any
+    fresh_url: str, tmp_path: Path, emulator: Any, how: str
 ) -> None:
     _finished_run(fresh_url, tmp_path, emulator)
     before = _results(fresh_url)
@@ -137,6 +138,8 @@ def test_a_store_of_the_release_before_migrations_is_upgraded_in_place(
         conn.execute(text("DROP TABLE batchor_collections"))
     engine.dispose()
 
+    if how == "explicitly":
+        assert upgrade(fresh_url) == MIGRATIONS_HEAD
     store = _open(fresh_url)
     try:
         assert store.schema_revision == MIGRATIONS_HEAD
