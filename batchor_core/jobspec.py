@@ -28,7 +28,14 @@ def _code_digest(fn: Callable[..., Any] | None) -> str | None:
         return None
     code = getattr(fn, "__code__", None)
     if not isinstance(code, CodeType):
-        return f"{type(fn).__module__}.{type(fn).__qualname__}"
+        # A callable object is identified by its class, plus its parameters when it
+        # states them: ``fingerprint()`` returns a string that changes when the requests
+        # it builds would change (the CLI's prompt builder does).
+        name = f"{type(fn).__module__}.{type(fn).__qualname__}"
+        stated = getattr(fn, "fingerprint", None)
+        if callable(stated):
+            name += ":" + hashlib.sha256(str(stated()).encode()).hexdigest()[:16]
+        return name
     digest = hashlib.sha256()
     _feed_code(digest, code)
     return digest.hexdigest()[:16]
@@ -101,7 +108,7 @@ def describe_job_change(old: JSONObject, new: JSONObject) -> str:
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             if key == "builder":
-                changed.append("the request builder's code")
+                changed.append("the request builder (its code or parameters)")
             elif key == "output_schema":
                 changed.append("the output model's schema")
             else:
