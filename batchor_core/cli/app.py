@@ -29,12 +29,20 @@ app = typer.Typer(
     name="batchor",
     help="Durable runs over the OpenAI Batch API: start, follow, inspect and control them.",
     epilog=_EPILOG,
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context) -> None:
+    # Plain ``batchor`` shows the help (on stdout, exit 0) instead of a usage error.
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+
+
 app.command("start")(run_commands.start)
 app.command("wait")(run_commands.wait)
 app.command("status")(read_commands.status)
