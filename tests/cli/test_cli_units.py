@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import io
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+import batchor_core
 from batchor_core import BatchItem, BatchJob, RunStatus, RunSummary, Usage
 from batchor_core.cli.builder import PromptRequest
 from batchor_core.cli.errors import ExitCode
@@ -139,3 +142,32 @@ def test_human_seconds() -> None:
     assert [human_seconds(s) for s in (0, 59.6, 61, 3600 * 5 + 60, 86400 * 2 + 7200)] == [
         "0s", "1m00s", "1m01s", "5h01m", "2d02h",
     ]  # fmt: skip
+
+
+def test_live_mode_draws_and_stops_cleanly() -> None:
+    out = io.StringIO()
+    with WaitProgress(out, live=True) as progress:
+        progress.update(_summary())
+        progress.update(_summary(status=RunStatus.COMPLETED, completed_items=100, pending_items=0))
+    assert "100/100 done" in out.getvalue()
+
+
+def _module_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_the_cli_sits_on_top_and_keeps_typer_and_rich_to_itself() -> None:
+    package = Path(batchor_core.__file__).parent
+    for path in package.rglob("*.py"):
+        rel = path.relative_to(package)
+        if rel.parts[0] == "cli":
+            continue
+        imports = _module_imports(path)  # lazy imports too: the core never reaches up
+        assert not any(i.startswith("batchor_core.cli") for i in imports), rel
+        assert not any(i.split(".")[0] in {"typer", "rich"} for i in imports), rel
