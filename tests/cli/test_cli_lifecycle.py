@@ -75,7 +75,9 @@ def test_failed_items_exit_7_and_are_listed(
 
 @pytest.mark.postgres
 @pytest.mark.skipif(
-    not os.environ.get("BATCHOR_TEST_POSTGRES_URL"), reason="BATCHOR_TEST_POSTGRES_URL not set"
+    not os.environ.get("BATCHOR_TEST_POSTGRES_URL")
+    and os.environ.get("BATCHOR_REQUIRE_POSTGRES") != "1",
+    reason="BATCHOR_TEST_POSTGRES_URL not set",
 )
 def test_a_postgres_store_url(
     tmp_path: Path, cli_env: dict[str, str], run_id: str, capsys: pytest.CaptureFixture[str]
