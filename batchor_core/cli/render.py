@@ -191,15 +191,21 @@ class WaitProgress:
         from rich.table import Table
 
         grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column()
         summary = self._summary
         if summary is None:
             grid.add_row("waiting for the first summary ...")
             return grid
         elapsed, eta = self._timing(summary)
         reason = f" ({summary.status_reason})" if summary.status_reason else ""
-        grid.add_row(f"[bold]{summary.run_id}[/]", f"{summary.status.value}{reason}")
-        bar = ProgressBar(total=max(summary.total_items, 1), completed=_done(summary), width=40)
-        grid.add_row(bar, f"{_done(summary)}/{summary.total_items} done")
+        grid.add_row(summary.run_id, f"{summary.status.value}{reason}")
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(
+            ProgressBar(total=max(summary.total_items, 1), completed=_done(summary), width=30),
+            f"{_done(summary)}/{summary.total_items} done",
+        )
+        grid.add_row("progress", bar)
         grid.add_row(
             "items",
             f"[green]{summary.completed_items} completed[/]  "
