@@ -17,7 +17,7 @@ from typing import Any
 from batchor_core.errors import ConfigurationError
 from batchor_core.models import ItemResult, JSONObject
 
-__all__ = ["COLUMNS", "ExportReport", "write_export"]
+__all__ = ["COLUMNS", "ExportReport", "result_record", "write_export"]
 
 COLUMNS = (
     "item_id",
@@ -51,7 +51,8 @@ class ExportReport:
     cursor: int
 
 
-def _record(result: ItemResult) -> JSONObject:
+def result_record(result: ItemResult) -> JSONObject:
+    """One result as the JSON object an export writes (the columns of :data:`COLUMNS`)."""
     output: Any = result.output
     if hasattr(output, "model_dump"):
         output = output.model_dump(mode="json")
@@ -99,7 +100,7 @@ def write_export(
                 if writer is not None:
                     writer.writeheader()
                 for result in results:
-                    record = _record(result)
+                    record = result_record(result)
                     if writer is not None:
                         writer.writerow(_flat(record))
                     else:
@@ -135,7 +136,7 @@ def _write_parquet(results: Iterator[ItemResult], temp: Path, cursor: int) -> tu
     page: list[JSONObject] = []
     with pq.ParquetWriter(str(temp), schema) as writer:
         for result in results:
-            page.append(_flat(_record(result)))
+            page.append(_flat(result_record(result)))
             rows += 1
             cursor = result.cursor
             if len(page) >= 10_000:

@@ -47,6 +47,9 @@ def _code_digest(fn: Callable[..., Any] | None) -> str | None:
     for name, value in sorted(vars(fn).items()) if hasattr(fn, "__dict__") else ():
         digest.update(name.encode())
         _feed_value(digest, value)
+    stated = getattr(fn, "fingerprint", None)
+    if callable(stated):  # a builder may also state what its requests depend on
+        digest.update(str(stated()).encode())
     return digest.hexdigest()[:16]
 
 
@@ -140,7 +143,7 @@ def describe_job_change(old: JSONObject, new: JSONObject) -> str:
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             if key == "builder":
-                changed.append("the request builder's code")
+                changed.append("the request builder (its code or parameters)")
             elif key == "output_schema":
                 changed.append("the output model's schema")
             else:

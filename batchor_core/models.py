@@ -157,7 +157,9 @@ class BatchJob:
         endpoint: ``/v1/chat/completions`` or ``/v1/responses``.
         build_request: Returns the request body for an item (``messages`` for chat,
             ``input`` for responses); ``model``, ``request_options`` and the structured
-            output format are added for you.
+            output format are added for you. The run's fingerprint covers the builder's
+            code; a callable object is identified by its class and, when it has a
+            ``fingerprint()`` method, by the string that returns (its parameters).
         build_prompt: Shortcut: returns the user message text for an item.
         output_model: Pydantic v2 model the output must validate against, or None for text.
         request_options: Extra body fields for every request (``temperature``, ...).

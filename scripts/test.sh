@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a virtualenv (once), start a local Postgres if this machine has one, then run
-# the linters, the type checker and the whole test suite.
+# the linters, the type checker, the docs build and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -22,4 +22,5 @@ fi
 .venv/bin/ruff format --check batchor_core batchor_dagster tests bench examples example_project
 .venv/bin/ruff check batchor_core batchor_dagster tests bench examples example_project
 .venv/bin/mypy
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
 exec .venv/bin/python -m pytest -q "$@"

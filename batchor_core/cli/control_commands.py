@@ -1,0 +1,104 @@
+"""Operator actions: ``pause``, ``resume``, ``cancel`` and ``prune``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from batchor_core.cli.config import open_runner
+from batchor_core.cli.errors import ExitCode
+from batchor_core.cli.options import (
+    ArtifactsOpt,
+    BaseUrlOpt,
+    JsonOpt,
+    ReasonOpt,
+    RunIdArg,
+    StoreOpt,
+    settings,
+)
+from batchor_core.cli.render import dump_json, summary_dict
+from batchor_core.models import RunSummary
+
+__all__ = ["cancel", "pause", "prune", "resume"]
+
+
+def _report(summary: RunSummary, json_out: bool) -> int:
+    if json_out:
+        dump_json(summary_dict(summary), sys.stdout)
+    else:
+        reason = f" ({summary.status_reason})" if summary.status_reason else ""
+        print(f"run {summary.run_id} {summary.status.value}{reason}")
+    return ExitCode.OK
+
+
+def pause(
+    run_id: RunIdArg,
+    reason: ReasonOpt = None,
+    json_out: JsonOpt = False,
+    store: StoreOpt = None,
+    artifacts: ArtifactsOpt = None,
+) -> int:
+    """Stop submitting new batches; batches in flight are still collected."""
+    with open_runner(settings(store, artifacts)) as runner:
+        return _report(runner.pause(run_id, reason), json_out)
+
+
+def resume(
+    run_id: RunIdArg,
+    json_out: JsonOpt = False,
+    store: StoreOpt = None,
+    artifacts: ArtifactsOpt = None,
+    base_url: BaseUrlOpt = None,
+) -> int:
+    """Resume a paused run (and advance it one step)."""
+    with open_runner(settings(store, artifacts, base_url)) as runner:
+        return _report(runner.resume(run_id), json_out)
+
+
+def cancel(
+    run_id: RunIdArg,
+    reason: ReasonOpt = None,
+    json_out: JsonOpt = False,
+    store: StoreOpt = None,
+    artifacts: ArtifactsOpt = None,
+    base_url: BaseUrlOpt = None,
+) -> int:
+    """Cancel a run: cancel its batches in flight, keep finished results, cancel the rest."""
+    with open_runner(settings(store, artifacts, base_url)) as runner:
+        return _report(runner.cancel(run_id, reason), json_out)
+
+
+def prune(
+    run_id: RunIdArg,
+    requests: Annotated[
+        bool,
+        typer.Option(
+            "--requests/--no-requests", help="Delete request files no item can be retried from."
+        ),
+    ] = True,
+    raw_outputs: Annotated[
+        bool,
+        typer.Option(
+            "--raw-outputs",
+            help="Delete downloaded provider outputs (needs a full export first, or --force).",
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete raw outputs even without an export.")
+    ] = False,
+    json_out: JsonOpt = False,
+    store: StoreOpt = None,
+    artifacts: ArtifactsOpt = None,
+) -> int:
+    """Delete a run's artifacts deliberately (recorded with the run)."""
+    with open_runner(settings(store, artifacts)) as runner:
+        deleted = runner.get_run(run_id).prune(
+            requests=requests, raw_outputs=raw_outputs, force=force
+        )
+    if json_out:
+        dump_json({"run_id": run_id, "files_deleted": deleted}, sys.stdout)
+    else:
+        print(f"run {run_id}: deleted {deleted} files")
+    return ExitCode.OK
