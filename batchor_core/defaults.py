@@ -63,7 +63,7 @@ def open_storage(location: str | os.PathLike[str] | None) -> StateStore:
     if text in ("memory", "memory://", "sqlite://", "sqlite:///:memory:"):
         return MemoryStateStore()
     if text.startswith("sqlite:///"):
-        return SQLiteStorage(text[len("sqlite:///") :])
+        return SQLiteStorage(Path(text[len("sqlite:///") :]).expanduser())
     if text.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
         if text.startswith("postgres://"):
             text = "postgresql://" + text[len("postgres://") :]
@@ -74,14 +74,14 @@ def open_storage(location: str | os.PathLike[str] | None) -> StateStore:
             f"unsupported store URL scheme {scheme!r}; use a SQLite path, sqlite:///path, "
             "or postgresql://user:password@host/database"
         )
-    return SQLiteStorage(text)
+    return SQLiteStorage(Path(text).expanduser())
 
 
 def open_artifacts(location: str | os.PathLike[str] | None, storage: StateStore) -> ArtifactStore:
     """An artifact store from a directory (``None``: beside the SQLite file)."""
     if location is None:
         return default_artifacts(storage)
-    return LocalArtifactStore(Path(location))
+    return LocalArtifactStore(Path(location).expanduser())
 
 
 def default_clock() -> Clock:

@@ -12,7 +12,7 @@ import importlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict
-from types import CodeType
+from types import CodeType, FunctionType
 from typing import Any
 
 from pydantic import BaseModel
@@ -32,7 +32,7 @@ def _code_digest(fn: Callable[..., Any] | None) -> str | None:
     digest = hashlib.sha256()
     code = getattr(fn, "__code__", None)
     if isinstance(code, CodeType):
-        _feed_code(digest, code)
+        _feed_code(digest, code, getattr(fn, "__globals__", None))
         for cell in getattr(fn, "__closure__", None) or ():
             try:
                 value = cell.cell_contents
@@ -43,7 +43,7 @@ def _code_digest(fn: Callable[..., Any] | None) -> str | None:
     call_code = getattr(type(fn).__call__, "__code__", None)
     digest.update(f"{type(fn).__module__}.{type(fn).__qualname__}".encode())
     if isinstance(call_code, CodeType):
-        _feed_code(digest, call_code)
+        _feed_code(digest, call_code, getattr(type(fn).__call__, "__globals__", None))
     for name, value in sorted(vars(fn).items()) if hasattr(fn, "__dict__") else ():
         digest.update(name.encode())
         _feed_value(digest, value)
@@ -76,14 +76,36 @@ def _feed_value(digest: Any, value: object) -> None:
         digest.update(f"<{type(value).__module__}.{type(value).__qualname__}>".encode())
 
 
-def _feed_code(digest: Any, code: CodeType) -> None:
+def _feed_code(
+    digest: Any,
+    code: CodeType,
+    module_globals: dict[str, Any] | None = None,
+    seen: set[int] | None = None,
+) -> None:
+    """Feed a code object, its nested code, and what it reads from its module: plain
+    globals (a ``SYSTEM_PROMPT`` constant) and the code of module functions it calls."""
+    seen = set() if seen is None else seen
+    if id(code) in seen:
+        return
+    seen.add(id(code))
     digest.update(code.co_code)
     digest.update(repr(code.co_names).encode())
     for const in code.co_consts:
         if isinstance(const, CodeType):
-            _feed_code(digest, const)
+            _feed_code(digest, const, module_globals, seen)
         else:
             digest.update(repr(const).encode())
+    if not module_globals:
+        return
+    for name in code.co_names:
+        if name not in module_globals:
+            continue
+        value = module_globals[name]
+        if isinstance(value, FunctionType) and value.__globals__ is module_globals:
+            _feed_code(digest, value.__code__, module_globals, seen)
+        elif isinstance(value, (*_PLAIN, list, tuple, dict)):
+            digest.update(name.encode())
+            _feed_value(digest, value)
 
 
 def job_spec(job: BatchJob, provider: BatchProvider) -> tuple[JSONObject, str]:

@@ -216,9 +216,11 @@ class StateStore(Protocol):
         statuses: Collection[RunStatus] | None = None,
         collected: bool | None = None,
         run_ids: Collection[str] | None = None,
+        collected_after: datetime | None = None,
     ) -> list[RunRecord]:
-        """Runs (oldest first), optionally only those in ``statuses``, collected or not,
-        or with the given ids; each record carries its collection marker."""
+        """Runs (oldest first), optionally only those in ``statuses``, collected or not
+        (or collected since ``collected_after``), or with the given ids; each record
+        carries its collection marker."""
         ...
 
     def chunk_stats(self, run_ids: Collection[str]) -> dict[str, ChunkStats]:

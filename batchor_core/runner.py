@@ -7,6 +7,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -285,6 +286,7 @@ class BatchRunner:
         owner: Mapping[str, JSONValue] | None = None,
         status: RunStatus | str | Collection[RunStatus | str] | None = None,
         collected: bool | None = None,
+        collected_after: datetime | None = None,
     ) -> list[RunSummary]:
         """Summaries of the runs in the store, oldest first.
 
@@ -295,12 +297,15 @@ class BatchRunner:
             status: Only runs with this status, or one of these statuses.
             collected: Only runs with (True) or without (False) a collection marker
                 (see :meth:`Run.mark_collected`).
+            collected_after: Only runs collected at or after this time.
         """
         statuses: list[RunStatus] | None = None
         if status is not None:
             wanted = [status] if isinstance(status, str) else list(status)
             statuses = [RunStatus(s) for s in wanted]
-        records = self.storage.list_runs(statuses=statuses, collected=collected)
+        records = self.storage.list_runs(
+            statuses=statuses, collected=collected, collected_after=collected_after
+        )
         if owner is not None:
             records = [r for r in records if _owned_by(r.owner, owner)]
         stats = self.storage.chunk_stats([r.run_id for r in records])

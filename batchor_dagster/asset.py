@@ -37,7 +37,7 @@ from batchor_core import (
 )
 from batchor_core.ports import ItemSource
 
-from .constants import DEFAULT_RESOURCE_KEY, MANAGED_METADATA_KEY, RUN_ID_TAG
+from .constants import DEFAULT_RESOURCE_KEY, MANAGED_METADATA_KEY, RUN_ID_TAG, SUPERSEDED_PREFIX
 from .ids import (
     asset_slug,
     content_run_id,
@@ -187,28 +187,31 @@ def _submit_or_collect(
     key = context.asset_key
     partition = context.partition_key if context.has_partition_key else None
     owner = {"asset": key.to_user_string(), "partition": partition}
-    job = plan.build_job(context)
+    job = _build_job(context, plan)
     items: Any = None
-    run_id = config.run_id or (plan.run_id_fn(context) if plan.run_id_fn else None)
-    if run_id is None:
-        if partition is not None:
-            run_id = partition_run_id(key.path, partition)
-        else:
-            items, digest = _identify(plan.build_items(context))
-            run_id = content_run_id(key.path, runner.job_fingerprint(job), digest)
+    run_id = _given_run_id(context, config, plan)
+    if run_id is None and partition is not None:
+        # A partition has one durable run: one started outside Dagster for this
+        # partition (core API, CLI) is that run; else it is named after the partition.
+        run_id = _owned_run_id(runner, owner) or partition_run_id(key.path, partition)
+    elif run_id is None:
+        items, digest = _identify(_build_items(context, plan))
+        run_id = content_run_id(key.path, runner.job_fingerprint(job), digest)
     summary = _find(runner, run_id)
     if summary is not None:
         _check_owner(summary, owner)
     note: str | None = None
     if summary is None or (not summary.ingest_complete and not summary.status.is_terminal):
         if items is None:
-            items = plan.build_items(context)
+            items = _build_items(context, plan)
         try:
             run = _start(context, runner, job, items, run_id, owner)
         except RunLeasedError:
             note = "another process is reading this run's items right now"
             context.log.info(f"batchor: {note} (run {run_id!r})")
             run = runner.get_run(run_id)
+        if summary is None:
+            _supersede(context, runner, owner, run_id)
     else:
         run = _handle(context, runner, run_id, job)
         if not summary.status.is_terminal:
@@ -231,6 +234,82 @@ def _submit_or_collect(
         metadata=observation_metadata(summary, note=note),
         tags={RUN_ID_TAG: tag_value(run_id)},
     )
+
+
+def _build_job(context: dg.AssetExecutionContext, plan: _Plan) -> BatchJob:
+    job = plan.build_job(context)
+    if not isinstance(job, BatchJob):
+        raise dg.Failure(
+            description=f"build_job must return a batchor_core.BatchJob, got {type(job).__name__}"
+        )
+    return job
+
+
+def _build_items(context: dg.AssetExecutionContext, plan: _Plan) -> Any:
+    try:
+        items = plan.build_items(context)
+    except BatchorError as exc:  # e.g. a missing or unreadable input file
+        raise _failure("build_items failed", exc) from exc
+    if items is None:
+        raise dg.Failure(
+            description="build_items returned None; return BatchItem objects or an item "
+            "source (CsvSource, JsonlSource, ParquetSource, ...)"
+        )
+    return items
+
+
+def _given_run_id(
+    context: dg.AssetExecutionContext, config: BatchorRunConfig, plan: _Plan
+) -> str | None:
+    """The run id from run config, else from ``run_id_fn``; None when neither gives one."""
+    if config.run_id is not None:
+        given: object = config.run_id
+        source = "run config run_id"
+    elif plan.run_id_fn is not None:
+        given = plan.run_id_fn(context)
+        source = "run_id_fn"
+    else:
+        return None
+    if not isinstance(given, str) or not given.strip():
+        raise dg.Failure(
+            description=f"{source} gave {given!r}; a durable run id is a non-empty string "
+            "(the same id resumes the same run)"
+        )
+    return given
+
+
+def _owned_run_id(runner: BatchRunner, owner: Mapping[str, Any]) -> str | None:
+    """The newest live-or-collected run owned by exactly this asset partition, if any."""
+    runs = [
+        s
+        for s in runner.list_runs(owner=owner)
+        if not (s.collected_by or "").startswith(SUPERSEDED_PREFIX)
+    ]
+    return runs[-1].run_id if runs else None
+
+
+def _supersede(
+    context: dg.AssetExecutionContext,
+    runner: BatchRunner,
+    owner: Mapping[str, Any],
+    current: str,
+) -> None:
+    """Older uncollected runs of this asset partition will never be its latest data:
+    mark them so no sensor collects them, and cancel those still spending."""
+    for old in runner.list_runs(owner=owner, collected=False):
+        if old.run_id == current:
+            continue
+        handle = runner.get_run(old.run_id)
+        if not handle.mark_collected(f"{SUPERSEDED_PREFIX}{current}"):
+            continue
+        if not old.status.is_terminal:
+            try:
+                handle.cancel(f"superseded by run {current} (its inputs changed)")
+            except BatchorError as exc:
+                context.log.warning(f"batchor: could not cancel superseded run: {exc.message}")
+        context.log.info(
+            f"batchor: run {old.run_id!r} is superseded by {current!r} and will not be materialized"
+        )
 
 
 def _identify(source: Any) -> tuple[Any, str]:
@@ -307,12 +386,22 @@ def _handle(
         return runner.get_run(run_id, job=job)
     except JobChangedError as exc:
         # The run keeps the job it started with; a new job only applies to new runs.
-        context.log.warning(f"batchor: {exc.message}; continuing run {run_id!r} with its own job")
+        context.log.warning(
+            f"batchor: the job differs from the one run {run_id!r} started with "
+            f"({exc.message.split(': ', 1)[-1].split('. Use the', 1)[0]}); the run keeps "
+            "its own job, and a new job applies to new runs"
+        )
         return runner.get_run(run_id)
 
 
 def _failure(what: str, exc: BatchorError) -> dg.Failure:
-    return dg.Failure(description=f"{what}: {exc.message}")
+    message = exc.message
+    if "OPENAI_API_KEY" in message:
+        message += (
+            " (with Dagster: BatchorResource(openai_api_key=dg.EnvVar('OPENAI_API_KEY')), or "
+            "set OPENAI_API_KEY where the runs execute)"
+        )
+    return dg.Failure(description=f"{what}: {message}")
 
 
 def _log_progress(context: dg.AssetExecutionContext, summary: RunSummary) -> None:
@@ -346,8 +435,8 @@ def _collect(
     holder = summary.collected_by
     if holder is not None and holder != me:
         if not _failed_without_materializing(context.instance, holder, key):
-            note = f"already materialized by Dagster run {holder}"
-            context.log.info(f"batchor: run {run.run_id!r} was {note}")
+            note = _holder_note(context.instance, holder)
+            context.log.info(f"batchor: run {run.run_id!r} is {note}")
             yield dg.AssetObservation(
                 asset_key=key,
                 partition=partition,
@@ -385,11 +474,28 @@ def _collect(
     yield dg.MaterializeResult(metadata=metadata, tags={RUN_ID_TAG: tag_value(run.run_id)})
 
 
+def _holder_note(instance: dg.DagsterInstance, holder: str) -> str:
+    """Who collected the run, in words."""
+    if holder.startswith(SUPERSEDED_PREFIX):
+        return f"superseded by run {holder[len(SUPERSEDED_PREFIX) :]!r}; not materialized"
+    try:
+        record = instance.get_run_by_id(holder)
+    except Exception:
+        record = None
+    if record is None:
+        return f"already collected by {holder}"
+    if record.status == dg.DagsterRunStatus.SUCCESS:
+        return f"already materialized by Dagster run {holder}"
+    return f"being materialized by Dagster run {holder} ({record.status.value})"
+
+
 def _failed_without_materializing(
     instance: dg.DagsterInstance, holder: str, key: dg.AssetKey
 ) -> bool:
     """Whether the collector ``holder`` is a Dagster run that ended badly before it
     recorded the materialization (a marker set outside Dagster is always respected)."""
+    if holder.startswith(SUPERSEDED_PREFIX):
+        return False
     try:
         record = instance.get_run_by_id(holder)
     except Exception:  # not a run id this instance knows how to read

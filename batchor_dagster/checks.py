@@ -10,9 +10,9 @@ from typing import Any
 
 import dagster as dg
 
-from batchor_core import RunNotFoundError
+from batchor_core import RunSummary
 
-from .constants import DEFAULT_RESOURCE_KEY, RUN_ID_METADATA_KEY
+from .constants import DEFAULT_RESOURCE_KEY, RUN_ID_METADATA_KEY, SUPERSEDED_PREFIX
 from .resource import BatchorResource
 
 __all__ = ["failed_fraction_below"]
@@ -27,7 +27,8 @@ def failed_fraction_below(
     blocking: bool = False,
     description: str | None = None,
 ) -> dg.AssetChecksDefinition:
-    """A check that passes when fewer than ``threshold`` of the latest run's items failed.
+    """A check that passes when fewer than ``threshold`` of the latest run's items failed
+    (for a partitioned asset: of each partition's latest run; the worst one is reported).
 
     Args:
         asset: The batchor asset (an ``AssetsDefinition``, ``AssetKey`` or key string).
@@ -45,44 +46,74 @@ def failed_fraction_below(
         asset=key,
         name=name,
         description=description
-        or f"Fewer than {threshold:.1%} of the latest batchor run's items failed.",
+        or f"Fewer than {threshold:.1%} of the items of the asset's latest batchor run "
+        "(of each partition's, when partitioned) failed.",
         required_resource_keys={resource_key},
         blocking=blocking,
     )
     def _failed_fraction(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         resource: BatchorResource = getattr(context.resources, resource_key)
-        event = context.instance.get_latest_materialization_event(key)
-        materialization = event.asset_materialization if event is not None else None
-        value = materialization.metadata.get(RUN_ID_METADATA_KEY) if materialization else None
-        run_id = getattr(value, "value", None)
-        if not isinstance(run_id, str):
+        latest = _latest_per_partition(resource, key)
+        if not latest:
             return dg.AssetCheckResult(
                 passed=False,
                 severity=dg.AssetCheckSeverity.WARN,
                 description=f"{key.to_user_string()} has no batchor materialization yet",
             )
-        try:
-            summary = resource.get_runner().get_run(run_id).summary()
-        except RunNotFoundError:
-            return dg.AssetCheckResult(
-                passed=False,
-                description=f"durable run {run_id!r} is not in the batchor store",
-            )
-        total = summary.total_items
-        fraction = summary.failed_items / total if total else 0.0
+
+        def fraction(s: RunSummary) -> float:
+            return s.failed_items / s.total_items if s.total_items else 0.0
+
+        worst = max(latest.values(), key=fraction)
+        worst_fraction = fraction(worst)
+        bad = [s for s in latest.values() if not _passes(fraction(s), threshold)]
+        where = ""
+        if len(latest) > 1 or _partition(worst) is not None:
+            where = f" in partition {_partition(worst)!r} (worst of {len(latest)})"
         return dg.AssetCheckResult(
-            passed=fraction < threshold,
+            passed=not bad,
             description=(
-                f"{summary.failed_items} of {total} items failed ({fraction:.2%}); "
-                f"threshold {threshold:.2%}"
+                f"{worst.failed_items} of {worst.total_items} items failed "
+                f"({worst_fraction:.2%}){where}; threshold {threshold:.2%}"
             ),
             metadata={
-                RUN_ID_METADATA_KEY: dg.MetadataValue.text(run_id),
-                "failed_fraction": dg.MetadataValue.float(round(fraction, 6)),
-                "failed_items": summary.failed_items,
-                "total_items": total,
+                RUN_ID_METADATA_KEY: dg.MetadataValue.text(worst.run_id),
+                "failed_fraction": dg.MetadataValue.float(round(worst_fraction, 6)),
+                "failed_items": worst.failed_items,
+                "total_items": worst.total_items,
                 "threshold": dg.MetadataValue.float(threshold),
+                "partitions_checked": len(latest),
+                "partitions_failing": dg.MetadataValue.json(
+                    sorted(str(_partition(s)) for s in bad)
+                ),
             },
         )
 
     return _failed_fraction
+
+
+def _passes(fraction: float, threshold: float) -> bool:
+    # "below the threshold"; no failures at all always pass (so threshold=0 means none)
+    return fraction < threshold or fraction == 0.0
+
+
+def _partition(summary: RunSummary) -> str | None:
+    owner: Any = summary.owner or {}
+    value = owner.get("partition") if isinstance(owner, dict) else None
+    return None if value is None else str(value)
+
+
+def _latest_per_partition(resource: BatchorResource, key: dg.AssetKey) -> dict[Any, RunSummary]:
+    """The latest collected (materialized) run of each partition of the asset."""
+    latest: dict[Any, RunSummary] = {}
+    runs = resource.get_runner().list_runs(owner={"asset": key.to_user_string()}, collected=True)
+    for summary in runs:
+        if (summary.collected_by or "").startswith(SUPERSEDED_PREFIX):
+            continue
+        partition = _partition(summary)
+        known = latest.get(partition)
+        if known is None or (summary.collected_at or summary.created_at) >= (
+            known.collected_at or known.created_at
+        ):
+            latest[partition] = summary
+    return latest

@@ -15,6 +15,7 @@
 # No ``from __future__ import annotations``: the component's fields are read by Dagster.
 
 import importlib
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,9 +38,27 @@ _ENDPOINTS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
 
 class PromptTemplate:
     """A prompt builder that fills ``template`` from the item's payload
-    (``"Classify: {text}"``). A plain object, so the job fingerprint sees the template."""
+    (``"Classify: {text}"``). A plain object, so the job fingerprint sees the template.
+
+    Raises:
+        ConfigurationError: The template has positional (``{}``, ``{0}``) or malformed
+            fields; literal braces are written ``{{`` and ``}}``.
+    """
 
     def __init__(self, template: str) -> None:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"prompt template {template!r} is malformed ({exc}); write literal braces "
+                "as {{ and }}"
+            ) from exc
+        for name in fields:
+            if not name or name.isdigit() or not name.split(".")[0].split("[")[0].isidentifier():
+                raise ConfigurationError(
+                    f"prompt template {template!r}: {{{name}}} is not a column name; name "
+                    "the item field ({text}) and write literal braces as {{ and }}"
+                )
         self.template = template
 
     def __call__(self, item: BatchItem) -> str:
@@ -73,7 +92,8 @@ class BatchorBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         storage_url: batchor store (SQLite path or Postgres URL).
         artifact_root: batchor artifact directory.
         openai_base_url: OpenAI-compatible base URL (for example the bundled emulator).
-        resource_key: Key of the batchor resource (components sharing a store share it).
+        resource_key: Key of the batchor resource (default ``batchor_<asset_name>``, so
+            several components load side by side).
         sensor_interval_seconds: Seconds between sensor ticks.
         sensor_running: Whether the sensor starts running when the code location loads.
     """
@@ -91,7 +111,7 @@ class BatchorBatchComponent(dg.Component, dg.Model, dg.Resolvable):
     storage_url: str = ".batchor/batchor.sqlite3"
     artifact_root: str | None = None
     openai_base_url: str | None = None
-    resource_key: str = DEFAULT_RESOURCE_KEY
+    resource_key: str | None = None
     sensor_interval_seconds: int = 60
     sensor_running: bool = False
 
@@ -113,6 +133,7 @@ class BatchorBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         else:
             job_args["build_prompt"] = template
         id_column = self.id_column
+        resource_key = self.resource_key or f"{DEFAULT_RESOURCE_KEY}_{self.asset_name}"
 
         def build_job(_context: dg.AssetExecutionContext) -> BatchJob:
             return BatchJob(**job_args)
@@ -120,13 +141,13 @@ class BatchorBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         def build_items(_context: dg.AssetExecutionContext) -> Any:
             return _source(path, id_column)
 
-        results_key = f"{self.resource_key}_results"
+        results_key = f"{resource_key}_results"
         asset = batchor_asset(
             name=self.asset_name,
             build_job=build_job,
             build_items=build_items,
             group_name=self.group_name,
-            resource_key=self.resource_key,
+            resource_key=resource_key,
             io_manager_key=results_key,
         )
         sensor = build_batchor_sensor(
@@ -138,7 +159,7 @@ class BatchorBatchComponent(dg.Component, dg.Model, dg.Resolvable):
                 if self.sensor_running
                 else dg.DefaultSensorStatus.STOPPED
             ),
-            resource_key=self.resource_key,
+            resource_key=resource_key,
         )
         resource = BatchorResource(
             storage_url=self.storage_url,
@@ -149,7 +170,7 @@ class BatchorBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             assets=[asset],
             sensors=[sensor],
             resources={
-                self.resource_key: resource,
+                resource_key: resource,
                 results_key: BatchorResultsIOManager(batchor=resource),
             },
         )

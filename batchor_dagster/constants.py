@@ -9,6 +9,7 @@ __all__ = [
     "MANAGED_METADATA_KEY",
     "RUN_ID_METADATA_KEY",
     "RUN_ID_TAG",
+    "SUPERSEDED_PREFIX",
 ]
 
 DEFAULT_RESOURCE_KEY = "batchor"
@@ -28,3 +29,6 @@ COLLECT_ATTEMPT_TAG = "batchor/collect_attempt"
 
 MANAGED_METADATA_KEY = "batchor/managed"
 """Definition metadata marking an asset built by :func:`batchor_asset`."""
+
+SUPERSEDED_PREFIX = "superseded-by:"
+"""Collection marker of a run replaced by a newer run of the same asset partition."""

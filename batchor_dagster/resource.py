@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 from pydantic import PrivateAttr
 
-from batchor_core import BatchRunner
+from batchor_core import BatchorError, BatchRunner
 
 __all__ = ["BatchorResource"]
 
@@ -20,8 +20,9 @@ class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     batchor store, never in Dagster.
 
     Attributes:
-        storage_url: A SQLite path, ``sqlite:///path``, ``postgresql://user:pw@host/db``
-            or ``memory``.
+        storage_url: A SQLite path (``~`` is expanded), ``sqlite:///path`` or
+            ``postgresql://user:pw@host/db``. Not ``memory``: each Dagster run builds its
+            own runner, so the state must outlive it.
         artifact_root: Directory for request files, raw outputs and exported results
             (default: beside the SQLite file, else ``./.batchor/artifacts``).
         openai_api_key: The OpenAI key; pass ``dg.EnvVar("OPENAI_API_KEY")`` so the value
@@ -61,13 +62,24 @@ class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return self._runner
 
     def _build(self) -> BatchRunner:
-        return BatchRunner.from_settings(
-            store=self.storage_url,
-            artifacts=self.artifact_root,
-            api_key=self.openai_api_key,
-            base_url=self.openai_base_url,
-            lease_ttl_seconds=self.lease_ttl_seconds,
-        )
+        if self.storage_url.strip() in ("memory", "memory://", "sqlite://", "sqlite:///:memory:"):
+            raise dg.Failure(
+                description="BatchorResource(storage_url='memory') would keep batch state "
+                "only until this Dagster run ends, so the next run would submit everything "
+                "again; use a SQLite path or a Postgres URL"
+            )
+        try:
+            return BatchRunner.from_settings(
+                store=self.storage_url,
+                artifacts=self.artifact_root,
+                api_key=self.openai_api_key,
+                base_url=self.openai_base_url,
+                lease_ttl_seconds=self.lease_ttl_seconds,
+            )
+        except BatchorError as exc:
+            # The message names the store (password masked) and the cause; the driver's
+            # own traceback adds nothing a Dagster user can act on.
+            raise dg.Failure(description=f"batchor resource: {exc.message}") from None
 
     def export_dir(self) -> str:
         """Where exported results of materializations go."""

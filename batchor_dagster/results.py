@@ -8,7 +8,7 @@ import dagster as dg
 
 from batchor_core import BatchRunner, ItemStatus, RunSummary
 
-from .constants import DEFAULT_RESOURCE_KEY
+from .constants import DEFAULT_RESOURCE_KEY, SUPERSEDED_PREFIX
 from .resource import BatchorResource
 
 if TYPE_CHECKING:
@@ -60,9 +60,13 @@ def latest_collected_run(
     runner: BatchRunner, asset_key: dg.AssetKey, partition: str | None
 ) -> RunSummary | None:
     """The most recently collected durable run of an asset (partition), if any."""
-    runs = runner.list_runs(
-        owner={"asset": asset_key.to_user_string(), "partition": partition}, collected=True
-    )
+    runs = [
+        s
+        for s in runner.list_runs(
+            owner={"asset": asset_key.to_user_string(), "partition": partition}, collected=True
+        )
+        if not (s.collected_by or "").startswith(SUPERSEDED_PREFIX)
+    ]
     return max(runs, key=lambda s: (s.collected_at, s.run_id), default=None)
 
 

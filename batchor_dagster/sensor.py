@@ -10,6 +10,7 @@ that timed out may already have advanced runs, and the next tick carries on.
 
 # No ``from __future__ import annotations``: Dagster inspects the sensor function.
 
+import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -27,6 +28,7 @@ from .constants import (
     DEFAULT_RESOURCE_KEY,
     MANAGED_METADATA_KEY,
     RUN_ID_TAG,
+    SUPERSEDED_PREFIX,
 )
 from .ids import tag_value
 from .metadata import observation_metadata
@@ -71,7 +73,8 @@ def build_batchor_sensor(
     Args:
         assets: Assets built by :func:`batchor_asset`; runs owned by other assets are
             never touched.
-        name: Sensor name (default ``batchor_sensor``).
+        name: Sensor name (default ``<asset>_batchor_sensor`` for one asset, else
+            ``batchor_sensor_<digest of the asset keys>``, so two sensors never clash).
         minimum_interval_seconds: Seconds between ticks.
         default_status: Whether the sensor runs as soon as the code location loads.
         time_budget_seconds: How long a tick may spend advancing runs (Dagster stops a
@@ -92,7 +95,7 @@ def build_batchor_sensor(
     targets = _targets(assets)
 
     @dg.sensor(
-        name=name or "batchor_sensor",
+        name=name or _default_name(targets),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         asset_selection=[t.key for t in targets.values()],
@@ -118,6 +121,14 @@ def build_batchor_sensor(
         return tick.evaluate()
 
     return _batchor_sensor
+
+
+def _default_name(targets: dict[str, _Target]) -> str:
+    if len(targets) == 1:
+        (only,) = targets.values()
+        return f"{'__'.join(only.key.path)}_batchor_sensor"
+    digest = hashlib.sha256("\n".join(sorted(targets)).encode()).hexdigest()[:8]
+    return f"batchor_sensor_{digest}"
 
 
 def _targets(assets: Sequence[dg.AssetsDefinition]) -> dict[str, _Target]:
@@ -275,8 +286,8 @@ class _Tick:
         since = datetime.now(UTC) - _ORPHAN_WINDOW
         recent = [
             s
-            for s in self.runner.list_runs(collected=True)
-            if self._target(s) and s.collected_at is not None and s.collected_at >= since
+            for s in self.runner.list_runs(collected=True, collected_after=since)
+            if self._target(s) and not (s.collected_by or "").startswith(SUPERSEDED_PREFIX)
         ][-200:]
         if not recent:
             return []
@@ -322,10 +333,12 @@ class _Tick:
             return "no uncollected batchor runs for these assets"
         total = sum(s.total_items for s in live)
         done = sum(s.total_items - s.pending_items for s in live)
-        parts = [
-            f"{len(live)} batchor runs in flight ({done}/{total} items done, "
-            f"{sum(s.batches_in_flight for s in live)} batches at the provider)"
-        ]
+        parts = []
+        if live:
+            parts.append(
+                f"{len(live)} batchor runs in flight ({done}/{total} items done, "
+                f"{sum(s.batches_in_flight for s in live)} batches at the provider)"
+            )
         paused = [s for s in live if s.status.value == "paused"]
         if paused:
             first = paused[0]
@@ -335,7 +348,14 @@ class _Tick:
             parts.append(f"{waiting} finished, collecting runs under way")
         if given_up:
             parts.append(f"{len(given_up)} finished runs need attention (see the tick log)")
-        return "; ".join(parts)
+        stalled = [s for s in live if getattr(s, "last_error", None)]
+        if stalled:
+            first = stalled[0]
+            parts.append(
+                f"{len(stalled)} with provider errors (e.g. {first.run_id!r}: "
+                f"{getattr(first, 'last_error', '')})"
+            )
+        return "; ".join(parts) or "nothing to do"
 
     def _target(self, summary: RunSummary) -> _Target | None:
         owner: Any = summary.owner or {}

@@ -122,9 +122,12 @@ class SQLStateStore(ItemOps):
         statuses: Collection[RunStatus] | None = None,
         collected: bool | None = None,
         run_ids: Collection[str] | None = None,
+        collected_after: datetime | None = None,
     ) -> list[RunRecord]:
         """Runs oldest first, filtered in SQL by status, collection marker and id."""
         stmt = _RUNS_WITH_MARKER
+        if collected_after is not None:
+            stmt = stmt.where(collections.c.collected_at >= collected_after)
         if statuses is not None:
             stmt = stmt.where(runs.c.status.in_([s.value for s in statuses]))
         if collected is True:

@@ -109,8 +109,9 @@ batchor = ExampleBatchorResource(
     storage_url=str(HOME / "batchor.sqlite3"),
     artifact_root=str(HOME / "artifacts"),
     openai_base_url=default_base_url(),
-    # No key is needed for the emulator; a real endpoint reads OPENAI_API_KEY itself.
-    openai_api_key=None if os.environ.get("OPENAI_API_KEY") else "emulator",
+    # The local emulator gets a dummy key (a real key is never sent to whatever listens on
+    # 127.0.0.1:8089); with BATCHOR_EXAMPLE_BASE_URL set, batchor reads OPENAI_API_KEY.
+    openai_api_key=None if _base_url else "emulator",
     start_emulator=_base_url is None,
 )
 

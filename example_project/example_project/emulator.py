@@ -3,8 +3,8 @@
 With no ``BATCHOR_EXAMPLE_BASE_URL`` set, the first run or sensor tick that needs the
 provider starts ``python -m batchor_core.testing.emulator`` on 127.0.0.1:8089 as its own
 background process (so it outlives the Dagster run that started it), unless something is
-already listening there. Set ``BATCHOR_EXAMPLE_BASE_URL`` (or ``OPENAI_BASE_URL`` with a
-real ``OPENAI_API_KEY``) to use another endpoint.
+already listening there. Set ``BATCHOR_EXAMPLE_BASE_URL`` (with ``OPENAI_API_KEY``) to use
+another endpoint, such as the real service (``https://api.openai.com/v1``).
 """
 
 from __future__ import annotations

@@ -307,3 +307,67 @@ def test_a_run_another_process_is_ingesting_is_observed_not_failed(
         gate.set()
         worker.join(timeout=60)
         other.close()
+
+
+def test_bad_builder_answers_fail_with_a_message_naming_the_builder(
+    instance: dg.DagsterInstance, resources: dict[str, Any], tmp_path: Path
+) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"run_id_fn": lambda ctx: ""}, "run_id_fn gave ''; a durable run id is a non-empty"),
+        ({"run_id_fn": lambda ctx: 42}, "run_id_fn gave 42"),
+        (
+            {"build_job": lambda ctx: None},
+            "build_job must return a batchor_core.BatchJob, got NoneType",
+        ),
+        ({"build_items": lambda ctx: None}, "build_items returned None"),
+    ]
+    for overrides, expected in cases:
+        kwargs: dict[str, Any] = {
+            "name": "reviews",
+            "build_job": review_job,
+            "build_items": lambda ctx: review_items(2),
+            **overrides,
+        }
+        result = dg.materialize(
+            [batchor_asset(**kwargs)], resources=resources, instance=instance, raise_on_error=False
+        )
+        error = result.get_step_failure_events()[0].step_failure_data.error
+        assert error is not None and expected in error.message, (expected, error.message)
+
+    memory = {"batchor": BatchorResource(storage_url="memory", openai_api_key="k")}
+    asset = batchor_asset(
+        name="reviews", build_job=review_job, build_items=lambda c: review_items(1)
+    )
+    result = dg.materialize([asset], resources=memory, instance=instance, raise_on_error=False)
+    assert not result.success
+    assert "storage_url='memory'" in str(
+        [e.event_specific_data for e in result.all_events if e.is_failure]
+    )
+
+
+def test_a_partition_started_outside_dagster_is_that_partitions_run(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    resource: BatchorResource,
+    emulator: Any,
+) -> None:
+    parts = dg.StaticPartitionsDefinition(["brand new", "other"])
+    asset = batchor_asset(
+        name="up",
+        key_prefix="raw",
+        build_job=review_job,
+        build_items=lambda ctx: review_items(2, prefix=ctx.partition_key),
+        partitions_def=parts,
+    )
+    runner = resource.get_runner()
+    runner.start(
+        review_job(),
+        items=review_items(2, prefix="x"),
+        run_id="made-by-a-script",
+        owner={"asset": "raw/up", "partition": "brand new"},
+    )
+    for _ in range(3):
+        dg.materialize([asset], resources=resources, instance=instance, partition_key="brand new")
+    (mat,) = materializations(instance, asset.key)
+    assert _plain(mat.metadata)[RUN_ID_METADATA_KEY] == "made-by-a-script"
+    assert emulator.batch_create_count == 1

@@ -9,7 +9,8 @@ import dagster as dg
 import pytest
 from dagster.components.testing import create_defs_folder_sandbox
 
-from batchor_dagster import BatchorBatchComponent
+from batchor_core import BatchItem, ConfigurationError
+from batchor_dagster import BatchorBatchComponent, PromptTemplate
 from tests.dagster.conftest import materializations
 
 pytestmark = pytest.mark.integration
@@ -83,3 +84,46 @@ def test_bad_attributes_fail_at_load_with_a_clear_message(tmp_path: Path) -> Non
     cause = raised.value.__cause__ or raised.value.__context__
     assert cause is not None
     assert "cannot import output_model 'no_such_module:Model'" in str(cause)
+
+
+def test_two_components_load_side_by_side(tmp_path: Path) -> None:
+    data = tmp_path / "in.csv"
+    data.write_text("id,text\n1,a\n")
+    with create_defs_folder_sandbox() as sandbox:
+        for name in ("first", "second"):
+            sandbox.scaffold_component(
+                component_cls=BatchorBatchComponent,
+                defs_path=name,
+                defs_yaml_contents={
+                    "type": "batchor_dagster.BatchorBatchComponent",
+                    "attributes": {
+                        "asset_name": name,
+                        "input_path": str(data),
+                        "prompt_template": "{text}",
+                        "storage_url": str(tmp_path / "shared.sqlite3"),
+                    },
+                },
+            )
+        with sandbox.build_all_defs() as defs:
+            assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == {
+                "first",
+                "second",
+            }
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ('JSON like {"a": 1} for {text}', "not a column name"),
+        ("{0} and {text}", "not a column name"),
+        ("{}", "not a column name"),
+        ("unclosed {text", "malformed"),
+    ],
+)
+def test_prompt_templates_are_checked_when_the_component_loads(template: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        PromptTemplate(template)
+    assert (
+        PromptTemplate("literal {{braces}} and {text}")(BatchItem("1", {"text": "x"}))
+        == "literal {braces} and x"
+    )

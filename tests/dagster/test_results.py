@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from batchor_core import BatchJob, RetryPolicy
+from batchor_core import BatchItem, BatchJob, RetryPolicy
 from batchor_dagster import (
     BatchorResource,
     batchor_asset,
@@ -160,3 +160,43 @@ def test_failed_fraction_check_on_the_latest_materialization(
     assert meta["failed_items"] == 2 and meta["total_items"] == 10
     assert meta["failed_fraction"] == pytest.approx(0.2)
     assert "2 of 10 items failed" in (outcome["strict"].description or "")
+
+
+def test_failed_fraction_per_partition_and_a_zero_threshold(
+    instance: dg.DagsterInstance, resources: dict[str, Any], emulator: Any
+) -> None:
+    emulator.faults.line_fault(contains="bad-partition", kind="error")
+    parts = dg.StaticPartitionsDefinition(["good", "bad"])
+
+    def job(context: Any) -> BatchJob:
+        return BatchJob(
+            model="gpt-4o-mini",
+            build_prompt=lambda item: item.payload["text"],
+            output_model=Review,
+            retry_policy=RetryPolicy(max_attempts=1),
+        )
+
+    def items(context: Any) -> list[Any]:
+        return [
+            BatchItem(
+                f"{context.partition_key}-{k}", {"text": f"{context.partition_key}-partition {k}"}
+            )
+            for k in range(4)
+        ]
+
+    reviews = batchor_asset(name="reviews", build_job=job, build_items=items, partitions_def=parts)
+    none_allowed = failed_fraction_below(reviews, threshold=0.0, name="none_allowed")
+    for key in ("bad", "good"):  # the good partition is materialized last
+        for _ in range(4):
+            dg.materialize([reviews], resources=resources, instance=instance, partition_key=key)
+    result = dg.materialize(
+        [reviews, none_allowed],
+        selection=dg.AssetSelection.checks(none_allowed),
+        resources=resources,
+        instance=instance,
+    )
+    (outcome,) = result.get_asset_check_evaluations()
+    assert not outcome.passed  # a later good partition does not hide the bad one
+    meta = {k: getattr(v, "value", v) for k, v in outcome.metadata.items()}
+    assert meta["partitions_failing"] == ["bad"] and meta["partitions_checked"] == 2
+    assert "in partition 'bad'" in (outcome.description or "")

@@ -45,3 +45,26 @@ def test_objects_in_a_closure_do_not_make_equal_jobs_differ() -> None:
         return lambda item: f"{marker is not None} {item.item_id}"
 
     assert _fingerprint(build(marker)) == _fingerprint(build(other))
+
+
+PROMPT_PREFIX = "Classify: "
+
+
+def _prefixed(item: BatchItem) -> str:
+    return PROMPT_PREFIX + _helper(item)
+
+
+def _helper(item: BatchItem) -> str:
+    return str(item.payload["text"])
+
+
+def test_module_constants_and_helpers_a_builder_uses_are_part_of_the_job() -> None:
+    global PROMPT_PREFIX
+    before = _fingerprint(_prefixed)
+    assert _fingerprint(_prefixed) == before
+    PROMPT_PREFIX = "Summarise: "
+    try:
+        assert _fingerprint(_prefixed) != before
+    finally:
+        PROMPT_PREFIX = "Classify: "
+    assert _fingerprint(_prefixed) == before
