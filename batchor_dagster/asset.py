@@ -46,7 +46,7 @@ from .ids import (
     source_digest,
     tag_value,
 )
-from .metadata import materialization_metadata, observation_metadata
+from .metadata import materialization_metadata, observation
 from .resource import BatchorResource
 
 __all__ = ["BatchorRunConfig", "batchor_asset"]
@@ -228,12 +228,7 @@ def _submit_or_collect(
         )
         return
     _log_progress(context, summary)
-    yield dg.AssetObservation(
-        asset_key=key,
-        partition=partition,
-        metadata=observation_metadata(summary, note=note),
-        tags={RUN_ID_TAG: tag_value(run_id)},
-    )
+    yield observation(key, partition, summary, note=note)
 
 
 def _build_job(context: dg.AssetExecutionContext, plan: _Plan) -> BatchJob:
@@ -437,23 +432,13 @@ def _collect(
         if not _failed_without_materializing(context.instance, holder, key):
             note = _holder_note(context.instance, holder)
             context.log.info(f"batchor: run {run.run_id!r} is {note}")
-            yield dg.AssetObservation(
-                asset_key=key,
-                partition=partition,
-                metadata=observation_metadata(summary, note=note),
-                tags={RUN_ID_TAG: tag_value(run.run_id)},
-            )
+            yield observation(key, partition, summary, note=note)
             return
         replace = holder  # that collector died before it materialized: take over
     if not run.mark_collected(me, replace=replace):
         now = run.summary()
         note = f"collected concurrently by {now.collected_by}"
-        yield dg.AssetObservation(
-            asset_key=key,
-            partition=partition,
-            metadata=observation_metadata(now, note=note),
-            tags={RUN_ID_TAG: tag_value(run.run_id)},
-        )
+        yield observation(key, partition, now, note=note)
         return
     try:
         export_path = _export(resource, run, key, plan.export_format)

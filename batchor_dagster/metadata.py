@@ -8,10 +8,10 @@ import dagster as dg
 
 from batchor_core import Run, RunSummary
 
-from .constants import RUN_ID_METADATA_KEY
+from .constants import RUN_ID_METADATA_KEY, RUN_ID_TAG
 from .ids import tag_value
 
-__all__ = ["materialization_metadata", "observation_metadata", "preview_markdown"]
+__all__ = ["materialization_metadata", "observation", "observation_metadata", "preview_markdown"]
 
 
 def _counts(summary: RunSummary) -> dict[str, Any]:
@@ -43,6 +43,18 @@ def observation_metadata(summary: RunSummary, *, note: str | None = None) -> dic
     if note:
         metadata["batchor/note"] = dg.MetadataValue.text(note)
     return metadata
+
+
+def observation(
+    key: dg.AssetKey, partition: str | None, summary: RunSummary, *, note: str | None = None
+) -> dg.AssetObservation:
+    """The observation of a run that is not (or not newly) materialized."""
+    return dg.AssetObservation(
+        asset_key=key,
+        partition=partition,
+        metadata=observation_metadata(summary, note=note),
+        tags={RUN_ID_TAG: tag_value(summary.run_id)},
+    )
 
 
 def materialization_metadata(

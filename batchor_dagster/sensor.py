@@ -31,7 +31,7 @@ from .constants import (
     SUPERSEDED_PREFIX,
 )
 from .ids import tag_value
-from .metadata import observation_metadata
+from .metadata import observation
 from .resource import BatchorResource
 
 __all__ = ["build_batchor_sensor"]
@@ -226,14 +226,8 @@ class _Tick:
                 continue
             target = self._target(after)
             assert target is not None
-            events.append(
-                dg.AssetObservation(
-                    asset_key=target.key,
-                    partition=_partition(after) if target.partitions_def else None,
-                    metadata=observation_metadata(after),
-                    tags={RUN_ID_TAG: tag_value(after.run_id)},
-                )
-            )
+            partition = _partition(after) if target.partitions_def else None
+            events.append(observation(target.key, partition, after))
         return refreshed, events, cursor
 
     def _refresh_one(self, summary: RunSummary) -> RunSummary:
