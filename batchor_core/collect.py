@@ -19,8 +19,9 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, ValidationError
 
 from batchor_core import jsoncodec
-from batchor_core.models import ItemError, ItemStatus, RetryPolicy, Usage
+from batchor_core.models import ItemError, ItemStatus, JSONObject, RetryPolicy, Usage
 from batchor_core.ports import ItemOutcome
+from batchor_core.schemacheck import schema_errors
 
 __all__ = ["OutcomeBuilder", "validate_output"]
 
@@ -28,9 +29,25 @@ NEVER_RAN_CODES = frozenset({"batch_expired", "batch_cancelled"})
 
 
 def validate_output(
-    text: str, output_model: type[BaseModel] | None
+    text: str, output_model: type[BaseModel] | None, output_schema: JSONObject | None = None
 ) -> tuple[str | None, ItemError | None]:
-    """Check a model's text output; return ``(output_json, None)`` or ``(None, error)``."""
+    """Check a model's text output; return ``(output_json, None)`` or ``(None, error)``.
+
+    With ``output_model`` the text must validate against it. Without it but with the
+    run's stored ``output_schema`` (a process that cannot import the model), the text
+    must be JSON that satisfies the schema the provider enforced. With neither, the run
+    is a text job and the text is stored as a JSON string.
+    """
+    if output_model is None and output_schema is not None:
+        try:
+            value = jsoncodec.loads(text)
+        except ValueError as exc:
+            return None, ItemError("invalid_json", f"output is not valid JSON: {exc}")
+        problems = schema_errors(value, output_schema)
+        if problems:
+            detail = "; ".join(problems)
+            return None, ItemError("schema_mismatch", f"output does not match the schema: {detail}")
+        return text, None
     if output_model is None:
         return jsoncodec.dumps_text(text), None
     try:

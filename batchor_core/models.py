@@ -261,6 +261,10 @@ class RunSummary:
         usage: Tokens used so far.
         created_at: When the run started.
         updated_at: When the run last changed.
+        last_error: The latest provider error of a batch that is currently held back by
+            errors (None when nothing is stalled): why the run is not moving.
+        stalled_chunks: Batches currently held back by provider errors (backing off, or
+            waiting for ``resume()`` when the run was paused for them).
     """
 
     run_id: str
@@ -278,6 +282,8 @@ class RunSummary:
     usage: Usage
     created_at: datetime
     updated_at: datetime
+    last_error: str | None = None
+    stalled_chunks: int = 0
 
     @property
     def is_finished(self) -> bool:

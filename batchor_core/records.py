@@ -111,6 +111,8 @@ class ChunkRecord:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    first_error_at: datetime | None = None
+    """When the chunk's current streak of provider errors began (None: not stalled)."""
 
 
 @dataclass(frozen=True, slots=True)

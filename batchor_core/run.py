@@ -109,9 +109,11 @@ class Run:
             if changed and on_progress is not None:
                 on_progress(summary)
             if summary.is_finished or (
-                summary.status is RunStatus.PAUSED and summary.batches_in_flight == 0
+                summary.status is RunStatus.PAUSED and not self._collectable_in_flight()
             ):
-                return summary  # finished, or paused with nothing left to collect
+                # Finished, or paused with nothing left to collect: batches in flight are
+                # still collected while paused, unless they are stalled by errors too.
+                return summary
             if changed:
                 continue
             delay = poll_interval
@@ -136,6 +138,14 @@ class Run:
         chunks = self._runner.storage.list_chunks(self._run_id)
         in_flight = [c for c in chunks if c.state is ChunkState.SUBMITTED]
         done = record.completed_items + record.failed_items + record.cancelled_items
+        stalled = sorted(
+            (
+                c
+                for c in chunks
+                if c.first_error_at is not None and c.state is not ChunkState.COLLECTED
+            ),
+            key=lambda c: c.updated_at,
+        )
         return RunSummary(
             run_id=record.run_id,
             status=record.status,
@@ -152,6 +162,8 @@ class Run:
             usage=Usage(record.input_tokens, record.output_tokens),
             created_at=record.created_at,
             updated_at=record.updated_at,
+            last_error=stalled[-1].last_error if stalled else None,
+            stalled_chunks=len(stalled),
         )
 
     # ------------------------------------------------------------------ results
@@ -293,12 +305,16 @@ class Run:
         return self.summary()
 
     def resume(self) -> RunSummary:
-        """Resume a paused run."""
+        """Resume a paused run; batches held back by errors are retried at once."""
         self._require_live("resume")
-        self._runner.storage.set_status(
+        if self._runner.storage.set_status(
             self._run_id, RunStatus.RUNNING, expected=[RunStatus.PAUSED]
-        )
-        return self.refresh()
+        ):
+            self._runner.stepper.clear_stalls(self._run_id)
+        try:
+            return self.refresh()
+        except RunLeasedError:
+            return self.summary()  # the process holding the lease carries on
 
     def cancel(self, reason: str | None = None) -> RunSummary:
         """Cancel the run: cancel in-flight batches, keep their finished rows, cancel the rest."""
@@ -321,6 +337,12 @@ class Run:
             return self.refresh(max_collect=1_000_000)
         except RunLeasedError:
             return self.summary()
+
+    def _collectable_in_flight(self) -> bool:
+        return any(
+            c.state is ChunkState.SUBMITTED and c.first_error_at is None
+            for c in self._runner.storage.list_chunks(self._run_id, [ChunkState.SUBMITTED])
+        )
 
     def _require_live(self, action: str) -> None:
         record = self._record()

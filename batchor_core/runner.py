@@ -19,7 +19,7 @@ from batchor_core.errors import (
     RunNotFoundError,
     SourceChangedError,
 )
-from batchor_core.ingest import Ingestor, as_source
+from batchor_core.ingest import Ingestor, IterableSource, as_source
 from batchor_core.jobspec import describe_job_change, job_spec, request_spec, resolve_output_model
 from batchor_core.lease import LeaseKeeper, new_owner_id
 from batchor_core.models import BatchItem, BatchJob, JSONObject, RunStatus, RunSummary
@@ -32,6 +32,7 @@ from batchor_core.ports import (
     StateStore,
 )
 from batchor_core.run import Run
+from batchor_core.stalls import StallPolicy
 
 __all__ = ["BatchRunner"]
 
@@ -54,6 +55,14 @@ class BatchRunner:
         transient_backoff_seconds: Wait after a retryable provider error.
         token_limit_backoff_seconds: Wait before resubmitting a batch that hit the
             provider's enqueued-token limit.
+        transient_error_budget_seconds: How long one batch may keep meeting transient
+            provider errors (429, 5xx, connection failures) before the run pauses.
+        permanent_error_budget_seconds: How long a permanent provider error (another
+            4xx, an answer of the wrong shape) is retried before the run pauses with a
+            reason naming the call; ``resume()`` once the cause is fixed.
+        create_grace_seconds: After an ambiguous batch creation, how long a batch that
+            cannot be found is looked for before it is created again (a create the
+            provider commits late must not become a second batch).
         lease_ttl_seconds: How long this process's lease on a run lasts unrenewed (a
             crashed process blocks others for at most this long).
         owner_id: This process's lease owner id (host:pid:random by default).
@@ -69,6 +78,9 @@ class BatchRunner:
         ingest_slice_size: int = 10_000,
         transient_backoff_seconds: float = 5.0,
         token_limit_backoff_seconds: float = 60.0,
+        transient_error_budget_seconds: float = 1800.0,
+        permanent_error_budget_seconds: float = 60.0,
+        create_grace_seconds: float = 60.0,
         lease_ttl_seconds: float = 120.0,
         owner_id: str | None = None,
     ) -> None:
@@ -90,8 +102,13 @@ class BatchRunner:
             artifacts=self.artifacts,
             provider=self.provider,
             clock=self.clock,
-            transient_backoff_seconds=transient_backoff_seconds,
+            stalls=StallPolicy(
+                transient_backoff_seconds=transient_backoff_seconds,
+                transient_budget_seconds=transient_error_budget_seconds,
+                permanent_budget_seconds=permanent_error_budget_seconds,
+            ),
             token_limit_backoff_seconds=token_limit_backoff_seconds,
+            create_grace_seconds=create_grace_seconds,
         )
         self._ingestor = Ingestor(
             lease=self._lease,
@@ -181,6 +198,14 @@ class BatchRunner:
         run = Run(self, run_id, output_model=job.output_model)
         source = as_source(items)
         self._check_source(record, source)  # also for a finished run: a changed file is news
+        if record.ingest_complete and isinstance(source, IterableSource):
+            try:  # in-memory items have no identity of their own: compare their digest
+                source.check_complete(record.source_checkpoint)
+            except SourceChangedError as exc:
+                raise SourceChangedError(
+                    f"run {run_id!r} was started with different items: {exc.message}",
+                    run_id=run_id,
+                ) from exc
         if record.ingest_complete or record.status.is_terminal:
             self._refresh_if_free(run)
             return run
