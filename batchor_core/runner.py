@@ -227,9 +227,16 @@ class BatchRunner:
     def get_run(self, run_id: str, *, job: BatchJob | None = None) -> Run:
         """Rehydrate a run's handle from the store (for example in a new process).
 
+        Every action works without ``job=``: cancel, pause, resume, summary, export and
+        even ``wait()``. Without the output model (it cannot be imported by name, for
+        example it was defined in the starting script), finished batches are collected
+        by checking outputs against the strict JSON schema stored with the run (what the
+        provider enforced), and ``results()`` yield plain ``dict`` outputs. Pass ``job=``
+        to get typed outputs (validated with the model as they are read).
+
         Args:
             run_id: The run's id.
-            job: The run's job, to validate typed outputs when its output model cannot be
+            job: The run's job, for typed outputs when its output model cannot be
                 imported by name; it must match the job the run started with.
 
         Raises:
