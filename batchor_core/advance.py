@@ -393,7 +393,8 @@ class RunStepper:
                 continue
             key = output_key(run.run_id, chunk.chunk_id, batch.batch_id, kind)
             if not self.artifacts.exists(key):
-                self.artifacts.write_stream(key, self.provider.download_file(file_id))
+                stream = self.lease.renewing(run.run_id, self.provider.download_file(file_id))
+                self.artifacts.write_stream(key, stream)
                 failpoints.reach("collect.downloaded")
             with self.artifacts.open_read(key) as fh:
                 for raw in fh:

@@ -63,9 +63,12 @@ class BatchRunner:
         create_grace_seconds: After an ambiguous batch creation, how long a batch that
             cannot be found is looked for before it is created again (a create the
             provider commits late must not become a second batch).
-        lease_ttl_seconds: How long this process's lease on a run lasts unrenewed (a
-            crashed process blocks others for at most this long).
+        lease_ttl_seconds: How long this process's lease on a run lasts unrenewed. A
+            holder that died is detected at once (on the same host with SQLite, on any
+            host with Postgres); otherwise it blocks others for at most this long.
         owner_id: This process's lease owner id (host:pid:random by default).
+        handle_sigterm: If the program has no SIGTERM handler, install one that exits
+            via ``SystemExit`` so held leases are released (main thread only).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class BatchRunner:
         create_grace_seconds: float = 60.0,
         lease_ttl_seconds: float = 120.0,
         owner_id: str | None = None,
+        handle_sigterm: bool = True,
     ) -> None:
         from batchor_core import defaults
 
@@ -95,7 +99,13 @@ class BatchRunner:
         self.provider: BatchProvider = defaults.as_provider(provider)
         self.clock: Clock = clock if clock is not None else defaults.default_clock()
         self.owner_id = owner_id or new_owner_id()
-        self._lease = LeaseKeeper(self.storage, self.clock, self.owner_id, lease_ttl_seconds)
+        self._lease = LeaseKeeper(
+            self.storage,
+            self.clock,
+            self.owner_id,
+            lease_ttl_seconds,
+            handle_sigterm=handle_sigterm,
+        )
         self._stepper = RunStepper(
             lease=self._lease,
             store=self.storage,
@@ -129,7 +139,8 @@ class BatchRunner:
         self.close()
 
     def close(self) -> None:
-        """Release HTTP connections and database connections."""
+        """Release held leases, HTTP connections and database connections."""
+        self._lease.release_all()
         closer = getattr(self.provider, "close", None)
         if callable(closer):
             closer()
@@ -272,6 +283,24 @@ class BatchRunner:
     def cancel(self, run_id: str, reason: str | None = None) -> RunSummary:
         """Cancel a run by id (see :meth:`Run.cancel`)."""
         return self.get_run(run_id).cancel(reason)
+
+    def break_lease(self, run_id: str) -> str | None:
+        """Clear a run's lease whoever holds it; return the holder it had (None: free).
+
+        Operator action for a stale lease whose holder you know is gone but which batchor
+        cannot see die: a process on another host (SQLite on a shared disk), before the
+        lease's TTL runs out. A dead holder on this host, or any host with Postgres, is
+        detected without it. A holder that is in fact alive is fenced out: its next
+        renewal fails and it stops before its next call to the provider.
+
+        Raises:
+            RunNotFoundError: No such run.
+        """
+        if self.storage.load_run(run_id) is None:
+            raise RunNotFoundError(f"no run {run_id!r} in {self.storage!r}", run_id=run_id)
+        holder = self.storage.break_lease(run_id)
+        log.warning("run %s: lease of %s broken by operator", run_id, holder or "nobody")
+        return holder
 
     def list_runs(self) -> list[str]:
         """Ids of every run in the store, oldest first."""

@@ -11,6 +11,7 @@ import os
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     case,
@@ -36,6 +37,11 @@ __all__ = ["MemoryStateStore", "PostgresStorage", "SQLStateStore", "SQLiteStorag
 
 from batchor_core.storage.base import QUEUED, RETRY, aware_utc, dump_json, utc_now
 from batchor_core.storage.items_sql import ItemOps
+from batchor_core.storage.liveness import FileLiveness, Liveness, PostgresLiveness
+
+
+def _host_of(owner: str) -> str:
+    return owner.split(":", 1)[0]
 
 
 class SQLStateStore(ItemOps):
@@ -117,27 +123,50 @@ class SQLStateStore(ItemOps):
             )
         return bool(result.rowcount > 0)
 
+    _liveness: Liveness | None = None
+
     def acquire_lease(
         self, run_id: str, owner: str, *, now: datetime, ttl_seconds: float
     ) -> LeaseGrant:
         """Take or renew the run's lease; the grant has the fencing token, or the holder.
 
-        The lease is free when nobody holds it, when ``owner`` already holds it, or when
-        the holder's lease has expired (a crashed process). The token changes whenever
-        the lease changes hands (including after a release).
+        The lease is free when nobody holds it, when ``owner`` already holds it, when the
+        holder's lease has expired, or when its holder is dead: its liveness lock (see
+        :mod:`batchor_core.storage.liveness`) is free, so a restart after a crash takes
+        over at once. The token changes whenever the lease changes hands (including
+        after a release), which fences out a holder that was only presumed dead.
         """
         expires = now + timedelta(seconds=ttl_seconds)
+        liveness = self._liveness
+        had_lock = False
+        alive_check: bool | None = None
+        if liveness is not None:
+            had_lock = liveness.holds(run_id)
+            alive_check = liveness.try_hold(run_id)
+        free = [
+            runs.c.lease_owner.is_(None),
+            runs.c.lease_owner == owner,
+            runs.c.lease_expires_at < now,
+        ]
+        if alive_check is True and liveness is not None:
+            # Nobody else holds the liveness lock, so the row's holder is dead; with a
+            # per-host lock that is only known for holders on this host.
+            if liveness.across_hosts:
+                free.append(runs.c.lease_owner.is_not(None))
+            else:
+                free.append(runs.c.lease_owner.startswith(_host_of(owner) + ":", autoescape=True))
+        grant = self._grant(run_id, owner, expires, now, free)
+        if grant.token is None and liveness is not None and alive_check is True and not had_lock:
+            liveness.drop(run_id)  # hold the lock only while holding the lease
+        return grant
+
+    def _grant(
+        self, run_id: str, owner: str, expires: datetime, now: datetime, free: list[Any]
+    ) -> LeaseGrant:
         with self._tx() as conn:
             result = conn.execute(
                 update(runs)
-                .where(
-                    runs.c.run_id == run_id,
-                    or_(
-                        runs.c.lease_owner.is_(None),
-                        runs.c.lease_owner == owner,
-                        runs.c.lease_expires_at < now,
-                    ),
-                )
+                .where(runs.c.run_id == run_id, or_(*free))
                 .values(
                     lease_owner=owner,
                     lease_expires_at=expires,
@@ -159,13 +188,34 @@ class SQLStateStore(ItemOps):
         return LeaseGrant(token=None, holder=f"{holder[0]} (until {aware_utc(holder[1])})")
 
     def release_lease(self, run_id: str, owner: str) -> None:
-        """Give the lease up if ``owner`` holds it."""
+        """Give the lease up if ``owner`` holds it (the row first, then the lock)."""
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.run_id == run_id, runs.c.lease_owner == owner)
+                    .values(lease_owner=None, lease_expires_at=None)
+                )
+        finally:
+            if self._liveness is not None:
+                self._liveness.drop(run_id)
+
+    def break_lease(self, run_id: str) -> str | None:
+        """Clear the run's lease whoever holds it; return the holder it had, if any.
+
+        The fencing token moves on, so a holder that is in fact alive fails its next
+        renewal and stops before its next side effect.
+        """
         with self._tx() as conn:
+            holder = conn.execute(
+                select(runs.c.lease_owner).where(runs.c.run_id == run_id)
+            ).scalar()
             conn.execute(
                 update(runs)
-                .where(runs.c.run_id == run_id, runs.c.lease_owner == owner)
-                .values(lease_owner=None, lease_expires_at=None)
+                .where(runs.c.run_id == run_id)
+                .values(lease_owner=None, lease_expires_at=None, lease_token=runs.c.lease_token + 1)
             )
+        return None if holder is None else str(holder)
 
     def set_retention(self, run_id: str, retention: JSONObject) -> None:
         """Record what was exported and pruned."""
@@ -245,6 +295,7 @@ class SQLiteStorage(SQLStateStore):
         super().__init__(f"sqlite:///{self.path}")
         if self.path.exists():
             os.chmod(self.path, 0o600)
+        self._liveness = FileLiveness(self.path.with_name(self.path.name + ".leases"))
 
 
 class PostgresStorage(SQLStateStore):
@@ -256,6 +307,13 @@ class PostgresStorage(SQLStateStore):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
+        self._pg_liveness = PostgresLiveness(self._engine)
+        self._liveness = self._pg_liveness
+
+    def close(self) -> None:
+        """Release the liveness connection, then the pool."""
+        self._pg_liveness.close()
+        super().close()
 
 
 class MemoryStateStore(SQLStateStore):
