@@ -253,3 +253,32 @@ def test_nothing_listening_at_base_url_pauses_when_the_transient_budget_is_spent
     reason = summary.status_reason or ""
     assert "Connection to OpenAI failed while uploading" in reason
     assert summary.last_error is not None
+
+
+class _LateCommitProvider(OpenAIBatchProvider):
+    """The real provider, on a service that lists a new batch only a while after creating it."""
+
+    hidden_lookups = 2
+
+    def find_batches(self, metadata: Any, *, max_pages: int = 20) -> list[Any]:
+        if self.hidden_lookups > 0:
+            self.hidden_lookups -= 1
+            return []
+        return super().find_batches(metadata, max_pages=max_pages)
+
+
+def test_an_ambiguous_create_committed_late_does_not_become_a_second_batch(
+    make_runner: Callable[..., BatchRunner], emulator: Any
+) -> None:
+    clock = FakeClock()
+    emulator.faults.commit_then_fail(status=502)
+    provider = _LateCommitProvider(
+        OpenAIProviderConfig(api_key="sk-test", base_url=emulator.base_url, max_retries=0)
+    )
+    run = make_runner(provider=provider, clock=clock, create_grace_seconds=60.0).start(
+        _job(), items=_items(3), run_id="late"
+    )
+    summary = run.wait(timeout=600, poll_interval=1.0)
+    assert summary.status is RunStatus.COMPLETED
+    assert provider.hidden_lookups == 0
+    assert emulator.batch_create_count == 1  # adopted once listed, never created again
