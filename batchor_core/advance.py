@@ -12,21 +12,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import re
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
 from batchor_core import failpoints
-from batchor_core.collect import OutcomeBuilder, validate_output
+from batchor_core.collect import LineSorter, OutcomeBuilder
 from batchor_core.errors import ConfigurationError, ProviderError, RateLimitedError
 from batchor_core.jobspec import chunk_policy, retry_policy
 from batchor_core.lease import LeaseKeeper
-from batchor_core.models import ItemError, ItemStatus, RunStatus, Usage
+from batchor_core.models import RunStatus
 from batchor_core.packing import (
     chunk_key,
     output_key,
-    parse_custom_id,
     seal_chunk,
 )
 from batchor_core.ports import (
@@ -36,7 +34,6 @@ from batchor_core.ports import (
     ChunkRecord,
     ChunkState,
     Clock,
-    ItemOutcome,
     ProviderBatch,
     RunRecord,
     StateStore,
@@ -47,7 +44,6 @@ from batchor_core.stalls import StallPolicy
 __all__ = ["RunStepper"]
 
 log = logging.getLogger("batchor.run")
-_NO_OUTPUT = ItemError("empty_output", "no output")
 _STOPPING = frozenset({"cancelling", "cancelled", "completed", "failed", "expired"})
 
 
@@ -301,23 +297,15 @@ class RunStepper:
         current = self._reload(chunk)
         if current.state is ChunkState.SUBMITTED:
             return True  # the ambiguous create did happen; reconciling adopted the batch
-        what = f"submitting chunk {chunk.chunk_id}"
-        self._stall(run, current, exc, what)
+        delay = self._stall(run, current, exc, f"submitting chunk {chunk.chunk_id}")
         if isinstance(exc, RateLimitedError):
             # A 429 is about the account, not this chunk: hold back every unsubmitted
-            # chunk of the run for as long as the provider asked.
+            # chunk of the run for as long as the provider asked (without charging them).
             for other in self.store.list_chunks(
                 run.run_id, [ChunkState.SEALED, ChunkState.UPLOADED]
             ):
                 if other.chunk_id != current.chunk_id:
-                    self._defer(
-                        other,
-                        exc,
-                        self.stalls.decide(
-                            exc, first_error_at=None, now=self.clock.now(), what=what
-                        ).delay_seconds,
-                        first_error_at=other.first_error_at,
-                    )
+                    self._defer(other, exc, delay, first_error_at=other.first_error_at)
         return True
 
     def _pause(self, run: RunRecord, reason: str) -> None:
@@ -382,12 +370,11 @@ class RunStepper:
         # script) outputs are checked against the stored strict schema instead: cancel,
         # resume and wait work in any process.
         output_schema = spec.get("output_schema") if output_model is None else None
-        # Successes (the common case) need nothing from the store; the store's conditional
-        # update ignores lines of stale submissions. Failures and missing lines need the
-        # items' attempt counts, fetched only for them.
-        successes: list[ItemOutcome] = []
-        failures: list[tuple[int, int, ItemError, Usage | None]] = []
-        seen: set[int] = set()
+        sorter = LineSorter(
+            parse=lambda raw: self.provider.parse_line(spec["endpoint"], raw),
+            output_model=output_model,
+            output_schema=output_schema,
+        )
         for kind, file_id in (("output", batch.output_file_id), ("error", batch.error_file_id)):
             if not file_id:
                 continue
@@ -398,46 +385,10 @@ class RunStepper:
                 failpoints.reach("collect.downloaded")
             with self.artifacts.open_read(key) as fh:
                 for raw in fh:
-                    if not raw.strip():
-                        continue
-                    try:
-                        parsed = self.provider.parse_line(spec["endpoint"], raw)
-                    except ProviderError as exc:
-                        # A corrupt line fails its own item (when its custom_id can be
-                        # read), never the whole batch; unreadable ones leave their item
-                        # without a line, which is retried as "missing" below.
-                        ids = parse_custom_id(_salvage_custom_id(raw))
-                        if ids is not None and ids[0] not in seen:
-                            seen.add(ids[0])
-                            corrupt = ItemError("invalid_line", exc.message[:2000])
-                            failures.append((ids[0], ids[1], corrupt, None))
-                        log.warning("run %s: %s", run.run_id, exc.message)
-                        continue
-                    ids = parse_custom_id(parsed.custom_id)
-                    if ids is None or ids[0] in seen:
-                        continue  # not ours, or a repeated line
-                    seen.add(ids[0])
-                    seq, sub = ids
-                    if parsed.error is not None:
-                        failures.append((seq, sub, parsed.error, parsed.usage))
-                    elif parsed.text is None:
-                        failures.append((seq, sub, _NO_OUTPUT, None))
-                    else:
-                        output_json, error = validate_output(
-                            parsed.text, output_model, output_schema
-                        )
-                        if error is None and output_json is not None:
-                            successes.append(
-                                ItemOutcome(
-                                    seq,
-                                    sub,
-                                    ItemStatus.COMPLETED,
-                                    output_json=output_json,
-                                    usage=parsed.usage,
-                                )
-                            )
-                        else:
-                            failures.append((seq, sub, error or _NO_OUTPUT, parsed.usage))
+                    sorter.add(raw)
+        if sorter.corrupt_lines:
+            log.warning("run %s: %s", run.run_id, sorter.corrupt_lines[-1])
+        successes, failures, seen = sorter.successes, sorter.failures, sorter.seen
         missing: list[tuple[int, int]] = []
         if len(seen) < chunk.request_count:
             missing = [
@@ -576,15 +527,17 @@ class RunStepper:
                 return current
         return chunk
 
-    def _stall(self, run: RunRecord, chunk: ChunkRecord, exc: ProviderError, what: str) -> None:
+    def _stall(self, run: RunRecord, chunk: ChunkRecord, exc: ProviderError, what: str) -> float:
         """Charge a provider error to ``chunk``: back off, or pause the run when its
-        streak of errors is over budget (see :mod:`batchor_core.stalls`)."""
+        streak of errors is over budget (see :mod:`batchor_core.stalls`); return the
+        backoff in seconds."""
         now = self.clock.now()
         started = chunk.first_error_at or now
         decision = self.stalls.decide(exc, first_error_at=chunk.first_error_at, now=now, what=what)
         self._defer(chunk, exc, decision.delay_seconds, first_error_at=started)
         if decision.pause_reason is not None:
             self._pause(run, decision.pause_reason)
+        return decision.delay_seconds
 
     def _defer(
         self,
@@ -607,15 +560,6 @@ class RunStepper:
         log.info(
             "run %s: chunk %s deferred %.1fs: %s", chunk.run_id, chunk.chunk_id, delay, exc.message
         )
-
-
-_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"([^"\\]{1,200})"')
-
-
-def _salvage_custom_id(raw: bytes) -> str:
-    """The custom id of a line too corrupt to parse, when it can still be read."""
-    found = _CUSTOM_ID.search(raw)
-    return found.group(1).decode("ascii", "replace") if found else ""
 
 
 def _upload_name(run_id: str, chunk: ChunkRecord) -> str:

@@ -35,17 +35,18 @@ class Liveness(Protocol):
     across_hosts: bool
     """Whether a free lock also proves that no process on another host holds the lease."""
 
-    def try_hold(self, run_id: str) -> bool | None:
-        """Take (or keep) the run's lock: True if held now, False if a live process holds
-        it, None if liveness cannot be told (fall back to the lease's TTL)."""
+    def try_hold(self, run_id: str, owner: str) -> bool | None:
+        """Take (or keep) the run's lock for ``owner``: True if held now, False if another
+        live holder has it (another process, or another owner sharing this store), None
+        if liveness cannot be told (fall back to the lease's TTL)."""
         ...
 
-    def drop(self, run_id: str) -> None:
-        """Release the run's lock if this process holds it."""
+    def drop(self, run_id: str, owner: str) -> None:
+        """Release the run's lock if ``owner`` holds it through this store."""
         ...
 
-    def holds(self, run_id: str) -> bool:
-        """Whether this store holds the run's lock now."""
+    def holds(self, run_id: str, owner: str) -> bool:
+        """Whether ``owner`` holds the run's lock through this store now."""
         ...
 
 
@@ -60,16 +61,16 @@ class FileLiveness:
 
     def __init__(self, directory: Path) -> None:
         self._directory = directory
-        self._held: dict[str, int] = {}
+        self._held: dict[str, tuple[str, int]] = {}
         self._mutex = threading.Lock()
 
-    def try_hold(self, run_id: str) -> bool | None:
+    def try_hold(self, run_id: str, owner: str) -> bool | None:
         """Take the run's file lock without blocking."""
         import fcntl
 
         with self._mutex:
             if run_id in self._held:
-                return True
+                return self._held[run_id][0] == owner
             try:
                 self._directory.mkdir(mode=0o700, exist_ok=True)
                 fd = os.open(
@@ -82,20 +83,23 @@ class FileLiveness:
             except OSError:
                 os.close(fd)
                 return False
-            self._held[run_id] = fd
+            self._held[run_id] = (owner, fd)
             return True
 
-    def holds(self, run_id: str) -> bool:
-        """Whether this store holds the run's lock now."""
-        return run_id in self._held
+    def holds(self, run_id: str, owner: str) -> bool:
+        """Whether ``owner`` holds the run's lock through this store now."""
+        held = self._held.get(run_id)
+        return held is not None and held[0] == owner
 
-    def drop(self, run_id: str) -> None:
+    def drop(self, run_id: str, owner: str) -> None:
         """Close the run's lock file (closing releases the lock)."""
         with self._mutex:
-            fd = self._held.pop(run_id, None)
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            held = self._held.get(run_id)
+            if held is None or held[0] != owner:
+                return
+            del self._held[run_id]
+        with contextlib.suppress(OSError):
+            os.close(held[1])
 
 
 class PostgresLiveness:
@@ -106,14 +110,14 @@ class PostgresLiveness:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._conn: Connection | None = None
-        self._held: set[str] = set()
+        self._held: dict[str, str] = {}
         self._mutex = threading.Lock()
 
-    def try_hold(self, run_id: str) -> bool | None:
+    def try_hold(self, run_id: str, owner: str) -> bool | None:
         """``pg_try_advisory_lock`` on the run's key (once per run: locks stack)."""
         with self._mutex:
             if run_id in self._held:
-                return True
+                return self._held[run_id] == owner
             try:
                 if self._conn is None:
                     self._conn = self._engine.connect().execution_options(
@@ -126,19 +130,19 @@ class PostgresLiveness:
                 self._reset()
                 return None
             if got:
-                self._held.add(run_id)
+                self._held[run_id] = owner
             return bool(got)
 
-    def holds(self, run_id: str) -> bool:
-        """Whether this store holds the run's lock now."""
-        return run_id in self._held
+    def holds(self, run_id: str, owner: str) -> bool:
+        """Whether ``owner`` holds the run's lock through this store now."""
+        return self._held.get(run_id) == owner
 
-    def drop(self, run_id: str) -> None:
+    def drop(self, run_id: str, owner: str) -> None:
         """``pg_advisory_unlock`` the run's key."""
         with self._mutex:
-            if run_id not in self._held or self._conn is None:
+            if self._held.get(run_id) != owner or self._conn is None:
                 return
-            self._held.discard(run_id)
+            del self._held[run_id]
             try:
                 self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _key(run_id)})
             except SQLAlchemyError:

@@ -141,8 +141,8 @@ class SQLStateStore(ItemOps):
         had_lock = False
         alive_check: bool | None = None
         if liveness is not None:
-            had_lock = liveness.holds(run_id)
-            alive_check = liveness.try_hold(run_id)
+            had_lock = liveness.holds(run_id, owner)
+            alive_check = liveness.try_hold(run_id, owner)
         free = [
             runs.c.lease_owner.is_(None),
             runs.c.lease_owner == owner,
@@ -157,7 +157,7 @@ class SQLStateStore(ItemOps):
                 free.append(runs.c.lease_owner.startswith(_host_of(owner) + ":", autoescape=True))
         grant = self._grant(run_id, owner, expires, now, free)
         if grant.token is None and liveness is not None and alive_check is True and not had_lock:
-            liveness.drop(run_id)  # hold the lock only while holding the lease
+            liveness.drop(run_id, owner)  # hold the lock only while holding the lease
         return grant
 
     def _grant(
@@ -198,7 +198,7 @@ class SQLStateStore(ItemOps):
                 )
         finally:
             if self._liveness is not None:
-                self._liveness.drop(run_id)
+                self._liveness.drop(run_id, owner)
 
     def break_lease(self, run_id: str) -> str | None:
         """Clear the run's lease whoever holds it; return the holder it had, if any.
