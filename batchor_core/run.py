@@ -72,7 +72,11 @@ class Run:
         poll_interval: float = 30.0,
         on_progress: Callable[[RunSummary], None] | None = None,
     ) -> RunSummary:
-        """Refresh until the run finishes.
+        """Refresh until the run finishes, or is paused with nothing left to collect.
+
+        A paused run's batches in flight are still collected; ``wait()`` returns once none
+        is left, or once those left are held back by provider errors (see
+        ``summary().status_reason`` and ``last_error``; ``resume()`` retries them).
 
         Args:
             timeout: Seconds to wait at most (None: no limit).

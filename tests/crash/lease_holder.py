@@ -1,6 +1,7 @@
 """A process that takes a run's lease and then waits to be killed (restart tests).
 
 Usage: python -m tests.crash.lease_holder DB ARTIFACTS BASE_URL RUN_ID [--own-handler]
+       [--owner=OWNER_ID]
 Prints ``held <true|false>`` (whether SIGTERM still has the program's own handler) once
 it holds the lease, then sleeps.
 """
@@ -33,7 +34,9 @@ def main() -> None:
     if own:
         signal.signal(signal.SIGTERM, _own_handler)
     store_url = os.environ.get("BATCHOR_TEST_STORE_URL")
+    owner = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--owner=")), None)
     runner = BatchRunner(
+        owner_id=owner,
         storage=PostgresStorage(store_url) if store_url else SQLiteStorage(db),
         artifacts=LocalArtifactStore(artifacts),
         provider=OpenAIProviderConfig(api_key="sk-test", base_url=base_url, max_retries=0),

@@ -137,3 +137,20 @@ def test_break_lease_fences_out_a_holder_batchor_cannot_see_die(
         assert summary.status is RunStatus.COMPLETED
         with pytest.raises(RunLeasedError, match="lost the lease"):
             far.stepper.lease.renew("stale")
+
+
+def test_a_dead_holder_on_another_host_is_waited_out_or_broken_on_sqlite(
+    tmp_path: Path, emulator: Any
+) -> None:
+    # A file lock proves liveness only on this host: a holder whose owner id names another
+    # host keeps its lease until the TTL, even once its lock is free, unless broken.
+    proc = _hold(tmp_path, emulator, "far", {}, "--owner=otherhost:1:x")
+    assert proc.stdout is not None and proc.stdout.readline().startswith("held")
+    proc.kill()
+    proc.communicate()
+    with _runner(tmp_path, emulator, {}) as runner:
+        run = runner.get_run("far", job=job())
+        with pytest.raises(RunLeasedError, match="otherhost:1:x"):
+            run.refresh()
+        assert runner.break_lease("far") == "otherhost:1:x"
+        assert run.wait(timeout=60, poll_interval=0.02).status is RunStatus.COMPLETED
