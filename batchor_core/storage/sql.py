@@ -282,6 +282,9 @@ class SQLStateStore(ItemOps):
 class SQLiteStorage(SQLStateStore):
     """Control-plane store in a SQLite file (WAL mode).
 
+    Lease holders also hold a file lock in ``<file>.leases/`` (one small file per run),
+    so a holder that dies on this host is taken over at once.
+
     Args:
         path: Database file; parent directories are created (0700).
     """
@@ -300,6 +303,9 @@ class SQLiteStorage(SQLStateStore):
 
 class PostgresStorage(SQLStateStore):
     """Control-plane store in Postgres (``pip install 'batchor[postgres]'``).
+
+    Lease holders also hold a session advisory lock on one dedicated connection, so a
+    holder that dies (on any host) is taken over as soon as the server drops it.
 
     Args:
         url: ``postgresql://user:pass@host/db`` (the psycopg 3 driver is used).
