@@ -14,9 +14,16 @@ from batchor_core.clock import SystemClock
 from batchor_core.errors import ConfigurationError
 from batchor_core.ports import ArtifactStore, BatchProvider, Clock, StateStore
 from batchor_core.providers.openai import OpenAIBatchProvider, OpenAIProviderConfig
-from batchor_core.storage import SQLiteStorage
+from batchor_core.storage import MemoryStateStore, PostgresStorage, SQLiteStorage
 
-__all__ = ["as_provider", "default_artifacts", "default_clock", "default_storage"]
+__all__ = [
+    "as_provider",
+    "default_artifacts",
+    "default_clock",
+    "default_storage",
+    "open_artifacts",
+    "open_storage",
+]
 
 DEFAULT_HOME = Path(".batchor")
 
@@ -36,6 +43,45 @@ def default_artifacts(storage: StateStore) -> ArtifactStore:
     if isinstance(path, Path):
         return LocalArtifactStore(path.parent / "artifacts")
     return LocalArtifactStore(_home() / "artifacts")
+
+
+def open_storage(location: str | os.PathLike[str] | None) -> StateStore:
+    """A store from a path or URL.
+
+    ``None`` is the default SQLite file; ``"memory"`` (or ``sqlite://``) an in-memory
+    store; ``sqlite:///path`` or a plain path a SQLite file; ``postgresql://...`` (or
+    ``postgresql+psycopg://...``) Postgres.
+
+    Raises:
+        ConfigurationError: The URL names a database batchor cannot use.
+    """
+    if location is None:
+        return default_storage()
+    text = os.fspath(location).strip()
+    if not text:
+        raise ConfigurationError("the store location is empty; give a SQLite path or a URL")
+    if text in ("memory", "memory://", "sqlite://", "sqlite:///:memory:"):
+        return MemoryStateStore()
+    if text.startswith("sqlite:///"):
+        return SQLiteStorage(text[len("sqlite:///") :])
+    if text.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+        if text.startswith("postgres://"):
+            text = "postgresql://" + text[len("postgres://") :]
+        return PostgresStorage(text)
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise ConfigurationError(
+            f"unsupported store URL scheme {scheme!r}; use a SQLite path, sqlite:///path, "
+            "or postgresql://user:password@host/database"
+        )
+    return SQLiteStorage(text)
+
+
+def open_artifacts(location: str | os.PathLike[str] | None, storage: StateStore) -> ArtifactStore:
+    """An artifact store from a directory (``None``: beside the SQLite file)."""
+    if location is None:
+        return default_artifacts(storage)
+    return LocalArtifactStore(Path(location))
 
 
 def default_clock() -> Clock:

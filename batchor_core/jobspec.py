@@ -24,14 +24,53 @@ __all__ = ["describe_job_change", "job_spec", "request_spec", "resolve_output_mo
 
 
 def _code_digest(fn: Callable[..., Any] | None) -> str | None:
+    """A digest of what a builder does: its code, and the plain values it closes over or
+    holds (a prompt template in a closure, or in a callable object's attributes), so a
+    changed template is a changed job even when the code is the same."""
     if fn is None:
         return None
-    code = getattr(fn, "__code__", None)
-    if not isinstance(code, CodeType):
-        return f"{type(fn).__module__}.{type(fn).__qualname__}"
     digest = hashlib.sha256()
-    _feed_code(digest, code)
+    code = getattr(fn, "__code__", None)
+    if isinstance(code, CodeType):
+        _feed_code(digest, code)
+        for cell in getattr(fn, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            _feed_value(digest, value)
+        return digest.hexdigest()[:16]
+    call_code = getattr(type(fn).__call__, "__code__", None)
+    digest.update(f"{type(fn).__module__}.{type(fn).__qualname__}".encode())
+    if isinstance(call_code, CodeType):
+        _feed_code(digest, call_code)
+    for name, value in sorted(vars(fn).items()) if hasattr(fn, "__dict__") else ():
+        digest.update(name.encode())
+        _feed_value(digest, value)
     return digest.hexdigest()[:16]
+
+
+_PLAIN = (str, int, float, bool, bytes, type(None))
+
+
+def _feed_value(digest: Any, value: object) -> None:
+    """Feed plain data (and containers of it); anything else only by its type, so an
+    object whose repr holds an address never makes two equal jobs differ."""
+    if isinstance(value, _PLAIN):
+        digest.update(repr(value).encode())
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[")
+        for item in value:
+            _feed_value(digest, item)
+        digest.update(b"]")
+    elif isinstance(value, dict):
+        digest.update(b"{")
+        for key in sorted(value, key=repr):
+            _feed_value(digest, key)
+            _feed_value(digest, value[key])
+        digest.update(b"}")
+    else:
+        digest.update(f"<{type(value).__module__}.{type(value).__qualname__}>".encode())
 
 
 def _feed_code(digest: Any, code: CodeType) -> None:

@@ -261,6 +261,14 @@ class RunSummary:
         usage: Tokens used so far.
         created_at: When the run started.
         updated_at: When the run last changed.
+        owner: Who owns the run (as given to ``start(owner=...)``), for example a
+            Dagster asset and partition.
+        model: The job's model.
+        endpoint: The job's endpoint.
+        batch_ids: Provider batch ids created for the run so far, oldest first.
+        collected_by: Who turned the finished run into its downstream result (see
+            :meth:`Run.mark_collected`), or None.
+        collected_at: When that happened.
         last_error: The latest provider error of a batch that is currently held back by
             errors (None when nothing is stalled): why the run is not moving.
         stalled_chunks: Batches currently held back by provider errors (backing off, or
@@ -282,6 +290,12 @@ class RunSummary:
     usage: Usage
     created_at: datetime
     updated_at: datetime
+    owner: Mapping[str, JSONValue] | None = None
+    model: str | None = None
+    endpoint: str | None = None
+    batch_ids: tuple[str, ...] = ()
+    collected_by: str | None = None
+    collected_at: datetime | None = None
     last_error: str | None = None
     stalled_chunks: int = 0
 

@@ -16,6 +16,7 @@ from batchor_core.records import (
     UNSUBMITTED_CHUNK_STATES,
     ChunkRecord,
     ChunkState,
+    ChunkStats,
     ItemOutcome,
     LeaseGrant,
     NewItem,
@@ -37,6 +38,7 @@ __all__ = [
     "BatchProvider",
     "ChunkRecord",
     "ChunkState",
+    "ChunkStats",
     "Clock",
     "ItemOutcome",
     "ItemSource",
@@ -202,6 +204,36 @@ class StateStore(Protocol):
 
     def list_run_ids(self) -> list[str]:
         """Every run id, oldest first."""
+        ...
+
+    def list_runs(
+        self,
+        *,
+        statuses: Collection[RunStatus] | None = None,
+        collected: bool | None = None,
+        run_ids: Collection[str] | None = None,
+    ) -> list[RunRecord]:
+        """Runs (oldest first), optionally only those in ``statuses``, collected or not,
+        or with the given ids; each record carries its collection marker."""
+        ...
+
+    def chunk_stats(self, run_ids: Collection[str]) -> dict[str, ChunkStats]:
+        """Batch counts and provider batch ids per run, for many runs at once."""
+        ...
+
+    def mark_collected(
+        self, run_id: str, by: str, *, now: datetime, replace: str | None = None
+    ) -> str:
+        """Record that ``by`` collected the run, unless someone else already did; with
+        ``replace``, take the marker over from that collector. Return who holds it now."""
+        ...
+
+    def release_collected(self, run_id: str, by: str) -> bool:
+        """Remove the run's collection marker if ``by`` holds it; return whether it did."""
+        ...
+
+    def error_counts(self, run_id: str) -> dict[str, int]:
+        """How many failed or cancelled items carry each error code."""
         ...
 
     def set_source(self, run_id: str, identity: JSONObject) -> None:

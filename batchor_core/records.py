@@ -17,6 +17,7 @@ __all__ = [
     "UNSUBMITTED_CHUNK_STATES",
     "ChunkRecord",
     "ChunkState",
+    "ChunkStats",
     "ItemOutcome",
     "LeaseGrant",
     "NewItem",
@@ -91,6 +92,20 @@ class RunRecord:
     created_at: datetime
     updated_at: datetime
     retention: JSONObject | None = None
+    collected_by: str | None = None
+    collected_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkStats:
+    """Per-run totals over its chunks, read in one query for many runs."""
+
+    batches_total: int = 0
+    batches_in_flight: int = 0
+    in_flight_items: int = 0
+    batch_ids: tuple[str, ...] = ()
+    stalled_chunks: int = 0
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,14 +18,24 @@ from batchor_core.errors import (
     RunTimeoutError,
 )
 from batchor_core.exports import ExportReport, write_export
-from batchor_core.models import ItemResult, ItemStatus, RunStatus, RunSummary, Usage
+from batchor_core.models import (
+    ItemResult,
+    ItemStatus,
+    JSONObject,
+    RunStatus,
+    RunSummary,
+    Usage,
+)
 from batchor_core.packing import chunk_key, output_key
-from batchor_core.ports import ChunkState, ResultRow, RunRecord
+from batchor_core.ports import ChunkState, ChunkStats, ResultRow, RunRecord
 
 if TYPE_CHECKING:
+    import pandas as pd  # type: ignore[import-untyped]
+    import pyarrow as pa  # type: ignore[import-untyped]
+
     from batchor_core.runner import BatchRunner
 
-__all__ = ["Run"]
+__all__ = ["Run", "summarize"]
 
 _FINISHED = (RunStatus.COMPLETED.value, RunStatus.CANCELLED.value)
 
@@ -139,36 +149,8 @@ class Run:
     def summary(self) -> RunSummary:
         """Status and counts, read from the store (cheap at any size)."""
         record = self._record()
-        chunks = self._runner.storage.list_chunks(self._run_id)
-        in_flight = [c for c in chunks if c.state is ChunkState.SUBMITTED]
-        done = record.completed_items + record.failed_items + record.cancelled_items
-        stalled = sorted(
-            (
-                c
-                for c in chunks
-                if c.first_error_at is not None and c.state is not ChunkState.COLLECTED
-            ),
-            key=lambda c: c.updated_at,
-        )
-        return RunSummary(
-            run_id=record.run_id,
-            status=record.status,
-            status_reason=record.status_reason,
-            total_items=record.total_items,
-            pending_items=record.total_items - done,
-            completed_items=record.completed_items,
-            failed_items=record.failed_items,
-            cancelled_items=record.cancelled_items,
-            in_flight_items=sum(c.request_count for c in in_flight),
-            batches_total=sum(1 for c in chunks if c.request_count > 0),
-            batches_in_flight=len(in_flight),
-            ingest_complete=record.ingest_complete,
-            usage=Usage(record.input_tokens, record.output_tokens),
-            created_at=record.created_at,
-            updated_at=record.updated_at,
-            last_error=stalled[-1].last_error if stalled else None,
-            stalled_chunks=len(stalled),
-        )
+        stats = self._runner.storage.chunk_stats([self._run_id])[self._run_id]
+        return summarize(record, stats)
 
     # ------------------------------------------------------------------ results
 
@@ -209,6 +191,67 @@ class Run:
             metadata=jsoncodec.loads(row.metadata_json) if row.metadata_json else None,
             cursor=row.finished_seq,
         )
+
+    def error_counts(self) -> dict[str, int]:
+        """How many failed or cancelled items carry each error code, most common first."""
+        return self._runner.storage.error_counts(self._run_id)
+
+    def to_arrow(self, *, status: ItemStatus | str | None = None) -> pa.Table:
+        """Terminal results as a ``pyarrow.Table``, read page by page without building
+        per-row result objects.
+
+        Columns: ``item_id``, ``status``, one column per field of the output model (typed
+        from its JSON schema; nested objects as structs, lists as lists) or ``output``
+        for text jobs and runs read without their model, then ``error_code``,
+        ``error_message``, ``attempts``, ``input_tokens``, ``output_tokens``,
+        ``metadata`` (JSON text) and ``cursor``.
+
+        Args:
+            status: Only results with this status (``completed``, ``failed``, ...).
+        """
+        from batchor_core.columnar import results_table
+
+        wanted = None if status is None else ItemStatus(status)
+        rows = (r for r in self._raw_results() if wanted is None or r.status is wanted)
+        return results_table(rows, self._output_schema())
+
+    def to_pandas(self, *, status: ItemStatus | str | None = None) -> pd.DataFrame:
+        """Terminal results as a ``pandas.DataFrame`` (see :meth:`to_arrow` for columns)."""
+        return self.to_arrow(status=status).to_pandas()
+
+    def mark_collected(self, by: str, *, replace: str | None = None) -> bool:
+        """Record that ``by`` turned this finished run into its one downstream result.
+
+        The first caller wins and every later caller is told so, which is how a Dagster
+        sensor and asset agree that a run was materialized exactly once. ``replace``
+        takes the marker over from a collector known to have failed.
+
+        Returns:
+            Whether ``by`` holds the marker now.
+        """
+        self._record()  # an unknown run raises RunNotFoundError
+        holder = self._runner.storage.mark_collected(
+            self._run_id, by, now=self._runner.clock.now(), replace=replace
+        )
+        return holder == by
+
+    def release_collection(self, by: str) -> bool:
+        """Give up the collection marker ``by`` holds (its collector failed before it
+        produced the downstream result), so another collector may take the run."""
+        return self._runner.storage.release_collected(self._run_id, by)
+
+    def _raw_results(self, page_size: int = 5000) -> Iterator[ResultRow]:
+        cursor = 0
+        while True:
+            rows = self._runner.storage.read_results(self._run_id, after=cursor, limit=page_size)
+            if not rows:
+                return
+            yield from rows
+            cursor = rows[-1].finished_seq
+
+    def _output_schema(self) -> JSONObject | None:
+        schema = self._record().job_spec.get("output_schema")
+        return schema if isinstance(schema, dict) else None
 
     # ------------------------------------------------------------------ retention
 
@@ -361,3 +404,34 @@ class Run:
         if record is None:
             raise RunNotFoundError(f"run {self._run_id!r} no longer exists", run_id=self._run_id)
         return record
+
+
+def summarize(record: RunRecord, stats: ChunkStats) -> RunSummary:
+    """A run's summary from its stored record and its chunk totals."""
+    done = record.completed_items + record.failed_items + record.cancelled_items
+    spec = record.job_spec
+    return RunSummary(
+        run_id=record.run_id,
+        status=record.status,
+        status_reason=record.status_reason,
+        total_items=record.total_items,
+        pending_items=record.total_items - done,
+        completed_items=record.completed_items,
+        failed_items=record.failed_items,
+        cancelled_items=record.cancelled_items,
+        in_flight_items=stats.in_flight_items,
+        batches_total=stats.batches_total,
+        batches_in_flight=stats.batches_in_flight,
+        ingest_complete=record.ingest_complete,
+        usage=Usage(record.input_tokens, record.output_tokens),
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        owner=record.owner,
+        model=spec.get("model"),
+        endpoint=spec.get("endpoint"),
+        batch_ids=stats.batch_ids,
+        collected_by=record.collected_by,
+        collected_at=record.collected_at,
+        last_error=stats.last_error,
+        stalled_chunks=stats.stalled_chunks,
+    )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,7 +23,7 @@ from batchor_core.errors import (
 from batchor_core.ingest import Ingestor, IterableSource, as_source
 from batchor_core.jobspec import describe_job_change, job_spec, request_spec, resolve_output_model
 from batchor_core.lease import LeaseKeeper, new_owner_id
-from batchor_core.models import BatchItem, BatchJob, JSONObject, RunStatus, RunSummary
+from batchor_core.models import BatchItem, BatchJob, JSONObject, JSONValue, RunStatus, RunSummary
 from batchor_core.ports import (
     ArtifactStore,
     BatchProvider,
@@ -31,7 +32,7 @@ from batchor_core.ports import (
     RunRecord,
     StateStore,
 )
-from batchor_core.run import Run
+from batchor_core.run import Run, summarize
 from batchor_core.stalls import StallPolicy
 
 __all__ = ["BatchRunner"]
@@ -128,6 +129,38 @@ class BatchRunner:
             clock=self.clock,
             slice_size=ingest_slice_size,
         )
+
+    @classmethod
+    def from_settings(
+        cls,
+        *,
+        store: str | os.PathLike[str] | None = None,
+        artifacts: str | os.PathLike[str] | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        **options: Any,
+    ) -> BatchRunner:
+        """A runner from plain settings, as a config file or orchestrator resource holds them.
+
+        Args:
+            store: A SQLite path, ``sqlite:///path``, ``postgresql://...`` or ``"memory"``
+                (default: ``./.batchor/batchor.sqlite3``).
+            artifacts: Artifact directory (default: beside the SQLite file).
+            api_key: OpenAI API key (default: ``OPENAI_API_KEY``).
+            base_url: OpenAI base URL (default: ``OPENAI_BASE_URL`` or the real service).
+            **options: Any other :class:`BatchRunner` keyword argument.
+        """
+        from batchor_core import defaults
+        from batchor_core.providers.openai import OpenAIProviderConfig
+
+        storage = defaults.open_storage(store)
+        try:
+            artifact_store = defaults.open_artifacts(artifacts, storage)
+            provider = OpenAIProviderConfig(api_key=api_key, base_url=base_url)
+            return cls(storage=storage, artifacts=artifact_store, provider=provider, **options)
+        except BaseException:
+            storage.close()
+            raise
 
     def __repr__(self) -> str:
         return f"BatchRunner(storage={self.storage!r}, artifacts={self.artifacts!r})"
@@ -272,6 +305,11 @@ class BatchRunner:
                     model = None  # same name, different shape: do not trust it
         return Run(self, run_id, output_model=model)
 
+    def job_fingerprint(self, job: BatchJob) -> str:
+        """The digest a run stores to recognise its job (model, endpoint, options, output
+        schema, policies and the request builder's code); equal jobs give equal digests."""
+        return job_spec(job, self.provider)[1]
+
     def pause(self, run_id: str, reason: str | None = None) -> RunSummary:
         """Pause a run by id (see :meth:`Run.pause`)."""
         return self.get_run(run_id).pause(reason)
@@ -302,9 +340,32 @@ class BatchRunner:
         log.warning("run %s: lease of %s broken by operator", run_id, holder or "nobody")
         return holder
 
-    def list_runs(self) -> list[str]:
-        """Ids of every run in the store, oldest first."""
-        return self.storage.list_run_ids()
+    def list_runs(
+        self,
+        *,
+        owner: Mapping[str, JSONValue] | None = None,
+        status: RunStatus | str | Collection[RunStatus | str] | None = None,
+        collected: bool | None = None,
+    ) -> list[RunSummary]:
+        """Summaries of the runs in the store, oldest first.
+
+        Args:
+            owner: Only runs whose owner has these keys and values (a run started with
+                ``owner={"asset": "reviews", "partition": "2026-11"}`` matches
+                ``owner={"asset": "reviews"}``).
+            status: Only runs with this status, or one of these statuses.
+            collected: Only runs with (True) or without (False) a collection marker
+                (see :meth:`Run.mark_collected`).
+        """
+        statuses: list[RunStatus] | None = None
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            statuses = [RunStatus(s) for s in wanted]
+        records = self.storage.list_runs(statuses=statuses, collected=collected)
+        if owner is not None:
+            records = [r for r in records if _owned_by(r.owner, owner)]
+        stats = self.storage.chunk_stats([r.run_id for r in records])
+        return [summarize(r, stats[r.run_id]) for r in records]
 
     # ------------------------------------------------------------------ internals
 
@@ -337,6 +398,10 @@ class BatchRunner:
     def stepper(self) -> RunStepper:
         """The step engine (used by :class:`Run`)."""
         return self._stepper
+
+
+def _owned_by(actual: JSONObject | None, wanted: Mapping[str, JSONValue]) -> bool:
+    return actual is not None and all(actual.get(k) == v for k, v in wanted.items())
 
 
 def _check_job(record: RunRecord, spec: JSONObject, fingerprint: str) -> None:

@@ -19,7 +19,7 @@ if [ -z "${BATCHOR_TEST_POSTGRES_URL:-}" ]; then
   fi
 fi
 
-.venv/bin/ruff format --check batchor_core batchor_dagster tests bench examples
-.venv/bin/ruff check batchor_core batchor_dagster tests bench examples
+.venv/bin/ruff format --check batchor_core batchor_dagster tests bench examples example_project
+.venv/bin/ruff check batchor_core batchor_dagster tests bench examples example_project
 .venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"

@@ -190,6 +190,8 @@ class StoreBase:
             retention=load_json(m["retention"]),
             created_at=aware_utc(m["created_at"]) or utc_now(),
             updated_at=aware_utc(m["updated_at"]) or utc_now(),
+            collected_by=m.get("collected_by"),
+            collected_at=aware_utc(m.get("collected_at")),
         )
 
     @staticmethod

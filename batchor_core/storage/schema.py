@@ -21,7 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["SCHEMA_VERSION", "chunks", "items", "meta", "metadata", "runs"]
+__all__ = ["SCHEMA_VERSION", "chunks", "collections", "items", "meta", "metadata", "runs"]
 
 SCHEMA_VERSION = 1
 
@@ -61,6 +61,17 @@ runs = Table(
     Column("lease_token", BigInteger, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Who turned a finished run into its one downstream result (for example the Dagster
+# materialization that collected it). A row of its own, inserted once, so two collectors
+# racing for the same run agree on a single winner (the primary key decides).
+collections = Table(
+    "batchor_collections",
+    metadata,
+    Column("run_id", String(512), primary_key=True),
+    Column("collected_by", String(512), nullable=False),
+    Column("collected_at", DateTime(timezone=True), nullable=False),
 )
 
 chunks = Table(

@@ -15,11 +15,14 @@ from typing import Any
 
 from sqlalchemy import (
     case,
+    delete,
+    func,
     insert,
     or_,
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
 from batchor_core.errors import (
     StorageError,
@@ -28,10 +31,11 @@ from batchor_core.models import JSONObject, RunStatus
 from batchor_core.ports import (
     ChunkRecord,
     ChunkState,
+    ChunkStats,
     LeaseGrant,
     RunRecord,
 )
-from batchor_core.storage.schema import chunks, items, runs
+from batchor_core.storage.schema import chunks, collections, items, runs
 
 __all__ = ["MemoryStateStore", "PostgresStorage", "SQLStateStore", "SQLiteStorage"]
 
@@ -88,13 +92,132 @@ class SQLStateStore(ItemOps):
     def load_run(self, run_id: str) -> RunRecord | None:
         """The run, or None."""
         with self._tx() as conn:
-            row = conn.execute(select(runs).where(runs.c.run_id == run_id)).first()
+            row = conn.execute(_RUNS_WITH_MARKER.where(runs.c.run_id == run_id)).first()
         return None if row is None else self._run_from_row(row._mapping)
 
     def list_run_ids(self) -> list[str]:
         """Every run id, oldest first."""
         with self._tx() as conn:
             return list(conn.execute(select(runs.c.run_id).order_by(runs.c.created_at)).scalars())
+
+    def list_runs(
+        self,
+        *,
+        statuses: Collection[RunStatus] | None = None,
+        collected: bool | None = None,
+        run_ids: Collection[str] | None = None,
+    ) -> list[RunRecord]:
+        """Runs oldest first, filtered in SQL by status, collection marker and id."""
+        stmt = _RUNS_WITH_MARKER
+        if statuses is not None:
+            stmt = stmt.where(runs.c.status.in_([s.value for s in statuses]))
+        if collected is True:
+            stmt = stmt.where(collections.c.run_id.is_not(None))
+        elif collected is False:
+            stmt = stmt.where(collections.c.run_id.is_(None))
+        if run_ids is not None:
+            stmt = stmt.where(runs.c.run_id.in_(list(run_ids)))
+        with self._tx() as conn:
+            rows = conn.execute(stmt.order_by(runs.c.created_at, runs.c.run_id)).all()
+        return [self._run_from_row(r._mapping) for r in rows]
+
+    def chunk_stats(self, run_ids: Collection[str]) -> dict[str, ChunkStats]:
+        """Batch counts, batch ids and stalls per run, one query per 500 runs."""
+        wanted = list(run_ids)
+        totals: dict[str, list[int]] = {r: [0, 0, 0, 0] for r in wanted}
+        batch_ids: dict[str, list[str]] = {r: [] for r in wanted}
+        # The latest error of a chunk currently stalled: (updated_at, last_error).
+        latest: dict[str, tuple[datetime, str | None]] = {}
+        submitted = ChunkState.SUBMITTED.value
+        collected = ChunkState.COLLECTED.value
+        with self._tx() as conn:
+            for start in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    select(
+                        chunks.c.run_id,
+                        chunks.c.state,
+                        chunks.c.request_count,
+                        chunks.c.batch_id,
+                        chunks.c.first_error_at,
+                        chunks.c.last_error,
+                        chunks.c.updated_at,
+                    )
+                    .where(chunks.c.run_id.in_(wanted[start : start + 500]))
+                    .order_by(chunks.c.run_id, chunks.c.seq)
+                ).all()
+                for run_id, state, request_count, batch_id, stalled, error, updated in rows:
+                    acc = totals[run_id]
+                    if request_count > 0:
+                        acc[0] += 1
+                    if state == submitted:
+                        acc[1] += 1
+                        acc[2] += int(request_count)
+                    if batch_id:
+                        batch_ids[run_id].append(str(batch_id))
+                    if stalled is not None and state != collected:
+                        acc[3] += 1
+                        when = aware_utc(updated) or utc_now()
+                        if run_id not in latest or when >= latest[run_id][0]:
+                            latest[run_id] = (when, error)
+        return {
+            r: ChunkStats(
+                t[0],
+                t[1],
+                t[2],
+                tuple(batch_ids[r]),
+                stalled_chunks=t[3],
+                last_error=latest[r][1] if r in latest else None,
+            )
+            for r, t in totals.items()
+        }
+
+    def mark_collected(
+        self, run_id: str, by: str, *, now: datetime, replace: str | None = None
+    ) -> str:
+        """Insert the run's collection marker once; the primary key picks one winner."""
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    insert(collections).values(run_id=run_id, collected_by=by, collected_at=now)
+                )
+            return by
+        except IntegrityError:
+            pass  # someone already holds it (or the run does not exist)
+        with self._tx() as conn:
+            if replace is not None and replace != by:
+                conn.execute(
+                    update(collections)
+                    .where(collections.c.run_id == run_id, collections.c.collected_by == replace)
+                    .values(collected_by=by, collected_at=now)
+                )
+            holder = conn.execute(
+                select(collections.c.collected_by).where(collections.c.run_id == run_id)
+            ).scalar()
+        return str(holder) if holder is not None else ""
+
+    def release_collected(self, run_id: str, by: str) -> bool:
+        """Delete the marker if ``by`` holds it (a collector that failed before finishing)."""
+        with self._tx() as conn:
+            result = conn.execute(
+                delete(collections).where(
+                    collections.c.run_id == run_id, collections.c.collected_by == by
+                )
+            )
+        return bool(result.rowcount > 0)
+
+    def error_counts(self, run_id: str) -> dict[str, int]:
+        """Error codes of failed and cancelled items, with how many items carry each."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(items.c.error_code, func.count())
+                .where(
+                    items.c.run_id == run_id,
+                    items.c.status.in_(["failed", "cancelled"]),
+                    items.c.error_code.is_not(None),
+                )
+                .group_by(items.c.error_code)
+            ).all()
+        return {str(code): int(n) for code, n in sorted(rows, key=lambda r: (-r[1], r[0]))}
 
     def set_source(self, run_id: str, identity: JSONObject) -> None:
         """Record the source identity if none is recorded yet."""
@@ -277,6 +400,11 @@ class SQLStateStore(ItemOps):
         with self._tx() as conn:
             rows = conn.execute(stmt.order_by(chunks.c.seq)).all()
         return [self._chunk_from_row(r._mapping) for r in rows]
+
+
+_RUNS_WITH_MARKER = select(
+    runs, collections.c.collected_by, collections.c.collected_at
+).select_from(runs.outerjoin(collections, collections.c.run_id == runs.c.run_id))
 
 
 class SQLiteStorage(SQLStateStore):

@@ -1,0 +1,408 @@
+"""batchor_asset: an asset whose every Dagster run submits or collects, in seconds.
+
+A run of the asset never waits on the provider. It finds the asset's durable run (by the
+id in run config, ``run_id_fn``, the partition key, or a digest of the job and items):
+
+- absent (or half-ingested): start it, and record an observation;
+- in flight: advance it one bounded step, and record an observation;
+- finished and not yet collected: claim it and report the one materialization.
+
+The batch state stays in the batchor store; :func:`build_batchor_sensor` advances runs
+between Dagster runs and requests the collecting run when one finishes.
+"""
+
+# No ``from __future__ import annotations`` in this module: Dagster reads the asset
+# function's annotations when it is decorated, to inject the context and the config.
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from batchor_core import (
+    BatchItem,
+    BatchJob,
+    BatchorError,
+    BatchRunner,
+    ConfigurationError,
+    JobChangedError,
+    Run,
+    RunConflictError,
+    RunLeasedError,
+    RunNotFoundError,
+    RunSummary,
+)
+from batchor_core.ports import ItemSource
+
+from .constants import DEFAULT_RESOURCE_KEY, MANAGED_METADATA_KEY, RUN_ID_TAG
+from .ids import (
+    asset_slug,
+    content_run_id,
+    items_digest,
+    partition_run_id,
+    source_digest,
+    tag_value,
+)
+from .metadata import materialization_metadata, observation_metadata
+from .resource import BatchorResource
+
+__all__ = ["BatchorRunConfig", "batchor_asset"]
+
+log = logging.getLogger("batchor.dagster")
+
+BuildJob = Callable[[dg.AssetExecutionContext], BatchJob]
+BuildItems = Callable[[dg.AssetExecutionContext], Iterable[BatchItem] | ItemSource]
+RunIdFn = Callable[[dg.AssetExecutionContext], str]
+
+_FAILED_RUN_STATUSES = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+class BatchorRunConfig(dg.Config):
+    """Run config of a batchor asset.
+
+    Attributes:
+        run_id: The durable run to submit or collect (the sensor sets it on the runs it
+            requests). Empty: derived from ``run_id_fn``, the partition key, or the job
+            and items.
+    """
+
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    build_job: BuildJob
+    build_items: BuildItems
+    run_id_fn: RunIdFn | None
+    resource_key: str
+    export_format: str | None
+    preview_rows: int
+    max_collect: int
+
+
+def batchor_asset(
+    *,
+    name: str,
+    build_job: BuildJob,
+    build_items: BuildItems,
+    key_prefix: str | Sequence[str] | None = None,
+    group_name: str | None = None,
+    deps: Iterable[Any] | None = None,
+    partitions_def: dg.PartitionsDefinition | None = None,
+    run_id_fn: RunIdFn | None = None,
+    description: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    owners: Sequence[str] | None = None,
+    kinds: set[str] | None = None,
+    pool: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    automation_condition: dg.AutomationCondition[Any] | None = None,
+    resource_key: str = DEFAULT_RESOURCE_KEY,
+    io_manager_key: str | None = None,
+    export_format: str | None = "parquet",
+    preview_rows: int = 5,
+    max_collect_per_step: int = 4,
+) -> dg.AssetsDefinition:
+    """An asset that runs a batchor job: submit-or-collect, one materialization per run.
+
+    Args:
+        name: Asset name.
+        build_job: ``build_job(context) -> BatchJob``.
+        build_items: ``build_items(context)`` -> an iterable of :class:`BatchItem`, or an
+            item source (``CsvSource``, ``JsonlSource``, ``ParquetSource``, ...). Called
+            only when the run has to be started (or its id derived from its items).
+        key_prefix: Asset key prefix.
+        group_name: Asset group.
+        deps: Upstream assets this one depends on without loading them.
+        partitions_def: Partitions; each partition is one durable run.
+        run_id_fn: ``run_id_fn(context) -> str``: your own durable run id.
+        description: Asset description.
+        tags: Asset definition tags.
+        owners: Asset owners.
+        kinds: Kinds shown in the UI (default ``{"openai"}``).
+        pool: Concurrency pool.
+        metadata: Definition metadata.
+        automation_condition: Declarative automation condition.
+        resource_key: Key of the :class:`BatchorResource`.
+        io_manager_key: IO manager downstream assets load results with (for example
+            ``"batchor_results"`` bound to :class:`BatchorResultsIOManager`).
+        export_format: Results file written at materialization (``parquet``, ``jsonl``,
+            ``csv``) and shown as ``dagster/uri``; None writes none.
+        preview_rows: Rows in the markdown preview of the materialization.
+        max_collect_per_step: Most finished batches one Dagster run downloads.
+
+    Returns:
+        The asset definition (run config: :class:`BatchorRunConfig`).
+    """
+    if export_format not in (None, "parquet", "jsonl", "csv"):
+        raise ConfigurationError(
+            f"export_format must be parquet, jsonl, csv or None, not {export_format!r}"
+        )
+    plan = _Plan(
+        build_job=build_job,
+        build_items=build_items,
+        run_id_fn=run_id_fn,
+        resource_key=resource_key,
+        export_format=export_format,
+        preview_rows=preview_rows,
+        max_collect=max_collect_per_step,
+    )
+
+    @dg.asset(
+        name=name,
+        key_prefix=key_prefix,
+        group_name=group_name,
+        deps=deps,
+        partitions_def=partitions_def,
+        description=description or f"OpenAI Batch results, run durably by batchor ({name}).",
+        tags=dict(tags) if tags else None,
+        owners=owners,
+        kinds={"openai"} if kinds is None else set(kinds),
+        pool=pool,
+        metadata={**(metadata or {}), MANAGED_METADATA_KEY: True},
+        automation_condition=automation_condition,
+        output_required=False,
+        required_resource_keys={resource_key},
+        io_manager_key=io_manager_key,
+    )
+    def _batchor_asset(
+        context: dg.AssetExecutionContext, config: BatchorRunConfig
+    ) -> Iterator[dg.MaterializeResult[Any] | dg.AssetObservation]:
+        yield from _submit_or_collect(context, config, plan)
+
+    return _batchor_asset
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def _submit_or_collect(
+    context: dg.AssetExecutionContext, config: BatchorRunConfig, plan: _Plan
+) -> Iterator[dg.MaterializeResult[Any] | dg.AssetObservation]:
+    resource: BatchorResource = getattr(context.resources, plan.resource_key)
+    runner = resource.get_runner()
+    key = context.asset_key
+    partition = context.partition_key if context.has_partition_key else None
+    owner = {"asset": key.to_user_string(), "partition": partition}
+    job = plan.build_job(context)
+    items: Any = None
+    run_id = config.run_id or (plan.run_id_fn(context) if plan.run_id_fn else None)
+    if run_id is None:
+        if partition is not None:
+            run_id = partition_run_id(key.path, partition)
+        else:
+            items, digest = _identify(plan.build_items(context))
+            run_id = content_run_id(key.path, runner.job_fingerprint(job), digest)
+    summary = _find(runner, run_id)
+    if summary is not None:
+        _check_owner(summary, owner)
+    note: str | None = None
+    if summary is None or (not summary.ingest_complete and not summary.status.is_terminal):
+        if items is None:
+            items = plan.build_items(context)
+        try:
+            run = _start(context, runner, job, items, run_id, owner)
+        except RunLeasedError:
+            note = "another process is reading this run's items right now"
+            context.log.info(f"batchor: {note} (run {run_id!r})")
+            run = runner.get_run(run_id)
+    else:
+        run = _handle(context, runner, run_id, job)
+        if not summary.status.is_terminal:
+            try:
+                run.refresh(max_collect=plan.max_collect)
+            except RunLeasedError:
+                note = "another process is advancing this run right now"
+            except BatchorError as exc:
+                raise _failure(f"could not advance durable run {run_id!r}", exc) from exc
+    summary = run.summary()
+    if summary.status.is_terminal:
+        yield from _collect(
+            context, resource, run, summary, plan, partitioned=partition is not None
+        )
+        return
+    _log_progress(context, summary)
+    yield dg.AssetObservation(
+        asset_key=key,
+        partition=partition,
+        metadata=observation_metadata(summary, note=note),
+        tags={RUN_ID_TAG: tag_value(run_id)},
+    )
+
+
+def _identify(source: Any) -> tuple[Any, str]:
+    """The items to start with, and a digest of what they are."""
+    if hasattr(source, "read_slices") and hasattr(source, "identity"):
+        return source, source_digest(source.identity())
+    if isinstance(source, (str, bytes, Mapping)):
+        raise dg.Failure(
+            description="build_items must return BatchItem objects or an item source "
+            f"(CsvSource, JsonlSource, ...), not {type(source).__name__}"
+        )
+    try:
+        return items_digest(source)
+    except TypeError as exc:
+        raise dg.Failure(description=str(exc)) from exc
+
+
+def _find(runner: BatchRunner, run_id: str) -> RunSummary | None:
+    try:
+        return runner.get_run(run_id).summary()
+    except RunNotFoundError:
+        return None
+
+
+def _check_owner(summary: RunSummary, owner: Mapping[str, Any]) -> None:
+    actual = dict(summary.owner or {})
+    if actual.get("asset") == owner["asset"] and actual.get("partition") == owner["partition"]:
+        return
+    whose = f"belongs to {actual}" if actual else "belongs to no asset"
+    raise dg.Failure(
+        description=(
+            f"durable run {summary.run_id!r} {whose}, not to {dict(owner)}; give this asset "
+            "its own run id (or start the run with owner=" + repr(dict(owner)) + ")"
+        )
+    )
+
+
+def _start(
+    context: dg.AssetExecutionContext,
+    runner: BatchRunner,
+    job: BatchJob,
+    items: Any,
+    run_id: str,
+    owner: Mapping[str, Any],
+) -> Run:
+    context.log.info(f"batchor: starting durable run {run_id!r}")
+
+    def progress(summary: RunSummary) -> None:
+        context.log.info(
+            f"batchor: run {run_id!r} ingested {summary.total_items} items "
+            f"({summary.batches_total} batches prepared)"
+        )
+
+    try:
+        return runner.start(
+            job, items=items, run_id=run_id, owner=dict(owner), on_progress=progress
+        )
+    except RunLeasedError:
+        raise  # someone else is reading its items: not a failure of this run
+    except RunConflictError as exc:
+        raise _failure(
+            f"durable run {run_id!r} already exists with other inputs; resume it with the "
+            "original job and items, or pass a new run id (run config run_id)",
+            exc,
+        ) from exc
+    except BatchorError as exc:
+        raise _failure(f"could not start durable run {run_id!r}", exc) from exc
+
+
+def _handle(
+    context: dg.AssetExecutionContext, runner: BatchRunner, run_id: str, job: BatchJob
+) -> Run:
+    try:
+        return runner.get_run(run_id, job=job)
+    except JobChangedError as exc:
+        # The run keeps the job it started with; a new job only applies to new runs.
+        context.log.warning(f"batchor: {exc.message}; continuing run {run_id!r} with its own job")
+        return runner.get_run(run_id)
+
+
+def _failure(what: str, exc: BatchorError) -> dg.Failure:
+    return dg.Failure(description=f"{what}: {exc.message}")
+
+
+def _log_progress(context: dg.AssetExecutionContext, summary: RunSummary) -> None:
+    done = summary.total_items - summary.pending_items
+    line = (
+        f"batchor: run {summary.run_id!r} is {summary.status.value}: {done}/"
+        f"{summary.total_items} items done, {summary.batches_in_flight} batches in flight"
+    )
+    if summary.status_reason:
+        context.log.warning(f"{line}; reason: {summary.status_reason}")
+    else:
+        context.log.info(line + "; the sensor collects it when it finishes")
+
+
+# --------------------------------------------------------------------------- collect
+
+
+def _collect(
+    context: dg.AssetExecutionContext,
+    resource: BatchorResource,
+    run: Run,
+    summary: RunSummary,
+    plan: _Plan,
+    *,
+    partitioned: bool,
+) -> Iterator[dg.MaterializeResult[Any] | dg.AssetObservation]:
+    me = context.run.run_id
+    key = context.asset_key
+    partition = context.partition_key if partitioned else None
+    replace: str | None = None
+    holder = summary.collected_by
+    if holder is not None and holder != me:
+        if not _failed_without_materializing(context.instance, holder, key):
+            note = f"already materialized by Dagster run {holder}"
+            context.log.info(f"batchor: run {run.run_id!r} was {note}")
+            yield dg.AssetObservation(
+                asset_key=key,
+                partition=partition,
+                metadata=observation_metadata(summary, note=note),
+                tags={RUN_ID_TAG: tag_value(run.run_id)},
+            )
+            return
+        replace = holder  # that collector died before it materialized: take over
+    if not run.mark_collected(me, replace=replace):
+        now = run.summary()
+        note = f"collected concurrently by {now.collected_by}"
+        yield dg.AssetObservation(
+            asset_key=key,
+            partition=partition,
+            metadata=observation_metadata(now, note=note),
+            tags={RUN_ID_TAG: tag_value(run.run_id)},
+        )
+        return
+    try:
+        export_path = _export(resource, run, key, plan.export_format)
+        metadata = materialization_metadata(
+            run,
+            summary,
+            partitioned=partitioned,
+            export_path=export_path,
+            preview_rows=plan.preview_rows,
+        )
+    except BaseException:
+        run.release_collection(me)  # let the next attempt collect it
+        raise
+    context.log.info(
+        f"batchor: run {run.run_id!r} {summary.status.value}: {summary.completed_items} "
+        f"completed, {summary.failed_items} failed, {summary.cancelled_items} cancelled"
+    )
+    yield dg.MaterializeResult(metadata=metadata, tags={RUN_ID_TAG: tag_value(run.run_id)})
+
+
+def _failed_without_materializing(
+    instance: dg.DagsterInstance, holder: str, key: dg.AssetKey
+) -> bool:
+    """Whether the collector ``holder`` is a Dagster run that ended badly before it
+    recorded the materialization (a marker set outside Dagster is always respected)."""
+    try:
+        record = instance.get_run_by_id(holder)
+    except Exception:  # not a run id this instance knows how to read
+        return False
+    if record is None or record.status not in _FAILED_RUN_STATUSES:
+        return False
+    events = instance.all_logs(holder, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    return not any(e.dagster_event is not None and e.dagster_event.asset_key == key for e in events)
+
+
+def _export(resource: BatchorResource, run: Run, key: dg.AssetKey, fmt: str | None) -> str | None:
+    if fmt is None:
+        return None
+    directory = Path(resource.export_dir()) / asset_slug(key.path)
+    report = run.export(directory / f"{tag_value(run.run_id)}.{fmt}", format=fmt)
+    return str(report.path)

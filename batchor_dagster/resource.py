@@ -1,0 +1,79 @@
+"""BatchorResource: the batchor runner as a Dagster resource."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from batchor_core import BatchRunner
+
+__all__ = ["BatchorResource"]
+
+
+class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The batchor runner as a resource, for assets, sensors, checks and your own ops.
+
+    It holds only settings; the runner (store connection, HTTP client) is built when a
+    run or sensor evaluation starts and closed when it ends. Batch state lives in the
+    batchor store, never in Dagster.
+
+    Attributes:
+        storage_url: A SQLite path, ``sqlite:///path``, ``postgresql://user:pw@host/db``
+            or ``memory``.
+        artifact_root: Directory for request files, raw outputs and exported results
+            (default: beside the SQLite file, else ``./.batchor/artifacts``).
+        openai_api_key: The OpenAI key; pass ``dg.EnvVar("OPENAI_API_KEY")`` so the value
+            never shows in Dagster's UI. ``None`` lets batchor read ``OPENAI_API_KEY``.
+        openai_base_url: An OpenAI-compatible base URL (for example the bundled emulator);
+            ``None`` reads ``OPENAI_BASE_URL`` or uses the real service.
+        lease_ttl_seconds: How long a process's hold on a run lasts unrenewed.
+    """
+
+    storage_url: str = ".batchor/batchor.sqlite3"
+    artifact_root: str | None = None
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    lease_ttl_seconds: float = 120.0
+
+    _runner: BatchRunner | None = PrivateAttr(default=None)
+
+    def __repr_args__(self) -> Any:
+        # pydantic's repr would print the key; Dagster and users log resource reprs.
+        for name, value in super().__repr_args__():
+            yield name, ("***" if name == "openai_api_key" and value else value)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Build the runner for this run or sensor evaluation."""
+        self._runner = self._build()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Close the runner's connections."""
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
+    def get_runner(self) -> BatchRunner:
+        """The runner (built on first use when called outside a Dagster run)."""
+        if self._runner is None:
+            self._runner = self._build()
+        return self._runner
+
+    def _build(self) -> BatchRunner:
+        return BatchRunner.from_settings(
+            store=self.storage_url,
+            artifacts=self.artifact_root,
+            api_key=self.openai_api_key,
+            base_url=self.openai_base_url,
+            lease_ttl_seconds=self.lease_ttl_seconds,
+        )
+
+    def export_dir(self) -> str:
+        """Where exported results of materializations go."""
+        from pathlib import Path
+
+        runner = self.get_runner()
+        root = getattr(runner.artifacts, "root", None)
+        base = Path(str(root)) if root is not None else Path(".batchor") / "artifacts"
+        return str(base / "exports")

@@ -1,0 +1,365 @@
+"""build_batchor_sensor: advance in-flight runs, request one collecting run per finished run.
+
+Every tick lists the uncollected runs owned by the sensor's assets (in the batchor store,
+not in Dagster), advances in-flight ones one bounded step each until the time budget is
+spent (round-robin through a cursor, so hundreds of runs are all visited over a few
+ticks), and asks Dagster for one run of the owning asset (and partition) per finished
+run, with ``run_key = "<run id>:collect"``. Everything a tick does is idempotent: a tick
+that timed out may already have advanced runs, and the next tick carries on.
+"""
+
+# No ``from __future__ import annotations``: Dagster inspects the sensor function.
+
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import dagster as dg
+
+from batchor_core import BatchorError, BatchRunner, MemoryStateStore, RunLeasedError, RunSummary
+
+from .constants import (
+    COLLECT_ATTEMPT_TAG,
+    COLLECT_FOR_TAG,
+    DEFAULT_RESOURCE_KEY,
+    MANAGED_METADATA_KEY,
+    RUN_ID_TAG,
+)
+from .ids import tag_value
+from .metadata import observation_metadata
+from .resource import BatchorResource
+
+__all__ = ["build_batchor_sensor"]
+
+_ACTIVE_RUN_STATUSES = frozenset(
+    {
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.CANCELING,
+    }
+)
+_FAILED_RUN_STATUSES = frozenset({dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED})
+_ORPHAN_WINDOW = timedelta(days=2)  # how far back collections are checked for dead collectors
+
+
+@dataclass(frozen=True)
+class _Target:
+    key: dg.AssetKey
+    op_name: str
+    partitions_def: dg.PartitionsDefinition | None
+
+
+def build_batchor_sensor(
+    assets: Sequence[dg.AssetsDefinition],
+    *,
+    name: str | None = None,
+    minimum_interval_seconds: int = 60,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    time_budget_seconds: float = 40.0,
+    max_collect_attempts: int = 3,
+    resource_key: str = DEFAULT_RESOURCE_KEY,
+    description: str | None = None,
+    max_workers: int = 4,
+) -> dg.SensorDefinition:
+    """A sensor that drives the batchor runs of ``assets`` between Dagster runs.
+
+    Args:
+        assets: Assets built by :func:`batchor_asset`; runs owned by other assets are
+            never touched.
+        name: Sensor name (default ``batchor_sensor``).
+        minimum_interval_seconds: Seconds between ticks.
+        default_status: Whether the sensor runs as soon as the code location loads.
+        time_budget_seconds: How long a tick may spend advancing runs (Dagster stops a
+            tick after 60 s by default); the slowest single step can add to it.
+        max_collect_attempts: Collecting runs requested per finished run before the
+            sensor gives up on it and says so (a failed one gets a new ``run_key``).
+        resource_key: Key of the :class:`BatchorResource`.
+        description: Sensor description.
+        max_workers: Runs advanced at once (threads; each run is one store transaction
+            and provider call after another, so waiting overlaps).
+    """
+    if not assets:
+        raise dg.DagsterInvalidDefinitionError("build_batchor_sensor needs at least one asset")
+    if max_workers < 1:
+        raise dg.DagsterInvalidDefinitionError("max_workers must be at least 1")
+    if max_collect_attempts < 1:
+        raise dg.DagsterInvalidDefinitionError("max_collect_attempts must be at least 1")
+    targets = _targets(assets)
+
+    @dg.sensor(
+        name=name or "batchor_sensor",
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        asset_selection=[t.key for t in targets.values()],
+        required_resource_keys={resource_key},
+        description=description
+        or "Advances in-flight batchor runs and requests one collecting run per finished run.",
+    )
+    def _batchor_sensor(context: dg.SensorEvaluationContext, **_given: Any) -> dg.SensorResult:
+        # Direct invocation (tests, ``sensor(context)``) also passes the required resources
+        # as keyword arguments; the daemon does not. Both read it from the context.
+        resource: BatchorResource = getattr(context.resources, resource_key)
+        tick = _Tick(
+            context=context,
+            runner=resource.get_runner(),
+            targets=targets,
+            deadline=time.monotonic() + time_budget_seconds,
+            max_attempts=max_collect_attempts,
+            # The memory store is one connection: advance its runs one at a time.
+            workers=1
+            if isinstance(resource.get_runner().storage, MemoryStateStore)
+            else max_workers,
+        )
+        return tick.evaluate()
+
+    return _batchor_sensor
+
+
+def _targets(assets: Sequence[dg.AssetsDefinition]) -> dict[str, _Target]:
+    targets: dict[str, _Target] = {}
+    for asset in assets:
+        if not isinstance(asset, dg.AssetsDefinition) or len(asset.keys) != 1:
+            raise dg.DagsterInvalidDefinitionError(
+                f"build_batchor_sensor takes assets built by batchor_asset, got {asset!r}"
+            )
+        if not asset.metadata_by_key[asset.key].get(MANAGED_METADATA_KEY):
+            raise dg.DagsterInvalidDefinitionError(
+                f"asset {asset.key.to_user_string()} was not built by batchor_asset"
+            )
+        targets[asset.key.to_user_string()] = _Target(
+            asset.key, asset.op.name, asset.partitions_def
+        )
+    return targets
+
+
+@dataclass
+class _Tick:
+    context: dg.SensorEvaluationContext
+    runner: BatchRunner
+    targets: dict[str, _Target]
+    deadline: float
+    max_attempts: int
+    workers: int = 1
+
+    def evaluate(self) -> dg.SensorResult:
+        mine = [s for s in self.runner.list_runs(collected=False) if self._target(s)]
+        live = [s for s in mine if not s.status.is_terminal]
+        refreshed, events, cursor = self._advance(live)
+        current = [refreshed.get(s.run_id, s) for s in mine]
+        finished = [s for s in current if s.status.is_terminal]
+        finished.extend(self._orphaned_collections())
+        requests: list[dg.RunRequest] = []
+        adds: dict[str, set[str]] = {}
+        given_up: list[str] = []
+        for summary in finished:
+            request = self._collect_request(summary)
+            if request is None:
+                continue
+            if isinstance(request, str):
+                given_up.append(request)
+                continue
+            requests.append(request)
+            self._add_partition_if_missing(summary, adds)
+        for line in given_up:
+            self.context.log.warning(line)
+        return dg.SensorResult(
+            run_requests=requests,
+            skip_reason=None if requests else self._skip_reason(current, given_up),
+            cursor=cursor,
+            dynamic_partitions_requests=[
+                dg.AddDynamicPartitionsRequest(partitions_def_name=n, partition_keys=sorted(k))
+                for n, k in sorted(adds.items())
+            ],
+            asset_events=events,
+        )
+
+    # ------------------------------------------------------------------ advancing
+
+    def _advance(
+        self, live: list[RunSummary]
+    ) -> tuple[dict[str, RunSummary], list[dg.AssetObservation], str | None]:
+        """Refresh runs round-robin from the cursor until the budget is spent (at least
+        one per tick, so a tick always moves something), ``workers`` at a time."""
+        refreshed: dict[str, RunSummary] = {}
+        cursor = self.context.cursor
+        order = _rotate(live, cursor)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="batchor") as pool:
+            pending: dict[Future[RunSummary], RunSummary] = {}
+            queue = iter(order)
+            started = 0
+            while True:
+                while len(pending) < self.workers and (
+                    started == 0 or time.monotonic() < self.deadline
+                ):
+                    summary = next(queue, None)
+                    if summary is None:
+                        break
+                    pending[pool.submit(self._refresh_one, summary)] = summary
+                    cursor = summary.run_id
+                    started += 1
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    before = pending.pop(future)
+                    refreshed[before.run_id] = future.result()
+        events = []
+        for before in order:
+            after = refreshed.get(before.run_id)
+            if after is None or after.status.is_terminal or not _progressed(before, after):
+                continue
+            target = self._target(after)
+            assert target is not None
+            events.append(
+                dg.AssetObservation(
+                    asset_key=target.key,
+                    partition=_partition(after) if target.partitions_def else None,
+                    metadata=observation_metadata(after),
+                    tags={RUN_ID_TAG: tag_value(after.run_id)},
+                )
+            )
+        return refreshed, events, cursor
+
+    def _refresh_one(self, summary: RunSummary) -> RunSummary:
+        try:
+            return self.runner.get_run(summary.run_id).refresh(max_collect=1)
+        except RunLeasedError:
+            return summary  # someone else is advancing it
+        except BatchorError as exc:
+            self.context.log.warning(f"batchor: run {summary.run_id!r}: {exc.message}")
+            return summary
+
+    # ------------------------------------------------------------------ collecting
+
+    def _collect_request(self, summary: RunSummary) -> dg.RunRequest | str | None:
+        """The collecting run to request, None while one is under way, or a line saying
+        the sensor gave up on the run."""
+        target = self._target(summary)
+        assert target is not None
+        tag = tag_value(summary.run_id)
+        previous = self.context.instance.get_runs(
+            filters=dg.RunsFilter(tags={COLLECT_FOR_TAG: tag})
+        )
+        if any(r.status in _ACTIVE_RUN_STATUSES for r in previous):
+            return None
+        attempt = len(previous) + 1
+        if attempt > self.max_attempts:
+            last = previous[0].run_id if previous else "?"
+            return (
+                f"batchor: run {summary.run_id!r} finished but {len(previous)} collecting runs "
+                f"did not materialize it (last: Dagster run {last}); fix the cause and "
+                f"materialize {target.key.to_user_string()} with run config run_id="
+                f"{summary.run_id!r}"
+            )
+        partition = _partition(summary) if target.partitions_def is not None else None
+        return dg.RunRequest(
+            run_key=f"{summary.run_id}:collect" + (f":{attempt}" if attempt > 1 else ""),
+            asset_selection=[target.key],
+            partition_key=partition,
+            run_config={"ops": {target.op_name: {"config": {"run_id": summary.run_id}}}},
+            tags={
+                RUN_ID_TAG: tag,
+                COLLECT_FOR_TAG: tag,
+                COLLECT_ATTEMPT_TAG: str(attempt),
+            },
+        )
+
+    def _orphaned_collections(self) -> list[RunSummary]:
+        """Recently collected runs whose collecting Dagster run failed or was cancelled
+        before it recorded the materialization (the asset takes such runs over)."""
+        since = datetime.now(UTC) - _ORPHAN_WINDOW
+        recent = [
+            s
+            for s in self.runner.list_runs(collected=True)
+            if self._target(s) and s.collected_at is not None and s.collected_at >= since
+        ][-200:]
+        if not recent:
+            return []
+        holders = {s.collected_by for s in recent if s.collected_by}
+        records = self.context.instance.get_run_records(
+            filters=dg.RunsFilter(run_ids=sorted(holders))
+        )
+        failed = {
+            r.dagster_run.run_id for r in records if r.dagster_run.status in _FAILED_RUN_STATUSES
+        }
+        orphans = []
+        for summary in recent:
+            if summary.collected_by not in failed:
+                continue
+            target = self._target(summary)
+            assert target is not None and summary.collected_by is not None
+            logs = self.context.instance.all_logs(
+                summary.collected_by, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+            )
+            if not any(
+                e.dagster_event is not None and e.dagster_event.asset_key == target.key
+                for e in logs
+            ):
+                orphans.append(replace(summary, collected_by=None))
+        return orphans
+
+    def _add_partition_if_missing(self, summary: RunSummary, adds: dict[str, set[str]]) -> None:
+        target = self._target(summary)
+        partitions = target.partitions_def if target else None
+        partition = _partition(summary)
+        if not isinstance(partitions, dg.DynamicPartitionsDefinition) or partition is None:
+            return
+        assert partitions.name is not None
+        if not self.context.instance.has_dynamic_partition(partitions.name, partition):
+            adds.setdefault(partitions.name, set()).add(partition)
+
+    # ------------------------------------------------------------------ reporting
+
+    def _skip_reason(self, runs: Iterable[RunSummary], given_up: list[str]) -> str:
+        runs = list(runs)
+        live = [s for s in runs if not s.status.is_terminal]
+        if not runs:
+            return "no uncollected batchor runs for these assets"
+        total = sum(s.total_items for s in live)
+        done = sum(s.total_items - s.pending_items for s in live)
+        parts = [
+            f"{len(live)} batchor runs in flight ({done}/{total} items done, "
+            f"{sum(s.batches_in_flight for s in live)} batches at the provider)"
+        ]
+        paused = [s for s in live if s.status.value == "paused"]
+        if paused:
+            first = paused[0]
+            parts.append(f"{len(paused)} paused (e.g. {first.run_id!r}: {first.status_reason})")
+        waiting = len(runs) - len(live) - len(given_up)
+        if waiting > 0:
+            parts.append(f"{waiting} finished, collecting runs under way")
+        if given_up:
+            parts.append(f"{len(given_up)} finished runs need attention (see the tick log)")
+        return "; ".join(parts)
+
+    def _target(self, summary: RunSummary) -> _Target | None:
+        owner: Any = summary.owner or {}
+        return self.targets.get(str(owner.get("asset"))) if isinstance(owner, dict) else None
+
+
+def _partition(summary: RunSummary) -> str | None:
+    owner: Any = summary.owner or {}
+    value = owner.get("partition") if isinstance(owner, dict) else None
+    return None if value is None else str(value)
+
+
+def _rotate(runs: list[RunSummary], cursor: str | None) -> list[RunSummary]:
+    """Runs after the cursor first, then the rest: every run gets its turn."""
+    ordered = sorted(runs, key=lambda s: s.run_id)
+    if not cursor:
+        return ordered
+    return [s for s in ordered if s.run_id > cursor] + [s for s in ordered if s.run_id <= cursor]
+
+
+def _progressed(before: RunSummary, after: RunSummary) -> bool:
+    return (
+        before.status != after.status
+        or before.pending_items != after.pending_items
+        or before.batches_in_flight != after.batches_in_flight
+        or before.batches_total != after.batches_total
+    )

@@ -1,0 +1,1 @@
+"""batchor's example Dagster project: product reviews classified through the Batch API."""

@@ -1,0 +1,309 @@
+"""batchor_asset, really materialized: submit, observe while in flight, collect once."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+
+from batchor_core import BatchItem, BatchRunner
+from batchor_dagster import (
+    RUN_ID_METADATA_KEY,
+    RUN_ID_TAG,
+    BatchorResource,
+    batchor_asset,
+)
+from batchor_dagster.ids import is_tag_safe
+from tests.dagster.conftest import (
+    events_of,
+    materializations,
+    review_items,
+    review_job,
+)
+
+pytestmark = pytest.mark.integration
+
+OBS = "ASSET_OBSERVATION"
+MAT = "ASSET_MATERIALIZATION"
+
+
+def _meta(event: Any) -> dict[str, Any]:
+    data = event.event_specific_data
+    entry = getattr(data, "materialization", None) or getattr(data, "asset_observation", None)
+    return {k: getattr(v, "value", v) for k, v in entry.metadata.items()}
+
+
+def _tags(event: Any) -> dict[str, str]:
+    data = event.event_specific_data
+    entry = getattr(data, "materialization", None) or getattr(data, "asset_observation", None)
+    return dict(entry.tags or {})
+
+
+def test_submit_observe_collect_exactly_one_materialization(
+    instance: dg.DagsterInstance, resources: dict[str, Any], emulator: Any
+) -> None:
+    items = review_items(6)
+    asset = batchor_asset(name="reviews", build_job=review_job, build_items=lambda ctx: items)
+    emulator.faults.hold_batches()
+
+    first = dg.materialize([asset], resources=resources, instance=instance)
+    assert first.success
+    assert events_of(first, MAT) == []
+    (observed,) = events_of(first, OBS)
+    meta = _meta(observed)
+    run_id = meta[RUN_ID_METADATA_KEY]
+    assert is_tag_safe(run_id) and run_id.startswith("reviews-")
+    assert _tags(observed)[RUN_ID_TAG] == run_id
+    assert meta["batchor/status"] == "running" and meta["batchor/items_total"] == 6
+    assert meta["batchor/batches_in_flight"] == 1 and len(meta["batchor/batch_ids"]) == 1
+
+    second = dg.materialize([asset], resources=resources, instance=instance)
+    assert events_of(second, MAT) == []
+    assert _meta(events_of(second, OBS)[0])[RUN_ID_METADATA_KEY] == run_id  # same durable run
+    assert emulator.batch_create_count == 1
+
+    emulator.release_batches()
+    third = dg.materialize([asset], resources=resources, instance=instance)
+    (materialized,) = events_of(third, MAT)
+    meta = _meta(materialized)
+    assert meta[RUN_ID_METADATA_KEY] == run_id
+    assert _tags(materialized)[RUN_ID_TAG] == run_id
+    assert meta["batchor/status"] == "completed"
+    assert meta["batchor/items_total"] == meta["batchor/items_completed"] == 6
+    assert meta["batchor/items_failed"] == meta["batchor/items_cancelled"] == 0
+    assert meta["dagster/row_count"] == 6
+    assert meta["batchor/model"] == "gpt-4o-mini"
+    assert meta["batchor/endpoint"] == "/v1/chat/completions"
+    assert meta["batchor/input_tokens"] > 0 and meta["batchor/output_tokens"] > 0
+    assert (
+        meta["batchor/total_tokens"] == meta["batchor/input_tokens"] + meta["batchor/output_tokens"]
+    )
+    assert meta["batchor/finished_at"] >= meta["batchor/started_at"]
+    assert meta["batchor/duration_seconds"] >= 0
+    assert meta["batchor/error_codes"] == {}
+    assert len(meta["batchor/batch_ids"]) == 1
+    assert "| item_id | status | sentiment | complaint |" in meta["batchor/preview"]
+    exported = Path(meta["dagster/uri"])
+    assert pq.read_table(exported).num_rows == 6
+
+    fourth = dg.materialize([asset], resources=resources, instance=instance)
+    assert events_of(fourth, MAT) == []
+    note = _meta(events_of(fourth, OBS)[0])["batchor/note"]
+    assert note == f"already materialized by Dagster run {third.run_id}"
+    assert len(materializations(instance, asset.key)) == 1
+    assert emulator.batch_create_count == 1
+
+
+def test_finished_at_once_materializes_in_the_same_run(
+    instance: dg.DagsterInstance, resources: dict[str, Any]
+) -> None:
+    asset = batchor_asset(
+        name="quick", build_job=review_job, build_items=lambda ctx: review_items(3)
+    )
+    result = dg.materialize([asset], resources=resources, instance=instance)
+    # The instant emulator finishes the batch within the first step, so no sensor tick
+    # is needed; the run still materializes exactly once.
+    assert len(events_of(result, MAT)) + len(events_of(result, OBS)) == 1
+    for _ in range(5):
+        if materializations(instance, asset.key):
+            break
+        dg.materialize([asset], resources=resources, instance=instance)
+    assert len(materializations(instance, asset.key)) == 1
+
+
+def test_changed_items_start_a_new_durable_run_and_same_items_resume(
+    instance: dg.DagsterInstance, resources: dict[str, Any], emulator: Any
+) -> None:
+    emulator.faults.hold_batches()
+    current = {"items": review_items(4)}
+    asset = batchor_asset(
+        name="reviews", build_job=review_job, build_items=lambda ctx: current["items"]
+    )
+    first = _meta(
+        events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0]
+    )
+    again = _meta(
+        events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0]
+    )
+    assert again[RUN_ID_METADATA_KEY] == first[RUN_ID_METADATA_KEY]
+    current["items"] = review_items(5)
+    changed = _meta(
+        events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0]
+    )
+    assert changed[RUN_ID_METADATA_KEY] != first[RUN_ID_METADATA_KEY]
+    assert emulator.batch_create_count == 2
+
+
+def test_run_config_and_run_id_fn_name_the_durable_run(
+    instance: dg.DagsterInstance, resources: dict[str, Any], resource: BatchorResource
+) -> None:
+    asset = batchor_asset(
+        name="reviews",
+        build_job=review_job,
+        build_items=lambda ctx: review_items(2),
+        run_id_fn=lambda ctx: "from-fn",
+    )
+    dg.materialize([asset], resources=resources, instance=instance)
+    dg.materialize(
+        [asset],
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"reviews": {"config": {"run_id": "from-config"}}}},
+    )
+    runner = resource.get_runner()
+    owned = {s.run_id: s.owner for s in runner.list_runs(owner={"asset": "reviews"})}
+    assert owned == {
+        "from-fn": {"asset": "reviews", "partition": None},
+        "from-config": {"asset": "reviews", "partition": None},
+    }
+
+
+def test_a_run_owned_by_another_asset_is_refused(
+    instance: dg.DagsterInstance, resources: dict[str, Any], resource: BatchorResource
+) -> None:
+    runner = resource.get_runner()
+    runner.start(review_job(), items=review_items(2), run_id="shared", owner={"asset": "other"})
+    asset = batchor_asset(
+        name="reviews", build_job=review_job, build_items=lambda ctx: review_items(2)
+    )
+    result = dg.materialize(
+        [asset],
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"reviews": {"config": {"run_id": "shared"}}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert failure is not None and "belongs to {'asset': 'other'}" in failure.message
+    assert "Traceback" not in (failure.message or "")
+
+
+def test_partitions_map_to_durable_runs_and_foreign_runs_are_refused(
+    instance: dg.DagsterInstance, resources: dict[str, Any], resource: BatchorResource
+) -> None:
+    parts = dg.StaticPartitionsDefinition(["2026-10", "2026-11"])
+    asset = batchor_asset(
+        name="monthly",
+        build_job=review_job,
+        build_items=lambda ctx: review_items(3, prefix=ctx.partition_key),
+        partitions_def=parts,
+    )
+    for key in ("2026-10", "2026-11"):
+        dg.materialize([asset], resources=resources, instance=instance, partition_key=key)
+    runner = resource.get_runner()
+    ids = sorted(s.run_id for s in runner.list_runs(owner={"asset": "monthly"}))
+    assert ids == ["monthly.2026-10", "monthly.2026-11"]
+    for _ in range(3):
+        for key in ("2026-10", "2026-11"):
+            dg.materialize([asset], resources=resources, instance=instance, partition_key=key)
+    mats = materializations(instance, asset.key)
+    assert sorted(m.partition for m in mats) == ["2026-10", "2026-11"]
+    assert all(_plain(m.metadata)["dagster/partition_row_count"] == 3 for m in mats)
+
+    # A run under a partition's id that no asset owns is not adopted silently.
+    runner.start(review_job(), items=review_items(1), run_id="monthly.2026-12", owner=None)
+    wider = batchor_asset(
+        name="monthly",
+        build_job=review_job,
+        build_items=lambda ctx: review_items(1),
+        partitions_def=dg.StaticPartitionsDefinition(["2026-12"]),
+    )
+    result = dg.materialize(
+        [wider],
+        resources=resources,
+        instance=instance,
+        partition_key="2026-12",
+        raise_on_error=False,
+    )
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    assert error is not None and "belongs to no asset" in error.message
+
+
+def _plain(metadata: Any) -> dict[str, Any]:
+    return {k: getattr(v, "value", v) for k, v in metadata.items()}
+
+
+def test_the_api_key_never_reaches_dagster(
+    instance: dg.DagsterInstance, resources: dict[str, Any], tmp_path: Path
+) -> None:
+    secret = "sk-test-dagster"
+    assert secret not in repr(resources["batchor"])
+    asset = batchor_asset(
+        name="reviews", build_job=review_job, build_items=lambda ctx: review_items(2)
+    )
+    for _ in range(3):
+        dg.materialize([asset], resources=resources, instance=instance)
+    records = instance.get_records_for_run(run_id=instance.get_runs()[0].run_id).records
+    for run in instance.get_runs():
+        for entry in instance.all_logs(run.run_id):
+            assert secret not in json.dumps(entry.user_message or "")
+            assert secret not in repr(entry.dagster_event)
+    assert records
+    for file in tmp_path.rglob("*"):
+        if file.is_file():
+            assert secret.encode() not in file.read_bytes(), file
+
+
+def test_resource_outside_a_run_and_its_settings(tmp_path: Path, emulator: Any) -> None:
+    resource = BatchorResource(
+        storage_url=f"sqlite:///{tmp_path / 'x.sqlite3'}", openai_base_url=emulator.base_url
+    )
+    runner = resource.get_runner()
+    assert isinstance(runner, BatchRunner)
+    assert Path(resource.export_dir()) == tmp_path / "artifacts" / "exports"
+    runner.close()
+
+
+def test_a_run_another_process_is_ingesting_is_observed_not_failed(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    resource: BatchorResource,
+    tmp_path: Path,
+) -> None:
+    items = review_items(3)
+    gate = threading.Event()
+    reading = threading.Event()
+
+    def slow() -> Iterator[BatchItem]:
+        yield items[0]
+        reading.set()
+        gate.wait(timeout=30)
+        yield from items[1:]
+
+    other = BatchRunner.from_settings(
+        store=resource.storage_url,
+        artifacts=resource.artifact_root,
+        api_key="sk-test-dagster",
+        base_url=resource.openai_base_url,
+        ingest_slice_size=1,
+    )
+    owner = {"asset": "reviews", "partition": None}
+    worker = threading.Thread(
+        target=lambda: other.start(review_job(), items=slow(), run_id="busy", owner=owner)
+    )
+    worker.start()
+    try:
+        assert reading.wait(timeout=30)
+        asset = batchor_asset(
+            name="reviews",
+            build_job=review_job,
+            build_items=lambda ctx: items,
+            run_id_fn=lambda ctx: "busy",
+        )
+        result = dg.materialize([asset], resources=resources, instance=instance)
+        assert result.success
+        (observed,) = events_of(result, OBS)
+        assert _meta(observed)["batchor/note"] == (
+            "another process is reading this run's items right now"
+        )
+    finally:
+        gate.set()
+        worker.join(timeout=60)
+        other.close()
