@@ -78,8 +78,11 @@ class BatchorError(Exception):
             self.retryable = retryable
 
 
-class ConfigurationError(BatchorError):
-    """An argument or setting is missing or invalid (for example no API key)."""
+class ConfigurationError(BatchorError, ValueError):
+    """An argument or setting is missing or invalid (for example no API key).
+
+    Also a :class:`ValueError`, so callers that catch the builtin keep working.
+    """
 
 
 class RunNotFoundError(BatchorError):

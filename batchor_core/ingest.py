@@ -17,10 +17,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from batchor_core import failpoints, jsoncodec
-from batchor_core.errors import InvalidItemError, SourceChangedError
+from batchor_core.errors import InvalidItemError, SourceChangedError, SourceError
 from batchor_core.jobspec import chunk_policy
 from batchor_core.lease import LeaseKeeper
-from batchor_core.models import BatchItem, BatchJob, Endpoint, ItemError, ItemStatus, JSONObject
+from batchor_core.models import (
+    BatchItem,
+    BatchJob,
+    Endpoint,
+    ItemError,
+    ItemStatus,
+    JSONObject,
+    RunStatus,
+)
 from batchor_core.packing import ChunkPacker, custom_id, request_line
 from batchor_core.ports import (
     ArtifactStore,
@@ -40,6 +48,7 @@ __all__ = ["Ingestor", "IterableSource", "as_source"]
 log = logging.getLogger("batchor.ingest")
 
 MAX_ITEM_ID_LENGTH = 512
+_STOPPED = frozenset({RunStatus.CANCELLING, RunStatus.CANCELLED})
 
 
 class IterableSource:
@@ -222,6 +231,12 @@ class Ingestor:
                 added += len(rows)
                 if on_slice is not None:
                     on_slice()
+                if self._stop_requested(run_id):
+                    # cancel() (here or in another process) stops reading within a slice;
+                    # the step that settles the cancel closes the open chunk.
+                    packer.abandon()
+                    log.info("run %s: ingest stopped by cancel after %d items", run_id, added)
+                    return added
                 if time.monotonic() - last_log > 5:
                     last_log = time.monotonic()
                     rate = added / max(last_log - started, 1e-9)
@@ -232,6 +247,10 @@ class Ingestor:
             raise
         self._store.finish_ingest(run_id)
         return added
+
+    def _stop_requested(self, run_id: str) -> bool:
+        current = self._store.load_run(run_id)
+        return current is None or current.status in _STOPPED
 
     def _rows_for_slice(
         self,
@@ -244,21 +263,33 @@ class Ingestor:
         first_seq: int,
     ) -> list[NewItem]:
         locations = list(piece.locations) or [""] * len(piece.items)
+        if len(locations) != len(piece.items):
+            # zip() would silently drop the items past the shorter list.
+            raise SourceError(
+                "the item source returned a slice with "
+                f"{len(piece.items)} items but {len(locations)} locations; locations must "
+                "be empty or one per item (nothing from this slice was stored)",
+                run_id=run_id,
+            )
         ids = [str(item.item_id) for item in piece.items]
         # Rejected rows are stored under their own ids too, so they are checked as well.
-        wanted = ids + [r.item_id for r in piece.rejected]
+        wanted = [i for i in ids + [r.item_id for r in piece.rejected] if _storable_text(i)]
         existing = self._store.existing_item_ids(run_id, wanted) if wanted else set()
         seen: set[str] = set()
         rows: list[NewItem] = []
         seq = first_seq
-        for item, item_id, where in zip(piece.items, ids, locations, strict=False):
-            at = f" at {where}" if where else ""
+        for item, item_id, where in zip(piece.items, ids, locations, strict=True):
+            at = f" at {_printable(where)}" if where else ""
             problem: ItemError | None = None
             payload_json = "{}"
             metadata_json: str | None = None
             line = b""
             if not item_id or len(item_id) > MAX_ITEM_ID_LENGTH:
                 problem = ItemError("invalid_input", f"item id must be 1-512 characters{at}")
+            elif not _storable_text(item_id):
+                problem = ItemError(
+                    "invalid_input", f"item id {item_id!r} contains NUL or invalid Unicode{at}"
+                )
             elif item_id in seen or item_id in existing:
                 problem = ItemError("duplicate_id", f"duplicate item id {item_id!r}{at}")
             else:
@@ -302,7 +333,7 @@ class Ingestor:
                     None,
                     None,
                     ItemStatus.FAILED,
-                    ItemError("invalid_input", rejected.error),
+                    ItemError("invalid_input", _printable(rejected.error)),
                 )
             )
             seq += 1
@@ -313,9 +344,30 @@ def _storable_id(item_id: str, where: str, seen: set[str], existing: set[str]) -
     """An id a failed row can be stored under: its own, unless that is empty, too long or
     already taken (then a ``#rejected@<where>`` variant, so the row is never lost)."""
     taken = item_id in seen or item_id in existing
-    if item_id and len(item_id) <= MAX_ITEM_ID_LENGTH and not taken:
+    if item_id and len(item_id) <= MAX_ITEM_ID_LENGTH and not taken and _storable_text(item_id):
         return item_id
-    return f"{(item_id or '<empty>')[:300]}#rejected@{where[:200]}"
+    if not _storable_text(item_id):
+        item_id = _printable(item_id)
+    return f"{(item_id or '<empty>')[:300]}#rejected@{_printable(where)[:200]}"
+
+
+def _storable_text(value: str) -> bool:
+    """Whether every store can keep ``value`` as text (Postgres refuses NUL; no store
+    takes lone surrogates)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(value: str) -> str:
+    """``value`` with NUL and invalid Unicode escaped, so it can be stored and shown."""
+    if _storable_text(value):
+        return value
+    return value.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
 
 
 def _user_body(job: BatchJob, item: BatchItem) -> Mapping[str, object]:

@@ -14,6 +14,8 @@ from typing import Any, TypeAlias
 
 from pydantic import BaseModel
 
+from batchor_core.errors import ConfigurationError
+
 __all__ = [
     "BatchItem",
     "BatchJob",
@@ -108,11 +110,11 @@ class ChunkPolicy:
 
     def __post_init__(self) -> None:
         if self.max_requests < 1:
-            raise ValueError("ChunkPolicy.max_requests must be at least 1")
+            raise ConfigurationError("ChunkPolicy.max_requests must be at least 1")
         if self.max_bytes < 1024:
-            raise ValueError("ChunkPolicy.max_bytes must be at least 1024")
+            raise ConfigurationError("ChunkPolicy.max_bytes must be at least 1024")
         if self.max_inflight_batches is not None and self.max_inflight_batches < 1:
-            raise ValueError("ChunkPolicy.max_inflight_batches must be at least 1 or None")
+            raise ConfigurationError("ChunkPolicy.max_inflight_batches must be at least 1 or None")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,11 +135,11 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError("RetryPolicy.max_attempts must be at least 1")
+            raise ConfigurationError("RetryPolicy.max_attempts must be at least 1")
         if self.backoff_seconds < 0:
-            raise ValueError("RetryPolicy.backoff_seconds must not be negative")
+            raise ConfigurationError("RetryPolicy.backoff_seconds must not be negative")
         if self.max_free_resubmits < 0:
-            raise ValueError("RetryPolicy.max_free_resubmits must not be negative")
+            raise ConfigurationError("RetryPolicy.max_free_resubmits must not be negative")
 
 
 RequestBuilder: TypeAlias = Callable[[BatchItem], Mapping[str, JSONValue]]
@@ -176,16 +178,30 @@ class BatchJob:
 
     def __post_init__(self) -> None:
         if not self.model:
-            raise ValueError("BatchJob.model must be a non-empty model name")
+            raise ConfigurationError("BatchJob.model must be a non-empty model name")
         if self.endpoint not in {e.value for e in Endpoint}:
             known = ", ".join(e.value for e in Endpoint)
-            raise ValueError(f"BatchJob.endpoint {self.endpoint!r} is not supported; use {known}")
+            raise ConfigurationError(
+                f"BatchJob.endpoint {self.endpoint!r} is not supported; use {known}"
+            )
         if (self.build_request is None) == (self.build_prompt is None):
-            raise ValueError("BatchJob needs exactly one of build_request= or build_prompt=")
+            raise ConfigurationError(
+                "BatchJob needs exactly one of build_request= or build_prompt="
+            )
         if self.output_model is not None and not (
             isinstance(self.output_model, type) and issubclass(self.output_model, BaseModel)
         ):
-            raise ValueError("BatchJob.output_model must be a pydantic.BaseModel subclass or None")
+            raise ConfigurationError(
+                "BatchJob.output_model must be a pydantic.BaseModel subclass or None"
+            )
+        if self.output_model is not None:
+            from batchor_core.strict_schema import strict_schema_problem
+
+            problem = strict_schema_problem(self.output_model)
+            if problem is not None:
+                raise ConfigurationError(
+                    f"BatchJob.output_model cannot be a strict OpenAI structured output: {problem}"
+                )
 
 
 @dataclass(frozen=True, slots=True)

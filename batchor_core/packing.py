@@ -20,20 +20,32 @@ __all__ = [
     "ChunkPacker",
     "chunk_key",
     "custom_id",
+    "key_segment",
     "output_key",
     "parse_custom_id",
     "seal_chunk",
 ]
 
 
+def key_segment(value: str) -> str:
+    """``value`` as ONE segment of a ``/``-separated artifact key, injectively.
+
+    ``%`` and ``/`` are percent-encoded (``%25``, ``%2F``), so ``"a"``, ``"a/"`` and
+    ``"a%2F"`` name three different directories. Ids without either character are
+    unchanged, so runs started before this encoding keep their files.
+    """
+    return value.replace("%", "%25").replace("/", "%2F")
+
+
 def chunk_key(run_id: str, chunk_id: str) -> str:
     """Artifact key of a chunk's request JSONL."""
-    return f"runs/{run_id}/requests/{chunk_id}.jsonl"
+    return f"runs/{key_segment(run_id)}/requests/{key_segment(chunk_id)}.jsonl"
 
 
 def output_key(run_id: str, chunk_id: str, batch_id: str, kind: str) -> str:
     """Artifact key of a batch's downloaded ``output`` or ``error`` file."""
-    return f"runs/{run_id}/outputs/{chunk_id}-{batch_id}-{kind}.jsonl"
+    name = "-".join(key_segment(p) for p in (chunk_id, batch_id, kind))
+    return f"runs/{key_segment(run_id)}/outputs/{name}.jsonl"
 
 
 def custom_id(seq: int, submission: int) -> str:

@@ -107,7 +107,11 @@ class ArtifactStore(Protocol):
     """Where request files and raw provider outputs live."""
 
     def open_append(self, key: str, *, truncate_to: int | None = None) -> ArtifactWriter:
-        """Open the unpublished file ``key`` for appending, cut to ``truncate_to`` bytes first."""
+        """Open the unpublished file ``key`` for appending, cut to ``truncate_to`` bytes first.
+
+        Raises :class:`ArtifactError` if the file is shorter than ``truncate_to`` (it lost
+        committed bytes); it never pads a file.
+        """
         ...
 
     def publish(self, key: str) -> str:

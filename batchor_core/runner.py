@@ -213,9 +213,9 @@ class BatchRunner:
         """
         self.provider.preflight()  # e.g. a missing API key fails before anything is read
         spec, fingerprint = job_spec(job, self.provider)
-        run_id = run_id or f"run-{self.clock.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-        if not run_id.strip() or len(run_id) > 200:
-            raise ConfigurationError("run_id must be 1-200 characters")
+        if run_id is None:
+            run_id = f"run-{self.clock.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        _check_run_id(run_id)
         now = self.clock.now()
         record = self.storage.create_run(
             RunRecord(
@@ -398,6 +398,21 @@ class BatchRunner:
     def stepper(self) -> RunStepper:
         """The step engine (used by :class:`Run`)."""
         return self._stepper
+
+
+def _check_run_id(run_id: object) -> None:
+    # An empty id must not mean "make one up": a restart would then start a second run
+    # and resubmit everything. NUL cannot be stored in Postgres text columns.
+    if not isinstance(run_id, str) or not run_id.strip() or len(run_id) > 200:
+        raise ConfigurationError(
+            f"run_id must be a string of 1-200 characters, not only spaces; got {run_id!r}"
+        )
+    if any(ord(c) < 32 for c in run_id):
+        raise ConfigurationError(f"run_id must not contain control characters; got {run_id!r}")
+    try:
+        run_id.encode()
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(f"run_id is not valid Unicode text: {run_id!r}") from exc
 
 
 def _owned_by(actual: JSONObject | None, wanted: Mapping[str, JSONValue]) -> bool:

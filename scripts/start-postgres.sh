@@ -27,6 +27,8 @@ DO \$\$ BEGIN
     CREATE ROLE batchor LOGIN PASSWORD 'batchor';
   END IF;
 END \$\$;
+-- Schema tests (concurrent opens, migrations) create and drop their own databases.
+ALTER ROLE batchor CREATEDB;
 DROP DATABASE IF EXISTS batchor_test WITH (FORCE);
 CREATE DATABASE batchor_test OWNER batchor;
 SQL

@@ -27,12 +27,14 @@ def safe_segment(value: str) -> str:
     """Turn any id into one safe path segment (no separators, no dot-only names).
 
     Distinct inputs stay distinct: characters outside ``[A-Za-z0-9._-]`` are escaped as
-    ``%XX`` style hex with ``~``, which itself is escaped.
+    ``%XX`` style hex with ``~``, which itself is escaped. A segment longer than 200
+    characters keeps a prefix and a digest of the whole, joined by ``~~``, which no
+    escaped segment contains (every ``~`` there starts an escape or a leading-dot guard).
     """
     escaped = _UNSAFE.sub(lambda m: "".join(f"~{b:02x}" for b in m.group().encode()), value)
     if escaped in ("", ".", "..") or escaped.startswith("."):
         escaped = "~" + escaped
-    return escaped[:200] if len(escaped) <= 200 else escaped[:160] + "~" + _digest(value)[:32]
+    return escaped if len(escaped) <= 200 else escaped[:160] + "~~" + _digest(value)[:32]
 
 
 def _digest(value: str) -> str:
@@ -44,16 +46,27 @@ class _LocalWriter:
         self._fh = fh
         self._path = path
 
+    # A full disk (ENOSPC), a file-size limit (EFBIG) or an I/O error surface here; they
+    # become ArtifactError, and the ingest slice being written is not committed.
     def write(self, data: bytes) -> None:
-        self._fh.write(data)
+        try:
+            self._fh.write(data)
+        except OSError as exc:
+            raise ArtifactError(f"cannot write {self._path}: {exc}") from exc
 
     def sync(self) -> int:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        return self._fh.tell()
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            return self._fh.tell()
+        except OSError as exc:
+            raise ArtifactError(f"cannot write {self._path}: {exc}") from exc
 
     def close(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError as exc:
+            raise ArtifactError(f"cannot write {self._path}: {exc}") from exc
 
 
 class LocalArtifactStore:
@@ -105,6 +118,9 @@ class LocalArtifactStore:
         """Open ``key``'s unpublished file for appending, first cutting it to ``truncate_to``.
 
         Cutting lets a resumed ingest drop bytes written after the last committed slice.
+        A file shorter than ``truncate_to`` lost committed lines (deleted or cut by
+        someone else): that raises :class:`ArtifactError` instead of padding the file with
+        zero bytes that would then be sealed and uploaded.
         """
         path = self.path_for(key)
         part = path.with_name(path.name + _PART)
@@ -112,7 +128,15 @@ class LocalArtifactStore:
             self._ensure_parent(part)
             fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
             fh = os.fdopen(fd, "r+b", buffering=1024 * 1024)
-            size = truncate_to if truncate_to is not None else fh.seek(0, os.SEEK_END)
+            end = fh.seek(0, os.SEEK_END)
+            size = truncate_to if truncate_to is not None else end
+            if size > end:
+                fh.close()
+                raise ArtifactError(
+                    f"{part} holds {end} bytes but {size} were committed to it: the file was "
+                    "deleted or truncated while the run was being prepared. Restore it, or "
+                    "cancel the run and start it again under a new run id."
+                )
             fh.truncate(size)
             fh.seek(size)
         except OSError as exc:

@@ -1,5 +1,15 @@
-"""Control-plane stores: SQLite (default), Postgres, and in-memory."""
+"""Control-plane stores: SQLite (default), Postgres, and in-memory.
 
-from batchor_core.storage.sql import MemoryStateStore, PostgresStorage, SQLiteStorage, SQLStateStore
+:func:`upgrade` brings a store's schema to this batchor's revision (opening a store does
+the same automatically).
+"""
 
-__all__ = ["MemoryStateStore", "PostgresStorage", "SQLStateStore", "SQLiteStorage"]
+from batchor_core.storage.sql import (
+    MemoryStateStore,
+    PostgresStorage,
+    SQLiteStorage,
+    SQLStateStore,
+    upgrade,
+)
+
+__all__ = ["MemoryStateStore", "PostgresStorage", "SQLStateStore", "SQLiteStorage", "upgrade"]

@@ -10,13 +10,11 @@ from sqlalchemy import (
     Connection,
     Engine,
     insert,
-    select,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from batchor_core.errors import (
-    ConfigurationError,
     StorageError,
 )
 from batchor_core.models import ItemError, ItemStatus, JSONObject, RunStatus, Usage
@@ -26,8 +24,8 @@ from batchor_core.ports import (
     ResultRow,
     RunRecord,
 )
-from batchor_core.storage import schema
 from batchor_core.storage.dialects import make_engine
+from batchor_core.storage.migrate import ensure_current
 from batchor_core.storage.schema import chunks
 
 __all__ = [
@@ -82,22 +80,37 @@ def public_status(stored: str) -> ItemStatus:
 class StoreBase:
     """Control-plane store on any SQLAlchemy URL.
 
+    Opening a store brings its schema to the current revision (creating it in a new
+    database; see :mod:`batchor_core.storage.migrate`).
+
     Args:
         url: SQLAlchemy database URL.
-        create_tables: Create missing tables on first use.
+        create_tables: Create or upgrade the schema on open (False: use it as it is).
+
+    Attributes:
+        schema_revision: The schema revision the store is at (None if not checked).
     """
+
+    schema_revision: str | None = None
 
     def __init__(self, url: str, *, create_tables: bool = True) -> None:
         self.url = url
         try:
             self._engine: Engine = make_engine(url)
-            if create_tables:
-                schema.metadata.create_all(self._engine)
-                self._check_version()
         except SQLAlchemyError as exc:
             raise StorageError(
                 f"cannot open the batchor store at {self._safe_url()}: {exc}"
             ) from exc
+        try:
+            if create_tables:
+                self.schema_revision = ensure_current(self._engine, where=self._safe_url())
+        except BaseException as exc:
+            self._engine.dispose()  # a refused store keeps no connection open
+            if isinstance(exc, SQLAlchemyError):
+                raise StorageError(
+                    f"cannot open the batchor store at {self._safe_url()}: {exc}"
+                ) from exc
+            raise
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._safe_url()!r})"
@@ -109,23 +122,6 @@ class StoreBase:
             return make_url(self.url).render_as_string(hide_password=True)
         except Exception:
             return "<invalid url>"
-
-    def _check_version(self) -> None:
-        with self._engine.begin() as conn:
-            row = conn.execute(
-                select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")
-            ).first()
-            if row is None:
-                conn.execute(
-                    insert(schema.meta).values(
-                        key="schema_version", value=str(schema.SCHEMA_VERSION)
-                    )
-                )
-            elif int(row[0]) != schema.SCHEMA_VERSION:
-                raise ConfigurationError(
-                    f"the store at {self._safe_url()} has schema version {row[0]}, this batchor "
-                    f"expects {schema.SCHEMA_VERSION}; use a matching batchor version"
-                )
 
     def _upsert_chunk(self, conn: Connection, chunk: ChunkRecord) -> None:
         result = conn.execute(

@@ -17,6 +17,7 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -316,6 +317,9 @@ class ItemOps(StoreBase):
                     items.c.chunk_id.in_(_collected_chunks(run_id)),
                     items.c.status == RETRY,
                     items.c.seq > after_seq,
+                    # In SQL, before the LIMIT: ready items must not hide behind earlier
+                    # items still backing off.
+                    or_(items.c.not_before.is_(None), items.c.not_before <= now),
                 )
                 .order_by(items.c.seq)
                 .limit(limit)
@@ -323,7 +327,6 @@ class ItemOps(StoreBase):
         return [
             RetryCandidate(seq=int(r.seq), chunk_id=str(r.chunk_id), submission=int(r.submissions))
             for r in rows
-            if r.not_before is None or aware_utc(r.not_before) <= now  # type: ignore[operator]
         ]
 
     def next_retry_time(self, run_id: str) -> datetime | None:

@@ -23,6 +23,8 @@ from sqlalchemy import (
 
 __all__ = ["SCHEMA_VERSION", "chunks", "collections", "items", "meta", "metadata", "runs"]
 
+# Kept in batchor_meta for the release before migrations, which refuses anything but 1;
+# the schema revision itself is Alembic's (see batchor_core.storage.migrate).
 SCHEMA_VERSION = 1
 
 metadata = MetaData()

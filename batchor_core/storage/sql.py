@@ -8,6 +8,7 @@ so replaying a step after a crash changes nothing. Item operations live in
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from batchor_core.errors import (
+    ConfigurationError,
     StorageError,
 )
 from batchor_core.models import JSONObject, RunStatus
@@ -37,7 +39,13 @@ from batchor_core.ports import (
 )
 from batchor_core.storage.schema import chunks, collections, items, runs
 
-__all__ = ["MemoryStateStore", "PostgresStorage", "SQLStateStore", "SQLiteStorage"]
+__all__ = [
+    "MemoryStateStore",
+    "PostgresStorage",
+    "SQLStateStore",
+    "SQLiteStorage",
+    "upgrade",
+]
 
 from batchor_core.storage.base import QUEUED, RETRY, aware_utc, dump_json, utc_now
 from batchor_core.storage.items_sql import ItemOps
@@ -59,10 +67,18 @@ class SQLStateStore(ItemOps):
     # ------------------------------------------------------------------ runs
 
     def create_run(self, record: RunRecord) -> RunRecord:
-        """Insert the run unless it exists; return the stored run."""
-        with self._tx() as conn:
-            existing = conn.execute(select(runs).where(runs.c.run_id == record.run_id)).first()
-            if existing is None:
+        """Insert the run unless it exists; return the stored run.
+
+        Two processes may create the same run id at once (on Postgres both can miss it
+        in a select): the primary key lets one insert win, and the other reads the
+        winner's row, so it sees the stored job (and a job mismatch) like any later
+        caller instead of a constraint violation.
+        """
+        existing = self.load_run(record.run_id)
+        if existing is not None:
+            return existing
+        try:
+            with self._tx() as conn:
                 conn.execute(
                     insert(runs).values(
                         run_id=record.run_id,
@@ -86,8 +102,14 @@ class SQLStateStore(ItemOps):
                         updated_at=record.updated_at,
                     )
                 )
-                return record
-            return self._run_from_row(existing._mapping)
+            return record
+        except IntegrityError as exc:
+            winner = self.load_run(record.run_id)
+            if winner is None:
+                raise StorageError(
+                    f"cannot create run {record.run_id!r}: {exc.orig}", run_id=record.run_id
+                ) from exc
+            return winner
 
     def load_run(self, run_id: str) -> RunRecord | None:
         """The run, or None."""
@@ -423,10 +445,75 @@ class SQLiteStorage(SQLStateStore):
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise StorageError(f"cannot create directory for {self.path}: {exc}") from exc
+        _prepare_sqlite_file(self.path)
         super().__init__(f"sqlite:///{self.path}")
-        if self.path.exists():
-            os.chmod(self.path, 0o600)
         self._liveness = FileLiveness(self.path.with_name(self.path.name + ".leases"))
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create a new store file 0600, or check that an existing file is a batchor store.
+
+    SQLite gives the ``-wal`` and ``-shm`` files (which hold payloads too) the database
+    file's permissions, so creating the file 0600 before SQLite opens it makes all three
+    private. An existing file keeps the permissions its owner gave it, and a SQLite file
+    that belongs to something else is refused before it is touched (opening it would
+    switch it to WAL mode and add our tables).
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StorageError(f"cannot create the batchor store {path}: {exc}") from exc
+    if path.stat().st_size == 0:
+        return  # created by a process that is creating the store right now
+    try:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            tables = {
+                str(r[0])
+                for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise ConfigurationError(
+            f"{path} is not a batchor store (not a SQLite database: {exc}); "
+            "give batchor a new file name"
+        ) from exc
+    if tables and "batchor_meta" not in tables:
+        shown = ", ".join(sorted(tables)[:5])
+        raise ConfigurationError(
+            f"{path} is a SQLite database of something else (tables: {shown}), not a "
+            "batchor store; batchor left it untouched. Give batchor a new file name."
+        )
+
+
+def upgrade(url: str) -> str:
+    """Upgrade the store at ``url`` to this batchor's schema; return the revision.
+
+    Opening a store does the same automatically; this is the explicit form for operators
+    (and a later ``batchor db upgrade``). SQLite URLs get the same file checks as
+    :class:`SQLiteStorage`.
+
+    Raises:
+        ConfigurationError: The store was written by a newer batchor, or the file is not a
+            batchor store.
+        StorageError: The database cannot be reached.
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    store: SQLStateStore
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        store = SQLiteStorage(parsed.database)
+    else:
+        store = SQLStateStore(url)
+    try:
+        return store.schema_revision or ""
+    finally:
+        store.close()
 
 
 class PostgresStorage(SQLStateStore):

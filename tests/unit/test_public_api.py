@@ -62,6 +62,18 @@ def test_core_all_is_pinned() -> None:
         assert getattr(batchor_core, name) is not None
 
 
+def test_storage_surface_is_pinned() -> None:
+    import batchor_core.storage
+
+    assert set(batchor_core.storage.__all__) == {
+        "MemoryStateStore",
+        "PostgresStorage",
+        "SQLStateStore",
+        "SQLiteStorage",
+        "upgrade",
+    }
+
+
 def _imports(path: Path) -> set[str]:
     """Top-level (module import time) imports of a file; lazy imports in functions excluded."""
     tree = ast.parse(path.read_text())
@@ -86,6 +98,7 @@ def test_layers_import_one_way(path: Path) -> None:
     top = rel.parts[0]
     third_party = {
         "sqlalchemy": "storage",
+        "alembic": "storage",
         "openai": "providers",
         "pyarrow": "sources",
         "dagster": None,
@@ -118,6 +131,7 @@ def test_layers_import_one_way(path: Path) -> None:
         "jsoncodec.py",
         "clock.py",
         "records.py",
+        "strict_schema.py",
     }:
         for adapter in ADAPTERS:
             assert not any(i.startswith(f"batchor_core.{adapter}") for i in imports), (

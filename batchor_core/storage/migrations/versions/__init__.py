@@ -1,0 +1,1 @@
+"""One file per schema revision, numbered ``rev_NNNN_<what>.py``."""
