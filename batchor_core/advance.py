@@ -17,15 +17,14 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel
 
 from batchor_core import failpoints
-from batchor_core.collect import OutcomeBuilder, validate_output
+from batchor_core.collect import LineSorter, OutcomeBuilder
 from batchor_core.errors import ConfigurationError, ProviderError, RateLimitedError
 from batchor_core.jobspec import chunk_policy, retry_policy
 from batchor_core.lease import LeaseKeeper
-from batchor_core.models import ItemError, ItemStatus, RunStatus, Usage
+from batchor_core.models import RunStatus
 from batchor_core.packing import (
     chunk_key,
     output_key,
-    parse_custom_id,
     seal_chunk,
 )
 from batchor_core.ports import (
@@ -35,17 +34,16 @@ from batchor_core.ports import (
     ChunkRecord,
     ChunkState,
     Clock,
-    ItemOutcome,
     ProviderBatch,
     RunRecord,
     StateStore,
 )
 from batchor_core.retries import build_retry_chunk
+from batchor_core.stalls import StallPolicy
 
 __all__ = ["RunStepper"]
 
 log = logging.getLogger("batchor.run")
-_NO_OUTPUT = ItemError("empty_output", "no output")
 _STOPPING = frozenset({"cancelling", "cancelled", "completed", "failed", "expired"})
 
 
@@ -57,9 +55,12 @@ class RunStepper:
         artifacts: Artifact store.
         provider: Batch provider.
         clock: Time source.
-        transient_backoff_seconds: Wait after a retryable provider error without Retry-After.
+        lease: The lease keeper (renewed before side effects and during downloads).
+        stalls: How long provider errors are retried before the run pauses.
         token_limit_backoff_seconds: Wait before resubmitting a batch that hit the
             enqueued-token limit.
+        create_grace_seconds: After an ambiguous batch create, how long a missing batch
+            is looked for again before it is concluded "not created".
     """
 
     def __init__(
@@ -70,16 +71,18 @@ class RunStepper:
         provider: BatchProvider,
         clock: Clock,
         lease: LeaseKeeper,
-        transient_backoff_seconds: float = 5.0,
+        stalls: StallPolicy | None = None,
         token_limit_backoff_seconds: float = 60.0,
+        create_grace_seconds: float = 60.0,
     ) -> None:
         self.lease = lease
         self.store = store
         self.artifacts = artifacts
         self.provider = provider
         self.clock = clock
-        self.transient_backoff_seconds = transient_backoff_seconds
+        self.stalls = stalls if stalls is not None else StallPolicy()
         self.token_limit_backoff_seconds = token_limit_backoff_seconds
+        self.create_grace_seconds = create_grace_seconds
 
     # ------------------------------------------------------------------ step
 
@@ -123,6 +126,21 @@ class RunStepper:
         with self.lease.held(run_id):
             return self._submit(run)
 
+    def clear_stalls(self, run_id: str) -> None:
+        """Forget every chunk's error streak and backoff (on resume: retry now, fresh budget).
+
+        A submitting chunk keeps its not_before: it is the grace period of an ambiguous
+        create, not a backoff.
+        """
+        for chunk in self.store.list_chunks(run_id):
+            if chunk.first_error_at is None or chunk.state is ChunkState.COLLECTED:
+                continue
+            keep = chunk.not_before if chunk.state is ChunkState.SUBMITTING else None
+            self.store.save_chunk(
+                dataclasses.replace(chunk, first_error_at=None, not_before=keep),
+                expected=chunk.state,
+            )
+
     def next_wake(self, run_id: str) -> datetime | None:
         """Earliest time a backoff in this run ends (for callers deciding how long to wait)."""
         times = [c.not_before for c in self.store.list_chunks(run_id) if c.not_before]
@@ -158,7 +176,7 @@ class RunStepper:
                     for file_id in self.provider.find_files(_upload_name(run.run_id, chunk)):
                         self.provider.delete_file(file_id)
                 except ProviderError as exc:
-                    self._defer(chunk, exc)
+                    self._stall(run, chunk, exc, f"recovering the upload of chunk {chunk.chunk_id}")
                     continue
                 self._move(chunk, ChunkState.UPLOADING, state=ChunkState.SEALED)
                 progress = True
@@ -170,7 +188,7 @@ class RunStepper:
         try:
             found = self.provider.find_batches(_batch_metadata(run.run_id, chunk))
         except ProviderError as exc:
-            self._defer(chunk, exc)
+            self._stall(run, chunk, exc, f"looking for the batch of chunk {chunk.chunk_id}")
             return False
         if found:
             batch = found[0]
@@ -181,8 +199,12 @@ class RunStepper:
                 chunk.chunk_id,
                 batch.batch_id,
             )
+        elif chunk.not_before is not None and chunk.not_before > self.clock.now():
+            # The create was attempted moments ago: a batch the provider commits late
+            # may not be listed yet. Creating again now could make a second batch.
+            return False
         else:
-            self._move(chunk, ChunkState.SUBMITTING, state=ChunkState.UPLOADED)
+            self._move(chunk, ChunkState.SUBMITTING, state=ChunkState.UPLOADED, not_before=None)
         return True
 
     # ------------------------------------------------------------------ submit
@@ -229,11 +251,23 @@ class RunStepper:
             # file the provider kept anyway, then puts the chunk back to "sealed".
             file_id = self.provider.upload_file(stream, filename=_upload_name(run.run_id, chunk))
         failpoints.reach("submit.uploaded")
-        return self._move(chunk, ChunkState.UPLOADING, state=ChunkState.UPLOADED, file_id=file_id)
+        return self._move(
+            chunk,
+            ChunkState.UPLOADING,
+            state=ChunkState.UPLOADED,
+            file_id=file_id,
+            first_error_at=None,
+        )
 
     def _create(self, run: RunRecord, chunk: ChunkRecord) -> None:
         self.lease.renew(run.run_id)  # before the side effect; raises if the lease was lost
-        chunk = self._move(chunk, ChunkState.UPLOADED, state=ChunkState.SUBMITTING)
+        # not_before on a submitting chunk is the end of the grace period during which a
+        # batch that cannot be found is not yet concluded "not created" (durable, so a
+        # crash right after the create does not shorten it).
+        grace_until = self.clock.now() + timedelta(seconds=self.create_grace_seconds)
+        chunk = self._move(
+            chunk, ChunkState.UPLOADED, state=ChunkState.SUBMITTING, not_before=grace_until
+        )
         assert chunk.file_id is not None
         try:
             batch = self.provider.create_batch(
@@ -242,9 +276,12 @@ class RunStepper:
                 completion_window=run.job_spec.get("completion_window", "24h"),
                 metadata=_batch_metadata(run.run_id, chunk),
             )
-        except ProviderError:
-            # Ambiguous: the batch may exist. Look before anything is created again.
-            self._reconcile_create(run, self._reload(chunk))
+        except ProviderError as exc:
+            if exc.retryable and not isinstance(exc, RateLimitedError):
+                # Ambiguous: the batch may exist. Look before anything is created again.
+                self._reconcile_create(run, self._reload(chunk))
+            else:  # refused outright (4xx, 429): certainly not created
+                self._move(chunk, ChunkState.SUBMITTING, state=ChunkState.UPLOADED, not_before=None)
             raise
         failpoints.reach("submit.created")
         self._mark_submitted(chunk, batch)
@@ -260,17 +297,15 @@ class RunStepper:
         current = self._reload(chunk)
         if current.state is ChunkState.SUBMITTED:
             return True  # the ambiguous create did happen; reconciling adopted the batch
-        self._defer(current, exc)
+        delay = self._stall(run, current, exc, f"submitting chunk {chunk.chunk_id}")
         if isinstance(exc, RateLimitedError):
             # A 429 is about the account, not this chunk: hold back every unsubmitted
-            # chunk of the run for as long as the provider asked.
+            # chunk of the run for as long as the provider asked (without charging them).
             for other in self.store.list_chunks(
                 run.run_id, [ChunkState.SEALED, ChunkState.UPLOADED]
             ):
                 if other.chunk_id != current.chunk_id:
-                    self._defer(other, exc)
-        if not exc.retryable:
-            self._pause(run, f"provider refused chunk {chunk.chunk_id}: {exc.message}")
+                    self._defer(other, exc, delay, first_error_at=other.first_error_at)
         return True
 
     def _pause(self, run: RunRecord, reason: str) -> None:
@@ -298,19 +333,24 @@ class RunStepper:
             try:
                 batch = self.provider.get_batch(chunk.batch_id)
             except ProviderError as exc:
-                self._defer(chunk, exc)
-                if not exc.retryable:
-                    self._pause(run, f"cannot read batch {chunk.batch_id}: {exc.message}")
+                self._stall(run, chunk, exc, f"reading batch {chunk.batch_id}")
                 continue
             if not batch.is_terminal:
-                if batch.status != chunk.provider_status:
-                    self._move(chunk, ChunkState.SUBMITTED, provider_status=batch.status)
+                if batch.status != chunk.provider_status or chunk.first_error_at is not None:
+                    self._move(
+                        chunk,
+                        ChunkState.SUBMITTED,
+                        provider_status=batch.status,
+                        first_error_at=None,
+                        last_error=None,
+                        not_before=None,
+                    )
                     progress = True
                 continue
             try:
                 self._collect(run, chunk, batch, output_model, cancelling=cancelling)
             except ProviderError as exc:
-                self._defer(chunk, exc)
+                self._stall(run, chunk, exc, f"collecting batch {batch.batch_id}")
                 continue
             collected += 1
             progress = True
@@ -326,53 +366,29 @@ class RunStepper:
         cancelling: bool,
     ) -> None:
         spec = run.job_spec
-        if spec.get("output_schema") and output_model is None:
-            raise ConfigurationError(
-                f"run {run.run_id!r} returns {spec.get('output_model_ref')} objects, which cannot "
-                "be imported here; pass job= to get_run() so results can be validated",
-                run_id=run.run_id,
-            )
-        # Successes (the common case) need nothing from the store; the store's conditional
-        # update ignores lines of stale submissions. Failures and missing lines need the
-        # items' attempt counts, fetched only for them.
-        successes: list[ItemOutcome] = []
-        failures: list[tuple[int, int, ItemError, Usage | None]] = []
-        seen: set[int] = set()
+        # Without the output model (an operator's shell, a model defined in the starting
+        # script) outputs are checked against the stored strict schema instead: cancel,
+        # resume and wait work in any process.
+        output_schema = spec.get("output_schema") if output_model is None else None
+        sorter = LineSorter(
+            parse=lambda raw: self.provider.parse_line(spec["endpoint"], raw),
+            output_model=output_model,
+            output_schema=output_schema,
+        )
         for kind, file_id in (("output", batch.output_file_id), ("error", batch.error_file_id)):
             if not file_id:
                 continue
             key = output_key(run.run_id, chunk.chunk_id, batch.batch_id, kind)
             if not self.artifacts.exists(key):
-                self.artifacts.write_stream(key, self.provider.download_file(file_id))
+                stream = self.lease.renewing(run.run_id, self.provider.download_file(file_id))
+                self.artifacts.write_stream(key, stream)
                 failpoints.reach("collect.downloaded")
             with self.artifacts.open_read(key) as fh:
                 for raw in fh:
-                    if not raw.strip():
-                        continue
-                    parsed = self.provider.parse_line(spec["endpoint"], raw)
-                    ids = parse_custom_id(parsed.custom_id)
-                    if ids is None or ids[0] in seen:
-                        continue  # not ours, or a repeated line
-                    seen.add(ids[0])
-                    seq, sub = ids
-                    if parsed.error is not None:
-                        failures.append((seq, sub, parsed.error, parsed.usage))
-                    elif parsed.text is None:
-                        failures.append((seq, sub, _NO_OUTPUT, None))
-                    else:
-                        output_json, error = validate_output(parsed.text, output_model)
-                        if error is None and output_json is not None:
-                            successes.append(
-                                ItemOutcome(
-                                    seq,
-                                    sub,
-                                    ItemStatus.COMPLETED,
-                                    output_json=output_json,
-                                    usage=parsed.usage,
-                                )
-                            )
-                        else:
-                            failures.append((seq, sub, error or _NO_OUTPUT, parsed.usage))
+                    sorter.add(raw)
+        if sorter.corrupt_lines:
+            log.warning("run %s: %s", run.run_id, sorter.corrupt_lines[-1])
+        successes, failures, seen = sorter.successes, sorter.failures, sorter.seen
         missing: list[tuple[int, int]] = []
         if len(seen) < chunk.request_count:
             missing = [
@@ -400,7 +416,11 @@ class RunStepper:
             )
         )
         done = dataclasses.replace(
-            chunk, state=ChunkState.COLLECTED, provider_status=batch.status, not_before=None
+            chunk,
+            state=ChunkState.COLLECTED,
+            provider_status=batch.status,
+            not_before=None,
+            first_error_at=None,
         )
         self.store.record_outcomes(run.run_id, done, outcomes)
         failpoints.reach("collect.recorded")
@@ -498,6 +518,7 @@ class RunStepper:
             provider_status=batch.status,
             last_error=None,
             not_before=None,
+            first_error_at=None,
         )
 
     def _reload(self, chunk: ChunkRecord) -> ChunkRecord:
@@ -506,14 +527,34 @@ class RunStepper:
                 return current
         return chunk
 
-    def _defer(self, chunk: ChunkRecord, exc: ProviderError) -> None:
-        delay = self.transient_backoff_seconds
-        if isinstance(exc, RateLimitedError) and exc.retry_after_seconds is not None:
-            delay = max(exc.retry_after_seconds, 0.0)
+    def _stall(self, run: RunRecord, chunk: ChunkRecord, exc: ProviderError, what: str) -> float:
+        """Charge a provider error to ``chunk``: back off, or pause the run when its
+        streak of errors is over budget (see :mod:`batchor_core.stalls`); return the
+        backoff in seconds."""
+        now = self.clock.now()
+        started = chunk.first_error_at or now
+        decision = self.stalls.decide(exc, first_error_at=chunk.first_error_at, now=now, what=what)
+        self._defer(chunk, exc, decision.delay_seconds, first_error_at=started)
+        if decision.pause_reason is not None:
+            self._pause(run, decision.pause_reason)
+        return decision.delay_seconds
+
+    def _defer(
+        self,
+        chunk: ChunkRecord,
+        exc: ProviderError,
+        delay: float,
+        *,
+        first_error_at: datetime | None,
+    ) -> None:
+        not_before = self.clock.now() + timedelta(seconds=delay)
+        if chunk.state is ChunkState.SUBMITTING and chunk.not_before is not None:
+            not_before = max(not_before, chunk.not_before)  # keep the create's grace period
         deferred = dataclasses.replace(
             chunk,
-            not_before=self.clock.now() + timedelta(seconds=delay),
+            not_before=not_before,
             last_error=exc.message[:2000],
+            first_error_at=first_error_at,
         )
         self.store.save_chunk(deferred, expected=chunk.state)
         log.info(

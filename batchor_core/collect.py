@@ -12,25 +12,47 @@ Rules (the same for every batch):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ValidationError
 
 from batchor_core import jsoncodec
-from batchor_core.models import ItemError, ItemStatus, RetryPolicy, Usage
-from batchor_core.ports import ItemOutcome
+from batchor_core.errors import ProviderError
+from batchor_core.models import ItemError, ItemStatus, JSONObject, RetryPolicy, Usage
+from batchor_core.packing import parse_custom_id
+from batchor_core.ports import ItemOutcome, ParsedLine
+from batchor_core.schemacheck import schema_errors
 
-__all__ = ["OutcomeBuilder", "validate_output"]
+__all__ = ["LineSorter", "OutcomeBuilder", "validate_output"]
 
 NEVER_RAN_CODES = frozenset({"batch_expired", "batch_cancelled"})
+_NO_OUTPUT = ItemError("empty_output", "no output")
+_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"([^"\\]{1,200})"')
 
 
 def validate_output(
-    text: str, output_model: type[BaseModel] | None
+    text: str, output_model: type[BaseModel] | None, output_schema: JSONObject | None = None
 ) -> tuple[str | None, ItemError | None]:
-    """Check a model's text output; return ``(output_json, None)`` or ``(None, error)``."""
+    """Check a model's text output; return ``(output_json, None)`` or ``(None, error)``.
+
+    With ``output_model`` the text must validate against it. Without it but with the
+    run's stored ``output_schema`` (a process that cannot import the model), the text
+    must be JSON that satisfies the schema the provider enforced. With neither, the run
+    is a text job and the text is stored as a JSON string.
+    """
+    if output_model is None and output_schema is not None:
+        try:
+            value = jsoncodec.loads(text)
+        except ValueError as exc:
+            return None, ItemError("invalid_json", f"output is not valid JSON: {exc}")
+        problems = schema_errors(value, output_schema)
+        if problems:
+            detail = "; ".join(problems)
+            return None, ItemError("schema_mismatch", f"output does not match the schema: {detail}")
+        return text, None
     if output_model is None:
         return jsoncodec.dumps_text(text), None
     try:
@@ -41,6 +63,71 @@ def validate_output(
             return None, ItemError("invalid_json", f"output is not valid JSON: {errors[0]['msg']}")
         return None, ItemError("schema_mismatch", _short_validation(exc))
     return text, None
+
+
+class LineSorter:
+    """Sorts the lines of a batch's output and error files into successes and failures.
+
+    Successes (the common case) need nothing from the store; the store's conditional
+    update ignores lines of stale submissions. Failures need the items' attempt counts,
+    which the caller fetches only for them. A corrupt line fails its own item when its
+    custom id can still be read, never the whole batch; an unreadable one leaves its
+    item without a line (retried as missing).
+
+    Args:
+        parse: The provider's line parser for the batch's endpoint.
+        output_model: The output model, when this process has it.
+        output_schema: The run's stored strict schema, used when the model is missing.
+    """
+
+    def __init__(
+        self,
+        *,
+        parse: Callable[[bytes], ParsedLine],
+        output_model: type[BaseModel] | None,
+        output_schema: JSONObject | None,
+    ) -> None:
+        self._parse = parse
+        self._model = output_model
+        self._schema = output_schema
+        self.successes: list[ItemOutcome] = []
+        self.failures: list[tuple[int, int, ItemError, Usage | None]] = []
+        self.seen: set[int] = set()
+        self.corrupt_lines: list[str] = []
+
+    def add(self, raw: bytes) -> None:
+        """Sort one raw line (blank lines, other runs' and repeated lines are skipped)."""
+        if not raw.strip():
+            return
+        try:
+            parsed = self._parse(raw)
+        except ProviderError as exc:
+            self.corrupt_lines.append(exc.message)
+            found = _CUSTOM_ID.search(raw)
+            ids = parse_custom_id(found.group(1).decode("ascii", "replace")) if found else None
+            if ids is not None and ids[0] not in self.seen:
+                self.seen.add(ids[0])
+                self.failures.append((*ids, ItemError("invalid_line", exc.message[:2000]), None))
+            return
+        ids = parse_custom_id(parsed.custom_id)
+        if ids is None or ids[0] in self.seen:
+            return  # not ours, or a repeated line
+        self.seen.add(ids[0])
+        seq, sub = ids
+        if parsed.error is not None:
+            self.failures.append((seq, sub, parsed.error, parsed.usage))
+        elif parsed.text is None:
+            self.failures.append((seq, sub, _NO_OUTPUT, None))
+        else:
+            output_json, error = validate_output(parsed.text, self._model, self._schema)
+            if error is None and output_json is not None:
+                self.successes.append(
+                    ItemOutcome(
+                        seq, sub, ItemStatus.COMPLETED, output_json=output_json, usage=parsed.usage
+                    )
+                )
+            else:
+                self.failures.append((seq, sub, error or _NO_OUTPUT, parsed.usage))
 
 
 def _short_validation(exc: ValidationError) -> str:

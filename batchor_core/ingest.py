@@ -8,6 +8,7 @@ committed checkpoint and the open chunk file is cut back to its committed size.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from batchor_core import failpoints, jsoncodec
-from batchor_core.errors import InvalidItemError, SourceError
+from batchor_core.errors import InvalidItemError, SourceChangedError, SourceError
 from batchor_core.jobspec import chunk_policy
 from batchor_core.lease import LeaseKeeper
 from batchor_core.models import (
@@ -51,10 +52,12 @@ _STOPPED = frozenset({RunStatus.CANCELLING, RunStatus.CANCELLED})
 
 
 class IterableSource:
-    """Any iterable of :class:`BatchItem` as a source; its checkpoint is a count.
+    """Any iterable of :class:`BatchItem` as a source; its checkpoint is a count and a digest.
 
     Resuming re-iterates the same iterable and skips what was already committed, so pass
-    the same items in the same order when resuming a run.
+    the same items in the same order when resuming a run. The checkpoint carries a
+    running sha256 of the items' ids, payloads and metadata, so different items are
+    refused (:class:`SourceChangedError`) instead of silently mixed with the old ones.
     """
 
     def __init__(self, items: Iterable[BatchItem]) -> None:
@@ -69,7 +72,11 @@ class IterableSource:
     ) -> Iterator[SourceSlice]:
         """Yield slices of items after ``checkpoint['consumed']`` items."""
         consumed = int((checkpoint or {}).get("consumed", 0))
-        iterator = itertools.islice(iter(self._items), consumed, None)
+        digest = hashlib.sha256()
+        iterator = iter(self._items)
+        for item in itertools.islice(iterator, consumed):
+            _feed_item(digest, item)
+        _check_digest(checkpoint, digest, consumed)
         while True:
             batch = list(itertools.islice(iterator, slice_size))
             if not batch:
@@ -80,8 +87,49 @@ class IterableSource:
                         f"items must be BatchItem objects, got {type(item).__name__} "
                         f"at position {consumed}"
                     )
+                _feed_item(digest, item)
             consumed += len(batch)
-            yield SourceSlice(items=batch, checkpoint={"consumed": consumed})
+            yield SourceSlice(
+                items=batch, checkpoint={"consumed": consumed, "digest": digest.hexdigest()}
+            )
+
+    def check_complete(self, checkpoint: JSONObject | None) -> None:
+        """Check that these are exactly the items a finished ingest read (reads them all).
+
+        Raises:
+            SourceChangedError: The items differ from those the checkpoint was taken on.
+        """
+        digest = hashlib.sha256()
+        count = 0
+        for item in self._items:
+            _feed_item(digest, item)
+            count += 1
+        if count != int((checkpoint or {}).get("consumed", count)):
+            raise SourceChangedError(
+                f"the items differ from those the run read: {count} items now, "
+                f"{(checkpoint or {}).get('consumed')} then"
+            )
+        _check_digest(checkpoint, digest, count)
+
+
+def _feed_item(digest: Any, item: object) -> None:
+    if isinstance(item, BatchItem):
+        canonical = json.dumps(
+            [item.item_id, dict(item.payload), item.metadata],
+            sort_keys=True,
+            separators=(",", ":"),
+            default=repr,
+        )
+        digest.update(canonical.encode("utf-8", "surrogatepass") + b"\n")
+
+
+def _check_digest(checkpoint: JSONObject | None, digest: Any, count: int) -> None:
+    expected = (checkpoint or {}).get("digest")
+    if expected is not None and digest.hexdigest() != expected:
+        raise SourceChangedError(
+            f"the first {count} items differ from those the run already read (ids, payloads "
+            "or metadata); pass the same items in the same order, or start a new run id"
+        )
 
 
 def as_source(items: Any) -> ItemSource:

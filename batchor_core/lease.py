@@ -2,22 +2,67 @@
 
 A process takes the lease (owner id + expiry) before it ingests or steps a run, renews it
 before every side effect with the provider, and gives it up when the step ends. A crashed
-holder's lease simply expires. Chunk transitions are conditional on the chunk's state as
-well, so even a process that lost its lease cannot move a chunk another process moved.
+holder is detected at once by the store (its liveness lock died with it, see
+:mod:`batchor_core.storage.liveness`); otherwise, for example for a holder on another
+host, its lease expires after the TTL. Chunk transitions are conditional on the chunk's
+state as well, so even a process that lost its lease cannot move a chunk another process
+moved.
+
+Leases still held are released at normal interpreter exit, and on SIGTERM: if the program
+has no SIGTERM handler of its own, one is installed (main thread only) that turns SIGTERM
+into ``SystemExit(143)``, so ``finally`` blocks release the lease on the way out.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import logging
 import os
+import signal
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
+from types import FrameType
 
 from batchor_core.errors import RunLeasedError
 from batchor_core.ports import Clock, StateStore
 
 __all__ = ["LeaseKeeper", "new_owner_id"]
+
+log = logging.getLogger("batchor.lease")
+# Keepers holding a lease right now (strong references: a runner dropped by a frame that
+# SystemExit unwound must still release at exit).
+_HOLDING: set[LeaseKeeper] = set()
+_SIGTERM_INSTALLED = False
+
+
+def _release_all() -> None:
+    """Give up every lease this process still holds (interpreter exit)."""
+    for keeper in list(_HOLDING):
+        keeper.release_all()
+
+
+atexit.register(_release_all)
+
+
+def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    # Only installed where SIGTERM would otherwise kill the process outright: exit the
+    # Python way instead, so finally blocks and atexit release leases; a second
+    # SIGTERM kills as before.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(128 + signum)
+
+
+def _install_sigterm_handler() -> None:
+    global _SIGTERM_INSTALLED
+    if _SIGTERM_INSTALLED or threading.current_thread() is not threading.main_thread():
+        return
+    _SIGTERM_INSTALLED = True
+    with contextlib.suppress(ValueError, OSError):
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # never replace the user's
+            signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def new_owner_id() -> str:
@@ -33,13 +78,23 @@ class LeaseKeeper:
         clock: Time source.
         owner: This process's owner id.
         ttl_seconds: How long a lease lasts without renewal.
+        handle_sigterm: Install the SIGTERM handler described above (when none is set).
     """
 
-    def __init__(self, store: StateStore, clock: Clock, owner: str, ttl_seconds: float) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        clock: Clock,
+        owner: str,
+        ttl_seconds: float,
+        *,
+        handle_sigterm: bool = True,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.owner = owner
         self.ttl_seconds = ttl_seconds
+        self._handle_sigterm = handle_sigterm
         self._depth: dict[str, int] = {}
         self._tokens: dict[str, int] = {}
 
@@ -49,8 +104,11 @@ class LeaseKeeper:
         Raises:
             RunLeasedError: Another live process holds it.
         """
+        if self._handle_sigterm:
+            _install_sigterm_handler()
         if self._depth.get(run_id, 0) == 0:
             self._tokens[run_id] = self._grant(run_id)
+            _HOLDING.add(self)
         else:
             self.renew(run_id)
         self._depth[run_id] = self._depth.get(run_id, 0) + 1
@@ -93,8 +151,10 @@ class LeaseKeeper:
         )
         if grant.token is None:
             raise RunLeasedError(
-                f"run {run_id!r} is being advanced by {grant.holder}; wait for it, or let "
-                "its lease expire if that process is gone",
+                f"run {run_id!r} is being advanced by {grant.holder}; wait for it. A holder "
+                "that died on this host (or any host, with Postgres) is detected at once; "
+                "for one on another host, wait for the lease to expire or call "
+                "runner.break_lease(run_id) once you know it is gone",
                 run_id=run_id,
             )
         return grant.token
@@ -107,4 +167,34 @@ class LeaseKeeper:
             return
         self._depth.pop(run_id, None)
         self._tokens.pop(run_id, None)
+        if not self._depth:
+            _HOLDING.discard(self)
         self.store.release_lease(run_id, self.owner)
+
+    def release_all(self) -> None:
+        """Give up every lease held, whatever the nesting (exit, close)."""
+        for run_id in list(self._depth):
+            self._depth.pop(run_id, None)
+            self._tokens.pop(run_id, None)
+            try:
+                self.store.release_lease(run_id, self.owner)
+            except Exception as exc:  # at exit: the TTL or liveness lock covers it
+                log.debug("could not release the lease on %s: %s", run_id, exc)
+        _HOLDING.discard(self)
+
+    def renewing(self, run_id: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Pass ``chunks`` through, renewing the lease every third of its TTL.
+
+        Long downloads (several 190 MB output files) must not outlive the lease.
+
+        Raises:
+            RunLeasedError: The lease was lost meanwhile (the download is abandoned).
+        """
+        interval = self.ttl_seconds / 3
+        last = self.clock.now()
+        for chunk in chunks:
+            now = self.clock.now()
+            if (now - last).total_seconds() >= interval:
+                self.renew(run_id)
+                last = now
+            yield chunk

@@ -287,6 +287,10 @@ class RunSummary:
         collected_by: Who turned the finished run into its downstream result (see
             :meth:`Run.mark_collected`), or None.
         collected_at: When that happened.
+        last_error: The latest provider error of a batch that is currently held back by
+            errors (None when nothing is stalled): why the run is not moving.
+        stalled_chunks: Batches currently held back by provider errors (backing off, or
+            waiting for ``resume()`` when the run was paused for them).
     """
 
     run_id: str
@@ -310,6 +314,8 @@ class RunSummary:
     batch_ids: tuple[str, ...] = ()
     collected_by: str | None = None
     collected_at: datetime | None = None
+    last_error: str | None = None
+    stalled_chunks: int = 0
 
     @property
     def is_finished(self) -> bool:

@@ -271,6 +271,10 @@ class StateStore(Protocol):
         """Give the lease up if ``owner`` holds it."""
         ...
 
+    def break_lease(self, run_id: str) -> str | None:
+        """Clear the run's lease whoever holds it (fencing it out); return the old holder."""
+        ...
+
     def set_retention(self, run_id: str, retention: JSONObject) -> None:
         """Record what was exported and pruned."""
         ...

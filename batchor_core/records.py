@@ -104,6 +104,8 @@ class ChunkStats:
     batches_in_flight: int = 0
     in_flight_items: int = 0
     batch_ids: tuple[str, ...] = ()
+    stalled_chunks: int = 0
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,8 @@ class ChunkRecord:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    first_error_at: datetime | None = None
+    """When the chunk's current streak of provider errors began (None: not stalled)."""
 
 
 @dataclass(frozen=True, slots=True)

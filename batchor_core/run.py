@@ -82,7 +82,11 @@ class Run:
         poll_interval: float = 30.0,
         on_progress: Callable[[RunSummary], None] | None = None,
     ) -> RunSummary:
-        """Refresh until the run finishes.
+        """Refresh until the run finishes, or is paused with nothing left to collect.
+
+        A paused run's batches in flight are still collected; ``wait()`` returns once none
+        is left, or once those left are held back by provider errors (see
+        ``summary().status_reason`` and ``last_error``; ``resume()`` retries them).
 
         Args:
             timeout: Seconds to wait at most (None: no limit).
@@ -119,9 +123,11 @@ class Run:
             if changed and on_progress is not None:
                 on_progress(summary)
             if summary.is_finished or (
-                summary.status is RunStatus.PAUSED and summary.batches_in_flight == 0
+                summary.status is RunStatus.PAUSED and not self._collectable_in_flight()
             ):
-                return summary  # finished, or paused with nothing left to collect
+                # Finished, or paused with nothing left to collect: batches in flight are
+                # still collected while paused, unless they are stalled by errors too.
+                return summary
             if changed:
                 continue
             delay = poll_interval
@@ -346,12 +352,16 @@ class Run:
         return self.summary()
 
     def resume(self) -> RunSummary:
-        """Resume a paused run."""
+        """Resume a paused run; batches held back by errors are retried at once."""
         self._require_live("resume")
-        self._runner.storage.set_status(
+        if self._runner.storage.set_status(
             self._run_id, RunStatus.RUNNING, expected=[RunStatus.PAUSED]
-        )
-        return self.refresh()
+        ):
+            self._runner.stepper.clear_stalls(self._run_id)
+        try:
+            return self.refresh()
+        except RunLeasedError:
+            return self.summary()  # the process holding the lease carries on
 
     def cancel(self, reason: str | None = None) -> RunSummary:
         """Cancel the run: cancel in-flight batches, keep their finished rows, cancel the rest."""
@@ -374,6 +384,12 @@ class Run:
             return self.refresh(max_collect=1_000_000)
         except RunLeasedError:
             return self.summary()
+
+    def _collectable_in_flight(self) -> bool:
+        return any(
+            c.state is ChunkState.SUBMITTED and c.first_error_at is None
+            for c in self._runner.storage.list_chunks(self._run_id, [ChunkState.SUBMITTED])
+        )
 
     def _require_live(self, action: str) -> None:
         record = self._record()
@@ -416,4 +432,6 @@ def summarize(record: RunRecord, stats: ChunkStats) -> RunSummary:
         batch_ids=stats.batch_ids,
         collected_by=record.collected_by,
         collected_at=record.collected_at,
+        last_error=stats.last_error,
+        stalled_chunks=stats.stalled_chunks,
     )

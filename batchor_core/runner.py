@@ -21,7 +21,7 @@ from batchor_core.errors import (
     RunNotFoundError,
     SourceChangedError,
 )
-from batchor_core.ingest import Ingestor, as_source
+from batchor_core.ingest import Ingestor, IterableSource, as_source
 from batchor_core.jobspec import describe_job_change, job_spec, request_spec, resolve_output_model
 from batchor_core.lease import LeaseKeeper, new_owner_id
 from batchor_core.models import BatchItem, BatchJob, JSONObject, JSONValue, RunStatus, RunSummary
@@ -34,6 +34,7 @@ from batchor_core.ports import (
     StateStore,
 )
 from batchor_core.run import Run, summarize
+from batchor_core.stalls import StallPolicy
 
 __all__ = ["BatchRunner"]
 
@@ -56,9 +57,20 @@ class BatchRunner:
         transient_backoff_seconds: Wait after a retryable provider error.
         token_limit_backoff_seconds: Wait before resubmitting a batch that hit the
             provider's enqueued-token limit.
-        lease_ttl_seconds: How long this process's lease on a run lasts unrenewed (a
-            crashed process blocks others for at most this long).
+        transient_error_budget_seconds: How long one batch may keep meeting transient
+            provider errors (429, 5xx, connection failures) before the run pauses.
+        permanent_error_budget_seconds: How long a permanent provider error (another
+            4xx, an answer of the wrong shape) is retried before the run pauses with a
+            reason naming the call; ``resume()`` once the cause is fixed.
+        create_grace_seconds: After an ambiguous batch creation, how long a batch that
+            cannot be found is looked for before it is created again (a create the
+            provider commits late must not become a second batch).
+        lease_ttl_seconds: How long this process's lease on a run lasts unrenewed. A
+            holder that died is detected at once (on the same host with SQLite, on any
+            host with Postgres); otherwise it blocks others for at most this long.
         owner_id: This process's lease owner id (host:pid:random by default).
+        handle_sigterm: If the program has no SIGTERM handler, install one that exits
+            via ``SystemExit`` so held leases are released (main thread only).
     """
 
     def __init__(
@@ -71,8 +83,12 @@ class BatchRunner:
         ingest_slice_size: int = 10_000,
         transient_backoff_seconds: float = 5.0,
         token_limit_backoff_seconds: float = 60.0,
+        transient_error_budget_seconds: float = 1800.0,
+        permanent_error_budget_seconds: float = 60.0,
+        create_grace_seconds: float = 60.0,
         lease_ttl_seconds: float = 120.0,
         owner_id: str | None = None,
+        handle_sigterm: bool = True,
     ) -> None:
         from batchor_core import defaults
 
@@ -85,15 +101,26 @@ class BatchRunner:
         self.provider: BatchProvider = defaults.as_provider(provider)
         self.clock: Clock = clock if clock is not None else defaults.default_clock()
         self.owner_id = owner_id or new_owner_id()
-        self._lease = LeaseKeeper(self.storage, self.clock, self.owner_id, lease_ttl_seconds)
+        self._lease = LeaseKeeper(
+            self.storage,
+            self.clock,
+            self.owner_id,
+            lease_ttl_seconds,
+            handle_sigterm=handle_sigterm,
+        )
         self._stepper = RunStepper(
             lease=self._lease,
             store=self.storage,
             artifacts=self.artifacts,
             provider=self.provider,
             clock=self.clock,
-            transient_backoff_seconds=transient_backoff_seconds,
+            stalls=StallPolicy(
+                transient_backoff_seconds=transient_backoff_seconds,
+                transient_budget_seconds=transient_error_budget_seconds,
+                permanent_budget_seconds=permanent_error_budget_seconds,
+            ),
             token_limit_backoff_seconds=token_limit_backoff_seconds,
+            create_grace_seconds=create_grace_seconds,
         )
         self._ingestor = Ingestor(
             lease=self._lease,
@@ -146,7 +173,8 @@ class BatchRunner:
         self.close()
 
     def close(self) -> None:
-        """Release HTTP connections and database connections."""
+        """Release held leases, HTTP connections and database connections."""
+        self._lease.release_all()
         closer = getattr(self.provider, "close", None)
         if callable(closer):
             closer()
@@ -215,6 +243,14 @@ class BatchRunner:
         run = Run(self, run_id, output_model=job.output_model)
         source = as_source(items)
         self._check_source(record, source)  # also for a finished run: a changed file is news
+        if record.ingest_complete and isinstance(source, IterableSource):
+            try:  # in-memory items have no identity of their own: compare their digest
+                source.check_complete(record.source_checkpoint)
+            except SourceChangedError as exc:
+                raise SourceChangedError(
+                    f"run {run_id!r} was started with different items: {exc.message}",
+                    run_id=run_id,
+                ) from exc
         if record.ingest_complete or record.status.is_terminal:
             self._refresh_if_free(run)
             return run
@@ -236,9 +272,16 @@ class BatchRunner:
     def get_run(self, run_id: str, *, job: BatchJob | None = None) -> Run:
         """Rehydrate a run's handle from the store (for example in a new process).
 
+        Every action works without ``job=``: cancel, pause, resume, summary, export and
+        even ``wait()``. Without the output model (it cannot be imported by name, for
+        example it was defined in the starting script), finished batches are collected
+        by checking outputs against the strict JSON schema stored with the run (what the
+        provider enforced), and ``results()`` yield plain ``dict`` outputs. Pass ``job=``
+        to get typed outputs (validated with the model as they are read).
+
         Args:
             run_id: The run's id.
-            job: The run's job, to validate typed outputs when its output model cannot be
+            job: The run's job, for typed outputs when its output model cannot be
                 imported by name; it must match the job the run started with.
 
         Raises:
@@ -279,6 +322,24 @@ class BatchRunner:
     def cancel(self, run_id: str, reason: str | None = None) -> RunSummary:
         """Cancel a run by id (see :meth:`Run.cancel`)."""
         return self.get_run(run_id).cancel(reason)
+
+    def break_lease(self, run_id: str) -> str | None:
+        """Clear a run's lease whoever holds it; return the holder it had (None: free).
+
+        Operator action for a stale lease whose holder you know is gone but which batchor
+        cannot see die: a process on another host (SQLite on a shared disk), before the
+        lease's TTL runs out. A dead holder on this host, or any host with Postgres, is
+        detected without it. A holder that is in fact alive is fenced out: its next
+        renewal fails and it stops before its next call to the provider.
+
+        Raises:
+            RunNotFoundError: No such run.
+        """
+        if self.storage.load_run(run_id) is None:
+            raise RunNotFoundError(f"no run {run_id!r} in {self.storage!r}", run_id=run_id)
+        holder = self.storage.break_lease(run_id)
+        log.warning("run %s: lease of %s broken by operator", run_id, holder or "nobody")
+        return holder
 
     def list_runs(
         self,

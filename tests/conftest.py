@@ -79,6 +79,7 @@ def make_runner(tmp_path: Path, emulator: Any) -> Iterator[Callable[..., BatchRu
             ),
             "transient_backoff_seconds": 0.0,
             "token_limit_backoff_seconds": 0.0,
+            "create_grace_seconds": 0.0,
         }
         kwargs.update(overrides)
         runner = BatchRunner(**kwargs)

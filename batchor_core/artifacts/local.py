@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -157,9 +158,13 @@ class LocalArtifactStore:
         return digest
 
     def write_stream(self, key: str, chunks: Iterator[bytes]) -> int:
-        """Write ``key`` from ``chunks`` into a temp file, then rename it into place."""
+        """Write ``key`` from ``chunks`` into a temp file, then rename it into place.
+
+        The temp file's name is this writer's own (pid and a random part), so two
+        processes downloading the same output never write into one file.
+        """
         path = self.path_for(key)
-        part = path.with_name(path.name + _PART)
+        part = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{_PART}")
         size = 0
         try:
             self._ensure_parent(part)

@@ -152,6 +152,7 @@ class StoreBase:
             "provider_status": chunk.provider_status,
             "not_before": chunk.not_before,
             "last_error": chunk.last_error,
+            "first_error_at": chunk.first_error_at,
             "updated_at": utc_now(),
         }
 
@@ -206,6 +207,7 @@ class StoreBase:
             last_error=m["last_error"],
             created_at=aware_utc(m["created_at"]) or utc_now(),
             updated_at=aware_utc(m["updated_at"]) or utc_now(),
+            first_error_at=aware_utc(m["first_error_at"]),
         )
 
     @staticmethod

@@ -93,6 +93,8 @@ chunks = Table(
     Column("last_error", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Start of the current streak of provider errors: bounds retries per chunk (h1).
+    Column("first_error_at", DateTime(timezone=True)),
     Index("ix_batchor_chunks_state", "run_id", "state"),
 )
 

@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     case,
@@ -48,6 +49,11 @@ __all__ = [
 
 from batchor_core.storage.base import QUEUED, RETRY, aware_utc, dump_json, utc_now
 from batchor_core.storage.items_sql import ItemOps
+from batchor_core.storage.liveness import FileLiveness, Liveness, PostgresLiveness
+
+
+def _host_of(owner: str) -> str:
+    return owner.split(":", 1)[0]
 
 
 class SQLStateStore(ItemOps):
@@ -141,11 +147,14 @@ class SQLStateStore(ItemOps):
         return [self._run_from_row(r._mapping) for r in rows]
 
     def chunk_stats(self, run_ids: Collection[str]) -> dict[str, ChunkStats]:
-        """Batch counts and batch ids per run, one query per 500 runs."""
+        """Batch counts, batch ids and stalls per run, one query per 500 runs."""
         wanted = list(run_ids)
-        totals: dict[str, list[int]] = {r: [0, 0, 0] for r in wanted}
+        totals: dict[str, list[int]] = {r: [0, 0, 0, 0] for r in wanted}
         batch_ids: dict[str, list[str]] = {r: [] for r in wanted}
+        # The latest error of a chunk currently stalled: (updated_at, last_error).
+        latest: dict[str, tuple[datetime, str | None]] = {}
         submitted = ChunkState.SUBMITTED.value
+        collected = ChunkState.COLLECTED.value
         with self._tx() as conn:
             for start in range(0, len(wanted), 500):
                 rows = conn.execute(
@@ -154,11 +163,14 @@ class SQLStateStore(ItemOps):
                         chunks.c.state,
                         chunks.c.request_count,
                         chunks.c.batch_id,
+                        chunks.c.first_error_at,
+                        chunks.c.last_error,
+                        chunks.c.updated_at,
                     )
                     .where(chunks.c.run_id.in_(wanted[start : start + 500]))
                     .order_by(chunks.c.run_id, chunks.c.seq)
                 ).all()
-                for run_id, state, request_count, batch_id in rows:
+                for run_id, state, request_count, batch_id, stalled, error, updated in rows:
                     acc = totals[run_id]
                     if request_count > 0:
                         acc[0] += 1
@@ -167,7 +179,22 @@ class SQLStateStore(ItemOps):
                         acc[2] += int(request_count)
                     if batch_id:
                         batch_ids[run_id].append(str(batch_id))
-        return {r: ChunkStats(t[0], t[1], t[2], tuple(batch_ids[r])) for r, t in totals.items()}
+                    if stalled is not None and state != collected:
+                        acc[3] += 1
+                        when = aware_utc(updated) or utc_now()
+                        if run_id not in latest or when >= latest[run_id][0]:
+                            latest[run_id] = (when, error)
+        return {
+            r: ChunkStats(
+                t[0],
+                t[1],
+                t[2],
+                tuple(batch_ids[r]),
+                stalled_chunks=t[3],
+                last_error=latest[r][1] if r in latest else None,
+            )
+            for r, t in totals.items()
+        }
 
     def mark_collected(
         self, run_id: str, by: str, *, now: datetime, replace: str | None = None
@@ -244,27 +271,50 @@ class SQLStateStore(ItemOps):
             )
         return bool(result.rowcount > 0)
 
+    _liveness: Liveness | None = None
+
     def acquire_lease(
         self, run_id: str, owner: str, *, now: datetime, ttl_seconds: float
     ) -> LeaseGrant:
         """Take or renew the run's lease; the grant has the fencing token, or the holder.
 
-        The lease is free when nobody holds it, when ``owner`` already holds it, or when
-        the holder's lease has expired (a crashed process). The token changes whenever
-        the lease changes hands (including after a release).
+        The lease is free when nobody holds it, when ``owner`` already holds it, when the
+        holder's lease has expired, or when its holder is dead: its liveness lock (see
+        :mod:`batchor_core.storage.liveness`) is free, so a restart after a crash takes
+        over at once. The token changes whenever the lease changes hands (including
+        after a release), which fences out a holder that was only presumed dead.
         """
         expires = now + timedelta(seconds=ttl_seconds)
+        liveness = self._liveness
+        had_lock = False
+        alive_check: bool | None = None
+        if liveness is not None:
+            had_lock = liveness.holds(run_id, owner)
+            alive_check = liveness.try_hold(run_id, owner)
+        free = [
+            runs.c.lease_owner.is_(None),
+            runs.c.lease_owner == owner,
+            runs.c.lease_expires_at < now,
+        ]
+        if alive_check is True and liveness is not None:
+            # Nobody else holds the liveness lock, so the row's holder is dead; with a
+            # per-host lock that is only known for holders on this host.
+            if liveness.across_hosts:
+                free.append(runs.c.lease_owner.is_not(None))
+            else:
+                free.append(runs.c.lease_owner.startswith(_host_of(owner) + ":", autoescape=True))
+        grant = self._grant(run_id, owner, expires, now, free)
+        if grant.token is None and liveness is not None and alive_check is True and not had_lock:
+            liveness.drop(run_id, owner)  # hold the lock only while holding the lease
+        return grant
+
+    def _grant(
+        self, run_id: str, owner: str, expires: datetime, now: datetime, free: list[Any]
+    ) -> LeaseGrant:
         with self._tx() as conn:
             result = conn.execute(
                 update(runs)
-                .where(
-                    runs.c.run_id == run_id,
-                    or_(
-                        runs.c.lease_owner.is_(None),
-                        runs.c.lease_owner == owner,
-                        runs.c.lease_expires_at < now,
-                    ),
-                )
+                .where(runs.c.run_id == run_id, or_(*free))
                 .values(
                     lease_owner=owner,
                     lease_expires_at=expires,
@@ -286,13 +336,34 @@ class SQLStateStore(ItemOps):
         return LeaseGrant(token=None, holder=f"{holder[0]} (until {aware_utc(holder[1])})")
 
     def release_lease(self, run_id: str, owner: str) -> None:
-        """Give the lease up if ``owner`` holds it."""
+        """Give the lease up if ``owner`` holds it (the row first, then the lock)."""
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.run_id == run_id, runs.c.lease_owner == owner)
+                    .values(lease_owner=None, lease_expires_at=None)
+                )
+        finally:
+            if self._liveness is not None:
+                self._liveness.drop(run_id, owner)
+
+    def break_lease(self, run_id: str) -> str | None:
+        """Clear the run's lease whoever holds it; return the holder it had, if any.
+
+        The fencing token moves on, so a holder that is in fact alive fails its next
+        renewal and stops before its next side effect.
+        """
         with self._tx() as conn:
+            holder = conn.execute(
+                select(runs.c.lease_owner).where(runs.c.run_id == run_id)
+            ).scalar()
             conn.execute(
                 update(runs)
-                .where(runs.c.run_id == run_id, runs.c.lease_owner == owner)
-                .values(lease_owner=None, lease_expires_at=None)
+                .where(runs.c.run_id == run_id)
+                .values(lease_owner=None, lease_expires_at=None, lease_token=runs.c.lease_token + 1)
             )
+        return None if holder is None else str(holder)
 
     def set_retention(self, run_id: str, retention: JSONObject) -> None:
         """Record what was exported and pruned."""
@@ -364,6 +435,9 @@ _RUNS_WITH_MARKER = select(
 class SQLiteStorage(SQLStateStore):
     """Control-plane store in a SQLite file (WAL mode).
 
+    Lease holders also hold a file lock in ``<file>.leases/`` (one small file per run),
+    so a holder that dies on this host is taken over at once.
+
     Args:
         path: Database file; parent directories are created (0700).
     """
@@ -376,6 +450,7 @@ class SQLiteStorage(SQLStateStore):
             raise StorageError(f"cannot create directory for {self.path}: {exc}") from exc
         _prepare_sqlite_file(self.path)
         super().__init__(f"sqlite:///{self.path}")
+        self._liveness = FileLiveness(self.path.with_name(self.path.name + ".leases"))
 
 
 def _prepare_sqlite_file(path: Path) -> None:
@@ -447,12 +522,22 @@ def upgrade(url: str) -> str:
 class PostgresStorage(SQLStateStore):
     """Control-plane store in Postgres (``pip install 'batchor[postgres]'``).
 
+    Lease holders also hold a session advisory lock on one dedicated connection, so a
+    holder that dies (on any host) is taken over as soon as the server drops it.
+
     Args:
         url: ``postgresql://user:pass@host/db`` (the psycopg 3 driver is used).
     """
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
+        self._pg_liveness = PostgresLiveness(self._engine)
+        self._liveness = self._pg_liveness
+
+    def close(self) -> None:
+        """Release the liveness connection, then the pool."""
+        self._pg_liveness.close()
+        super().close()
 
 
 class MemoryStateStore(SQLStateStore):

@@ -229,3 +229,23 @@ def test_rejected_rows_are_kept_as_failed_items(store: SQLStateStore, run_id: st
     assert run is not None and (run.total_items, run.failed_items) == (1, 1)
     (row,) = store.read_results(run_id, after=0, limit=5)
     assert row.error == ItemError("invalid_input", "a.csv:3: ragged row")
+
+
+def test_a_lease_excludes_other_owners_even_through_the_same_store(
+    store: SQLStateStore, run_id: str
+) -> None:
+    store.create_run(_run(run_id))
+    now = datetime.now(UTC)
+    first = store.acquire_lease(run_id, "thishost:1:a", now=now, ttl_seconds=120)
+    assert first.token is not None
+    # Another owner on this host sharing the store object (threads): the holder is alive.
+    other = store.acquire_lease(run_id, "thishost:1:b", now=now, ttl_seconds=120)
+    assert other.token is None and "thishost:1:a" in other.holder
+    again = store.acquire_lease(run_id, "thishost:1:a", now=now, ttl_seconds=120)
+    assert again.token == first.token  # renewal keeps the token
+    store.release_lease(run_id, "thishost:1:a")
+    taken = store.acquire_lease(run_id, "thishost:1:b", now=now, ttl_seconds=120)
+    assert taken.token is not None and taken.token != first.token
+    assert store.break_lease(run_id) == "thishost:1:b"
+    assert store.break_lease(run_id) is None
+    store.release_lease(run_id, "thishost:1:b")

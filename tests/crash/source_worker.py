@@ -47,7 +47,6 @@ def main() -> None:
         artifacts=LocalArtifactStore(artifacts),
         provider=OpenAIProviderConfig(api_key="sk-test", base_url=base_url, max_retries=0),
         ingest_slice_size=10,
-        lease_ttl_seconds=0.5,
     ) as runner:
         run = runner.start(job(), items=source(kind, Path(path)), run_id=run_id)
         summary = run.wait(timeout=60, poll_interval=0.02)

@@ -26,7 +26,7 @@ def test_three_processes_on_one_run_never_double_submit(
     tmp_path: Path, emulator: Any, store: str
 ) -> None:
     emulator.faults.line_fault(contains="flaky", kind="error", times=1)
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "BATCHOR_TEST_LEASE_TTL": "10"}
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
     env.pop("BATCHOR_CRASH_AT", None)
     run_id = "shared"
     if store == "postgres":

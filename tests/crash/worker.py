@@ -56,7 +56,8 @@ def main() -> None:
         ingest_slice_size=5,
         transient_backoff_seconds=0.0,
         token_limit_backoff_seconds=0.0,
-        lease_ttl_seconds=float(os.environ.get("BATCHOR_TEST_LEASE_TTL", "1.0")),
+        # The default lease TTL (120 s): a killed predecessor is detected by its liveness
+        # lock, not by waiting for its lease to expire.
     )
     deadline = time.monotonic() + 60
     while True:
@@ -64,7 +65,7 @@ def main() -> None:
             run = runner.start(job(), items=items(int(n)), run_id=run_id)
             break
         except RunLeasedError:
-            # A killed predecessor's lease has not expired yet.
+            # Another live worker (the concurrency test) is advancing the run.
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -66,7 +65,6 @@ def test_sigkill_mid_ingest_resumes_from_the_checkpoint(
     assert record.source_checkpoint is not None  # it resumes from here, not from the start
     committed_before = record.total_items
     assert 0 < committed_before < N_ROWS
-    time.sleep(0.6)  # the dead process's lease expires
     # Move and touch the file: the identity is its content, so resuming still works.
     moved = tmp_path / "moved" / data.name
     moved.parent.mkdir()
@@ -133,7 +131,6 @@ def test_waiting_on_a_half_ingested_run_says_how_to_resume_it(
     data = _write("jsonl", tmp_path / "items.jsonl")
     killed = _worker(tmp_path, emulator.base_url, "jsonl", data, "ingest.slice_committed:3")
     assert killed.returncode == -signal.SIGKILL
-    time.sleep(0.6)  # the dead process's lease expires
     run = make_runner().get_run("ingest", job=job())
     with pytest.raises(IngestIncompleteError, match=r"runner\.start\(job, items="):
         run.wait(timeout=10, poll_interval=0.01)

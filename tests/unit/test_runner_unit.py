@@ -467,3 +467,23 @@ def test_cancel_while_another_process_holds_the_lease(make_runner: Factory) -> N
     summary = runner_a.get_run("busy").refresh()
     assert "cancel_batch" in provider.calls
     assert summary.status is RunStatus.CANCELLED and summary.cancelled_items == 3
+
+
+def test_a_long_download_keeps_renewing_the_lease(
+    make_runner: Factory, store: StateStore, clock: FakeClock
+) -> None:
+    from batchor_core.lease import LeaseKeeper
+
+    holder = LeaseKeeper(store, clock, "A", ttl_seconds=120.0, handle_sigterm=False)
+    other = LeaseKeeper(store, clock, "B", ttl_seconds=120.0, handle_sigterm=False)
+    make_runner(FakeBatchProvider()).start(_job(), items=_items(1), run_id="long")
+
+    def slow_download() -> Iterator[bytes]:
+        for _ in range(10):  # 10 x 50 s: far longer than the 120 s lease
+            clock.advance(50)
+            yield b"x" * 10
+
+    with holder.held("long"):
+        assert sum(map(len, holder.renewing("long", slow_download()))) == 100
+        with pytest.raises(RunLeasedError):
+            other.acquire("long")  # still held: renewed during the download

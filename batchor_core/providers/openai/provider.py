@@ -6,20 +6,27 @@ Every SDK call is wrapped so that only batchor records and errors leave this pac
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import BinaryIO, Literal, Self, cast
+from typing import BinaryIO, Literal, Self, TypeVar, cast
 
 import httpx2
 import openai
+import pydantic
+from openai.types import Batch, FileObject
 
-from batchor_core.errors import ConfigurationError, ProviderError
+from batchor_core.errors import BatchorError, ConfigurationError
 from batchor_core.models import Endpoint, JSONObject
 from batchor_core.ports import ParsedLine, ProviderBatch, RequestSpec
 from batchor_core.providers.openai import parsing, requests
 from batchor_core.providers.openai.config import OpenAIProviderConfig
-from batchor_core.providers.openai.translate import to_provider_batch, translate_error
+from batchor_core.providers.openai.translate import (
+    to_provider_batch,
+    translate_error,
+    unexpected_answer,
+)
 
 __all__ = ["OpenAIBatchProvider"]
 
@@ -27,6 +34,10 @@ _BatchEndpoint = Literal["/v1/responses", "/v1/chat/completions"]
 _DOWNLOAD_CHUNK_BYTES = 1 << 20
 _LIST_PAGE_SIZE = 100
 _JSONL = "application/jsonl"
+_T = TypeVar("_T")
+# What the SDK raises when an answer is not the shape it expects (an HTML page, a proxy
+# error body): it parses lazily, so these surface from attribute access and paging.
+_SHAPE_ERRORS = (AttributeError, KeyError, TypeError, ValueError, pydantic.ValidationError)
 
 
 class OpenAIBatchProvider:
@@ -101,17 +112,25 @@ class OpenAIBatchProvider:
     ) -> None:
         self.close()
 
-    def _error(
-        self,
-        exc: Exception,
-        action: str,
-        *,
-        batch_id: str | None = None,
-        ambiguous: bool = False,
-    ) -> ProviderError:
-        return translate_error(
-            exc, action=action, secret=self._api_key, batch_id=batch_id, ambiguous=ambiguous
-        )
+    @contextlib.contextmanager
+    def _translating(
+        self, action: str, *, batch_id: str | None = None, ambiguous: bool = False
+    ) -> Iterator[None]:
+        """The one place SDK and transport exceptions become ``ProviderError``.
+
+        An answer that is not the expected shape (HTML from a proxy, a truncated body) is
+        a non-retryable ``ProviderError`` too, never a raw ``AttributeError``.
+        """
+        try:
+            yield
+        except BatchorError:
+            raise  # already ours (a ConfigurationError may also be a ValueError)
+        except (openai.OpenAIError, httpx2.HTTPError, httpx2.StreamError) as exc:
+            raise translate_error(
+                exc, action=action, secret=self._api_key, batch_id=batch_id, ambiguous=ambiguous
+            ) from exc
+        except _SHAPE_ERRORS as exc:
+            raise unexpected_answer(action, exc, batch_id=batch_id) from exc
 
     # ----------------------------------------------------------------- requests and results
 
@@ -162,11 +181,10 @@ class OpenAIBatchProvider:
             ProviderError: The upload failed.
         """
         client, _ = self._clients()
-        try:
+        action = f"uploading {filename}"
+        with self._translating(action):
             created = client.files.create(file=(filename, stream, _JSONL), purpose="batch")
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self._error(exc, f"uploading {filename}") from exc
-        return created.id
+            return _expect(created, FileObject, action).id
 
     def delete_file(self, file_id: str) -> None:
         """Delete a file; a file that does not exist (any more) is not an error.
@@ -175,12 +193,11 @@ class OpenAIBatchProvider:
             ProviderError: The deletion failed for another reason.
         """
         client, _ = self._clients()
-        try:
-            client.files.delete(file_id)
-        except openai.NotFoundError:
-            return
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self._error(exc, f"deleting file {file_id}") from exc
+        with self._translating(f"deleting file {file_id}"):
+            try:
+                client.files.delete(file_id)
+            except openai.NotFoundError:
+                return
 
     def find_files(self, filename: str, *, max_pages: int = 5) -> list[str]:
         """Ids of recent ``batch`` files named ``filename`` (newest first).
@@ -192,15 +209,16 @@ class OpenAIBatchProvider:
         """
         client, _ = self._clients()
         found: list[str] = []
-        try:
+        action = "listing files"
+        with self._translating(action):
             page = client.files.list(purpose="batch", limit=_LIST_PAGE_SIZE)
             for number in range(1, max_pages + 1):
-                found.extend(f.id for f in page.data if f.filename == filename)
+                found.extend(
+                    _expect(f, FileObject, action).id for f in page.data if f.filename == filename
+                )
                 if number == max_pages or not page.has_next_page():
                     break
                 page = page.get_next_page()
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self._error(exc, "listing files") from exc
         return found
 
     def download_file(self, file_id: str) -> Iterator[bytes]:
@@ -217,11 +235,11 @@ class OpenAIBatchProvider:
         return self._stream(client, file_id)
 
     def _stream(self, client: openai.OpenAI, file_id: str) -> Iterator[bytes]:
-        try:
-            with client.files.with_streaming_response.content(file_id) as response:
-                yield from response.iter_bytes(_DOWNLOAD_CHUNK_BYTES)
-        except (openai.OpenAIError, httpx2.HTTPError, httpx2.StreamError) as exc:
-            raise self._error(exc, f"downloading file {file_id}") from exc
+        with (
+            self._translating(f"downloading file {file_id}"),
+            client.files.with_streaming_response.content(file_id) as response,
+        ):
+            yield from response.iter_bytes(_DOWNLOAD_CHUNK_BYTES)
 
     # ----------------------------------------------------------------- batches
 
@@ -242,7 +260,8 @@ class OpenAIBatchProvider:
             known = ", ".join(e.value for e in Endpoint)
             raise ConfigurationError(f"Cannot create a batch on {endpoint!r}; use {known}")
         _, once = self._clients()
-        try:
+        action = f"creating a batch for file {file_id}"
+        with self._translating(action, ambiguous=True):
             batch = once.batches.create(
                 input_file_id=file_id,
                 endpoint=cast(_BatchEndpoint, endpoint),
@@ -251,9 +270,7 @@ class OpenAIBatchProvider:
                 completion_window=cast(Literal["24h"], completion_window),
                 metadata=dict(metadata),
             )
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self._error(exc, f"creating a batch for file {file_id}", ambiguous=True) from exc
-        return to_provider_batch(batch)
+            return to_provider_batch(_expect(batch, Batch, action))
 
     def get_batch(self, batch_id: str) -> ProviderBatch:
         """Read a batch's current state.
@@ -262,11 +279,10 @@ class OpenAIBatchProvider:
             ProviderError: The call failed (404 if the batch does not exist).
         """
         client, _ = self._clients()
-        try:
+        action = f"reading batch {batch_id}"
+        with self._translating(action, batch_id=batch_id):
             batch = client.batches.retrieve(batch_id)
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self._error(exc, f"reading batch {batch_id}", batch_id=batch_id) from exc
-        return to_provider_batch(batch)
+            return to_provider_batch(_expect(batch, Batch, action))
 
     def cancel_batch(self, batch_id: str) -> ProviderBatch:
         """Ask OpenAI to cancel a batch; it moves to ``cancelling``, then ``cancelled``.
@@ -275,11 +291,10 @@ class OpenAIBatchProvider:
             ProviderError: The call failed (for example the batch is already finished).
         """
         client, _ = self._clients()
-        try:
+        action = f"cancelling batch {batch_id}"
+        with self._translating(action, batch_id=batch_id):
             batch = client.batches.cancel(batch_id)
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self._error(exc, f"cancelling batch {batch_id}", batch_id=batch_id) from exc
-        return to_provider_batch(batch)
+            return to_provider_batch(_expect(batch, Batch, action))
 
     def find_batches(
         self, metadata: Mapping[str, str], *, max_pages: int = 20
@@ -297,16 +312,22 @@ class OpenAIBatchProvider:
         wanted = dict(metadata)
         client, _ = self._clients()
         found: list[ProviderBatch] = []
-        try:
+        action = "listing batches"
+        with self._translating(action):
             page = client.batches.list(limit=_LIST_PAGE_SIZE)
             for number in range(1, max_pages + 1):
                 for batch in page.data:
-                    have = batch.metadata or {}
+                    have = _expect(batch, Batch, action).metadata or {}
                     if all(have.get(k) == v for k, v in wanted.items()):
                         found.append(to_provider_batch(batch))
                 if number == max_pages or not page.has_next_page():
                     break
                 page = page.get_next_page()
-        except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            raise self._error(exc, "listing batches") from exc
         return found
+
+
+def _expect(value: object, kind: type[_T], action: str) -> _T:
+    """``value`` if the SDK parsed the answer into ``kind``; else a ``ProviderError``."""
+    if isinstance(value, kind):
+        return value
+    raise unexpected_answer(action, TypeError(f"got {type(value).__name__}: {str(value)[:200]!r}"))

@@ -17,6 +17,8 @@ other 4xx                              ``ProviderError(retryable=False)``
 connection error, timeout, dropped     ``ProviderError(retryable=True)``; the message
 stream                                 says the outcome is unknown
 anything else from the SDK             ``ProviderError(retryable=False)``
+an answer of the wrong shape (HTML)    ``ProviderError(retryable=False)``
+                                       (:func:`unexpected_answer`)
 =====================================  ===============================================
 
 Messages never contain the API key: it is scrubbed from anything the server echoes.
@@ -38,7 +40,7 @@ from batchor_core.errors import ProviderError, RateLimitedError
 from batchor_core.models import ItemError
 from batchor_core.ports import ProviderBatch
 
-__all__ = ["retry_after_seconds", "to_provider_batch", "translate_error"]
+__all__ = ["retry_after_seconds", "to_provider_batch", "translate_error", "unexpected_answer"]
 
 _MAX_DETAIL = 500
 _RETRYABLE_STATUSES = frozenset({408, 409})
@@ -130,6 +132,21 @@ def _translate(
         )
     return ProviderError(
         f"OpenAI SDK error while {action}: {type(exc).__name__}: {_clip(str(exc))}",
+        batch_id=batch_id,
+        retryable=False,
+    )
+
+
+def unexpected_answer(action: str, exc: Exception, *, batch_id: str | None = None) -> ProviderError:
+    """The error for an answer that is not the shape the API documents.
+
+    A proxy or a wrong ``base_url`` answering HTML, or a body cut short: retrying the
+    same call rarely helps, so it is not retryable (the runner still retries it a few
+    times before pausing the run).
+    """
+    return ProviderError(
+        f"OpenAI answered something unexpected while {action} "
+        f"({type(exc).__name__}: {_clip(str(exc))}); check base_url and any proxy in between",
         batch_id=batch_id,
         retryable=False,
     )
