@@ -407,6 +407,8 @@ def _log_progress(context: dg.AssetExecutionContext, summary: RunSummary) -> Non
     )
     if summary.status_reason:
         context.log.warning(f"{line}; reason: {summary.status_reason}")
+    elif summary.last_error:
+        context.log.warning(f"{line}; retrying after: {summary.last_error}")
     else:
         context.log.info(line + "; the sensor collects it when it finishes")
 

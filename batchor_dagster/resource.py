@@ -30,6 +30,10 @@ class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         openai_base_url: An OpenAI-compatible base URL (for example the bundled emulator);
             ``None`` reads ``OPENAI_BASE_URL`` or uses the real service.
         lease_ttl_seconds: How long a process's hold on a run lasts unrenewed.
+        transient_error_budget_seconds: How long one batch may keep meeting transient
+            provider errors (429, 5xx, timeouts) before its run pauses with the reason.
+        permanent_error_budget_seconds: How long another provider error (a 4xx, an
+            answer of the wrong shape) is retried before the run pauses with the reason.
     """
 
     storage_url: str = ".batchor/batchor.sqlite3"
@@ -37,6 +41,8 @@ class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     openai_api_key: str | None = None
     openai_base_url: str | None = None
     lease_ttl_seconds: float = 120.0
+    transient_error_budget_seconds: float = 1800.0
+    permanent_error_budget_seconds: float = 60.0
 
     _runner: BatchRunner | None = PrivateAttr(default=None)
 
@@ -75,6 +81,8 @@ class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 api_key=self.openai_api_key,
                 base_url=self.openai_base_url,
                 lease_ttl_seconds=self.lease_ttl_seconds,
+                transient_error_budget_seconds=self.transient_error_budget_seconds,
+                permanent_error_budget_seconds=self.permanent_error_budget_seconds,
             )
         except BatchorError as exc:
             # The message names the store (password masked) and the cause; the driver's

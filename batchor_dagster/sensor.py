@@ -342,12 +342,12 @@ class _Tick:
             parts.append(f"{waiting} finished, collecting runs under way")
         if given_up:
             parts.append(f"{len(given_up)} finished runs need attention (see the tick log)")
-        stalled = [s for s in live if getattr(s, "last_error", None)]
+        stalled = [s for s in live if s.last_error and s.status.value != "paused"]
         if stalled:
             first = stalled[0]
             parts.append(
-                f"{len(stalled)} with provider errors (e.g. {first.run_id!r}: "
-                f"{getattr(first, 'last_error', '')})"
+                f"{len(stalled)} retrying after provider errors (e.g. {first.run_id!r}: "
+                f"{first.last_error})"
             )
         return "; ".join(parts) or "nothing to do"
 

@@ -298,3 +298,39 @@ def test_many_runs_in_one_tick_with_parallel_workers(
     assert sorted(r.run_key for r in collected.run_requests) == [f"{i}:collect" for i in ids]
     assert emulator.batch_create_count == 12
     runner.close()
+
+
+def test_a_run_that_cannot_move_says_why_in_observations_and_skip_reasons(
+    instance: dg.DagsterInstance, tmp_path: Any, emulator: Any
+) -> None:
+    resource = BatchorResource(
+        storage_url=str(tmp_path / "stuck.sqlite3"),
+        artifact_root=str(tmp_path / "artifacts"),
+        openai_api_key="sk-test",
+        openai_base_url=emulator.base_url,
+        permanent_error_budget_seconds=0.0,
+    )
+    resources = {"batchor": resource}
+    asset = batchor_asset(
+        name="reviews", build_job=review_job, build_items=lambda c: review_items(3)
+    )
+    sensor = build_batchor_sensor([asset])
+    emulator.faults.hold_batches()
+    dg.materialize([asset], resources=resources, instance=instance)
+    # The provider starts answering 404 for the batch: not transient, so after its
+    # (here zero) budget the run pauses, naming the call and the answer.
+    emulator.faults.http_error(method="GET", path="/v1/batches/{id}", status=404, count=50)
+    reasons = []
+    for _ in range(3):
+        result = _tick(sensor, instance, resource)
+        assert result.run_requests == []
+        reasons.append(result.skip_reason.skip_message if result.skip_reason else "")
+    assert any("paused" in r and "404" in r for r in reasons), reasons
+    again = dg.materialize([asset], resources=resources, instance=instance)
+    (observed,) = [e for e in again.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+    meta = {
+        k: getattr(v, "value", v)
+        for k, v in observed.event_specific_data.asset_observation.metadata.items()
+    }
+    assert meta["batchor/status"] == "paused"
+    assert "404" in meta["batchor/status_reason"]
