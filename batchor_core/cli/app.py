@@ -53,6 +53,10 @@ app.command("pause")(control_commands.pause)
 app.command("resume")(control_commands.resume)
 app.command("cancel")(control_commands.cancel)
 app.command("prune")(control_commands.prune)
+app.command("break-lease")(control_commands.break_lease)
+db_app = typer.Typer(help="The control-plane store itself.", no_args_is_help=True)
+db_app.command("upgrade")(control_commands.db_upgrade)
+app.add_typer(db_app, name="db")
 app.command("emulator")(emulator)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from batchor_core.cli.config import open_runner
+from batchor_core.cli.config import open_runner, open_storage
 from batchor_core.cli.errors import ExitCode
 from batchor_core.cli.options import (
     ArtifactsOpt,
@@ -21,7 +21,7 @@ from batchor_core.cli.options import (
 from batchor_core.cli.render import dump_json, summary_dict
 from batchor_core.models import RunSummary
 
-__all__ = ["cancel", "pause", "prune", "resume"]
+__all__ = ["break_lease", "cancel", "db_upgrade", "pause", "prune", "resume"]
 
 
 def _report(summary: RunSummary, json_out: bool) -> int:
@@ -101,4 +101,41 @@ def prune(
         dump_json({"run_id": run_id, "files_deleted": deleted}, sys.stdout)
     else:
         print(f"run {run_id}: deleted {deleted} files")
+    return ExitCode.OK
+
+
+def break_lease(
+    run_id: RunIdArg,
+    json_out: JsonOpt = False,
+    store: StoreOpt = None,
+    artifacts: ArtifactsOpt = None,
+) -> int:
+    """Clear a stale lease whose holder you know is gone (another host, before its TTL).
+
+    A dead holder on this host, or any holder of a Postgres store, is detected without
+    this; a holder that is in fact alive is fenced out and stops before its next call.
+    """
+    with open_runner(settings(store, artifacts)) as runner:
+        holder = runner.break_lease(run_id)
+    if json_out:
+        dump_json({"run_id": run_id, "previous_holder": holder}, sys.stdout)
+    elif holder:
+        print(f"run {run_id}: lease of {holder} broken")
+    else:
+        print(f"run {run_id}: no lease was held")
+    return ExitCode.OK
+
+
+def db_upgrade(json_out: JsonOpt = False, store: StoreOpt = None) -> int:
+    """Bring the store's schema to this batchor's revision (opening it does the same);
+    a store written by a newer batchor is refused."""
+    storage = open_storage(store, must_exist=True)
+    try:
+        revision = getattr(storage, "schema_revision", None)
+    finally:
+        storage.close()
+    if json_out:
+        dump_json({"store": repr(storage), "schema_revision": revision}, sys.stdout)
+    else:
+        print(f"{storage!r}: schema at revision {revision}")
     return ExitCode.OK
