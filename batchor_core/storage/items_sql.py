@@ -28,7 +28,7 @@ from batchor_core.errors import (
     InvalidItemError,
     RunLeasedError,
 )
-from batchor_core.models import ItemStatus, JSONObject
+from batchor_core.models import ItemError, ItemStatus, JSONObject, Usage
 from batchor_core.ports import (
     ChunkRecord,
     ChunkState,
@@ -52,6 +52,7 @@ from batchor_core.storage.base import (
     StoreBase,
     aware_utc,
     dump_json,
+    public_status,
     utc_now,
 )
 
@@ -414,19 +415,44 @@ class ItemOps(StoreBase):
         return len(seqs)
 
     def read_results(self, run_id: str, *, after: int, limit: int) -> list[ResultRow]:
-        """Terminal items after the cursor, in finishing order."""
+        """Terminal items after the cursor, in finishing order.
+
+        The hot read-back path: only the needed columns, plain driver tuples, and no
+        per-row enum or usage lookups beyond what each row holds.
+        """
+        query = (
+            select(*_RESULT_ROW_COLUMNS)
+            .where(
+                items.c.run_id == run_id,
+                items.c.finished_seq.is_not(None),
+                items.c.finished_seq > after,
+            )
+            .order_by(items.c.finished_seq)
+            .limit(limit)
+        )
         with self._tx() as conn:
-            rows = conn.execute(
-                select(items)
-                .where(
-                    items.c.run_id == run_id,
-                    items.c.finished_seq.is_not(None),
-                    items.c.finished_seq > after,
+            rows = fetch_tuples(conn, query)
+        statuses = _TERMINAL
+        out = []
+        for seq, item_id, status, output, code, message, attempts, tin, tout, meta, fin in rows:
+            out.append(
+                ResultRow(
+                    seq=seq,
+                    item_id=item_id,
+                    status=statuses.get(status) or public_status(status),
+                    output_json=output,
+                    error=ItemError(code, message or "") if code else None,
+                    attempts=attempts,
+                    usage=(
+                        None
+                        if tin is None and tout is None
+                        else Usage(int(tin or 0), int(tout or 0))
+                    ),
+                    metadata_json=meta,
+                    finished_seq=fin,
                 )
-                .order_by(items.c.finished_seq)
-                .limit(limit)
-            ).all()
-        return [self._result_from_row(r._mapping) for r in rows]
+            )
+        return out
 
     def read_result_columns(
         self,
@@ -474,6 +500,21 @@ class ItemOps(StoreBase):
         return None if row is None else self._result_from_row(row._mapping)
 
 
+_RESULT_ROW_COLUMNS = (
+    items.c.seq,
+    items.c.item_id,
+    items.c.status,
+    items.c.output_json,
+    items.c.error_code,
+    items.c.error_message,
+    items.c.attempts,
+    items.c.input_tokens,
+    items.c.output_tokens,
+    items.c.metadata_json,
+    items.c.finished_seq,
+)
+# Rows with a finished_seq hold one of these (never the internal queued/retry states).
+_TERMINAL = {s.value: s for s in (ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.CANCELLED)}
 # ResultColumns' fields, which are also the items table's column names.
 _RESULT_FIELDS = (
     "item_id",
