@@ -213,7 +213,7 @@ class ItemOps(StoreBase):
                         conn,
                         _DONE_UPDATE,
                         [
-                            {**_outcome_params(run_id, o), "b_finished": start + i}
+                            _outcome_params(run_id, o, finished=start + i)
                             for i, o in group[part : part + BULK]
                         ],
                     )
@@ -596,17 +596,20 @@ _ITEM_INSERT = insert(items).values(
 )
 
 
-def _outcome_params(run_id: str, o: ItemOutcome) -> dict[str, Any]:
+def _outcome_params(run_id: str, o: ItemOutcome, *, finished: int | None = None) -> dict[str, Any]:
+    """One outcome's bind parameters (one dict per row: this runs once per item)."""
+    error, usage = o.error, o.usage
     return {
         "b_run": run_id,
         "b_seq": o.seq,
         "b_sub": o.submission,
         "b_status": o.status.value,
         "b_output": o.output_json,
-        "b_code": o.error.code if o.error else None,
-        "b_message": o.error.message if o.error else None,
-        "b_in": o.usage.input_tokens if o.usage else None,
-        "b_out": o.usage.output_tokens if o.usage else None,
+        "b_code": error.code if error else None,
+        "b_message": error.message if error else None,
+        "b_in": usage.input_tokens if usage else None,
+        "b_out": usage.output_tokens if usage else None,
         "b_spent": 1 if o.spend_attempt else 0,
         "b_not_before": o.retry_not_before,
+        "b_finished": finished,
     }
