@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,27 @@ def test_unknown_name_is_still_an_attribute_error() -> None:
 
     with pytest.raises(AttributeError):
         _ = batchor_core.NoSuchThing  # type: ignore[attr-defined]
+
+
+def test_a_runner_from_a_provider_config_loads_the_sdk_only_when_it_is_used(
+    tmp_path: Path,
+) -> None:
+    loaded = _loaded_after(
+        "from batchor_core import BatchRunner, MemoryStateStore, LocalArtifactStore\n"
+        "from batchor_core import OpenAIProviderConfig\n"
+        f"artifacts = LocalArtifactStore({str(tmp_path)!r})\n"
+        "runner = BatchRunner(storage=MemoryStateStore(), artifacts=artifacts,\n"
+        "    provider=OpenAIProviderConfig(api_key='sk-x', base_url='http://127.0.0.1:9/v1'))\n"
+        "assert 'sk-x' not in repr(runner.provider)\n"
+        "runner.close()"
+    )
+    assert "openai" not in loaded
+    used = _loaded_after(
+        "from batchor_core import BatchRunner, MemoryStateStore, OpenAIProviderConfig\n"
+        "runner = BatchRunner(storage=MemoryStateStore(),\n"
+        "    provider=OpenAIProviderConfig(api_key='sk-x', base_url='http://127.0.0.1:9/v1'))\n"
+        "assert runner.provider.config.max_retries >= 0\n"
+        "runner.provider.preflight()\n"
+        "runner.close()"
+    )
+    assert "openai" in used
