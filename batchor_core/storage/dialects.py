@@ -142,7 +142,9 @@ def fetch_tuples(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
 
     For bulk reads of text and integer columns (no result type processing needed):
     SQLAlchemy's Row objects cost about as much as the driver's fetch itself. Driver
-    errors are raised as SQLAlchemy's ``DBAPIError``, like any other statement's.
+    errors are raised as SQLAlchemy's ``DBAPIError``, like any other statement's. The
+    query must use plain binds only (no ``in_()`` lists, which SQLAlchemy expands at
+    execution time).
     """
     compiled = query.compile(dialect=conn.dialect)
     params = compiled.params
