@@ -8,17 +8,18 @@ become a million Python result objects. pyarrow is imported only when this is us
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from batchor_core import jsoncodec
-from batchor_core.models import ItemStatus, JSONObject
-from batchor_core.ports import ResultRow
+from batchor_core.errors import ConfigurationError
+from batchor_core.models import JSONObject
+from batchor_core.ports import ResultColumns, StateStore
 
 if TYPE_CHECKING:
     import pyarrow as pa  # type: ignore[import-untyped]
 
-__all__ = ["BASE_COLUMNS", "arrow_type", "results_table"]
+__all__ = ["BASE_COLUMNS", "arrow_type", "result_batches", "result_schema", "results_table"]
 
 BASE_COLUMNS = ("item_id", "status")
 TAIL_COLUMNS = (
@@ -31,6 +32,19 @@ TAIL_COLUMNS = (
     "cursor",
 )
 _PAGE = 50_000
+# Table column -> ResultColumns field (the stored column it comes from).
+_STORED = {
+    "item_id": "item_id",
+    "status": "status",
+    "error_code": "error_code",
+    "error_message": "error_message",
+    "attempts": "attempts",
+    "input_tokens": "input_tokens",
+    "output_tokens": "output_tokens",
+    "metadata": "metadata_json",
+    "cursor": "finished_seq",
+    "payload": "payload_json",
+}
 
 
 class _Unmappable(Exception):
@@ -101,89 +115,187 @@ def _output_schema(schema: JSONObject | None) -> pa.Schema | None:
     return pa.schema(fields)
 
 
-def results_table(rows: Iterable[ResultRow], output_schema: JSONObject | None) -> pa.Table:
-    """Build the results table from stored rows (see :meth:`batchor_core.Run.to_arrow`)."""
+_OUTPUT_SENTINEL = "output"
+
+
+def result_schema(
+    output_schema: JSONObject | None, *, include_payload: bool = False
+) -> tuple[pa.Schema, pa.Schema | None]:
+    """The table's schema, and the typed output fields within it (None: one ``output``
+    text column, for text jobs and schemas with no single Arrow type)."""
     import pyarrow as pa
 
     typed = _output_schema(output_schema)
-    batches: list[pa.RecordBatch] = []
-    page: list[ResultRow] = []
-    schema: pa.Schema | None = None
-    for row in rows:
-        page.append(row)
-        if len(page) >= _PAGE:
-            batch = _page_batch(page, typed)
-            batches.append(batch)
-            schema = batch.schema
-            page = []
-    if page or not batches:
-        batch = _page_batch(page, typed)
-        batches.append(batch)
-        schema = batch.schema
-    assert schema is not None
-    return pa.Table.from_batches(batches, schema=schema)
-
-
-def _page_batch(page: list[ResultRow], typed: pa.Schema | None) -> pa.RecordBatch:
-    import pyarrow as pa
-
-    completed = ItemStatus.COMPLETED
-    columns: dict[str, pa.Array] = {
-        "item_id": pa.array([r.item_id for r in page], pa.string()),
-        "status": pa.array([r.status.value for r in page], pa.string()),
-    }
-    outputs = [r.output_json if r.status is completed else None for r in page]
-    parsed = _typed_outputs(outputs, typed) if typed is not None else None
-    if parsed is not None:
-        for name in parsed.column_names:
-            columns[name] = parsed.column(name).combine_chunks()
+    fields = [pa.field("item_id", pa.string()), pa.field("status", pa.string())]
+    if typed is not None:
+        fields.extend(typed)
     else:
-        columns["output"] = pa.array([_as_text(o) for o in outputs], pa.string())
-    columns["error_code"] = pa.array(
-        [r.error.code if r.error and r.status is not completed else None for r in page],
-        pa.string(),
-    )
-    columns["error_message"] = pa.array(
-        [r.error.message if r.error and r.status is not completed else None for r in page],
-        pa.string(),
-    )
-    columns["attempts"] = pa.array([r.attempts for r in page], pa.int32())
-    columns["input_tokens"] = pa.array(
-        [r.usage.input_tokens if r.usage else None for r in page], pa.int64()
-    )
-    columns["output_tokens"] = pa.array(
-        [r.usage.output_tokens if r.usage else None for r in page], pa.int64()
-    )
-    columns["metadata"] = pa.array([r.metadata_json for r in page], pa.string())
-    columns["cursor"] = pa.array([r.finished_seq for r in page], pa.int64())
-    return pa.RecordBatch.from_pydict(columns)
+        fields.append(pa.field(_OUTPUT_SENTINEL, pa.string()))
+    fields += [
+        pa.field("error_code", pa.string()),
+        pa.field("error_message", pa.string()),
+        pa.field("attempts", pa.int32()),
+        pa.field("input_tokens", pa.int64()),
+        pa.field("output_tokens", pa.int64()),
+        pa.field("metadata", pa.string()),
+        pa.field("cursor", pa.int64()),
+    ]
+    if include_payload:
+        fields.append(pa.field("payload", pa.string()))
+    return pa.schema(fields), typed
 
 
-def _typed_outputs(outputs: list[str | None], typed: pa.Schema) -> pa.Table | None:
-    """Parse the page's outputs in one go with Arrow's JSON reader; None if it cannot."""
+def result_batches(
+    storage: StateStore,
+    run_id: str,
+    output_schema: JSONObject | None,
+    *,
+    status: str | None = None,
+    columns: Sequence[str] | None = None,
+    include_payload: bool = False,
+    after: int = 0,
+    page_size: int = _PAGE,
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The schema of the results table, and its record batches read page by page.
+
+    Args:
+        storage: The store to read from.
+        run_id: The run.
+        output_schema: The run's stored output JSON schema, if any.
+        status: Only rows with this stored status.
+        columns: Only these columns, in this order (unknown names raise ``KeyError``).
+        include_payload: Add a ``payload`` column (the item's input, JSON text).
+        after: Only results with a cursor past this one.
+        page_size: Rows per batch.
+    """
+    schema, typed = result_schema(output_schema, include_payload=include_payload)
+    if columns is not None:
+        missing = [c for c in columns if schema.get_field_index(c) < 0]
+        if missing:
+            raise KeyError(f"no such result column(s): {', '.join(missing)}")
+        schema = _pick(schema, columns)
+    names = set(schema.names)
+    parse = typed is not None and any(f.name in names for f in typed)
+    fields = {_STORED[n] for n in names if n in _STORED}
+    if parse or _OUTPUT_SENTINEL in names:
+        fields.add("output_json")
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        after_seq = -1  # seqs start at 0
+        while True:
+            page = storage.read_result_columns(
+                run_id,
+                after_seq=after_seq,
+                limit=page_size,
+                status=status,
+                finished_after=after,
+                fields=fields,
+            )
+            if not len(page):
+                return
+            yield _page_batch(page, schema, typed if parse else None)
+            after_seq = page.last_seq
+
+    return schema, batches()
+
+
+def results_table(
+    storage: StateStore,
+    run_id: str,
+    output_schema: JSONObject | None,
+    *,
+    status: str | None = None,
+    columns: Sequence[str] | None = None,
+    include_payload: bool = False,
+) -> pa.Table:
+    """Build the results table from the store (see :meth:`batchor_core.Run.to_arrow`)."""
     import pyarrow as pa
-    import pyarrow.json as pj  # type: ignore[import-untyped]
+
+    schema, batches = result_batches(
+        storage,
+        run_id,
+        output_schema,
+        status=status,
+        columns=columns,
+        include_payload=include_payload,
+    )
+    return pa.Table.from_batches(list(batches), schema=schema)
+
+
+def _pick(schema: pa.Schema, columns: Sequence[str]) -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([schema.field(c) for c in columns])
+
+
+def _page_batch(page: ResultColumns, schema: pa.Schema, typed: pa.Schema | None) -> pa.RecordBatch:
+    import pyarrow as pa
+
+    names = set(schema.names)
+    arrays: dict[str, pa.Array] = {}
+    if typed is not None:
+        parsed = _typed_outputs(page.output_json or (), typed)
+        for name in parsed.column_names:
+            if name in names:
+                arrays[name] = parsed.column(name).combine_chunks()
+    for field in schema:
+        if field.name in arrays:
+            continue
+        if field.name == _OUTPUT_SENTINEL and typed is None:
+            outputs = page.output_json or ()
+            arrays[field.name] = pa.array([_as_text(o) for o in outputs], pa.string())
+        else:
+            arrays[field.name] = pa.array(getattr(page, _STORED[field.name]), field.type)
+    return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
+
+
+def _typed_outputs(outputs: Sequence[str | None], typed: pa.Schema) -> pa.Table:
+    """Parse a page's outputs in one go with Arrow's JSON reader (rows without an output,
+    failed items, become all-null rows)."""
+    import pyarrow as pa
 
     if not outputs:
         return pa.table({f.name: pa.array([], f.type) for f in typed})
-    # One object per line; rows without an output are empty objects (all fields null).
-    # Model outputs may be pretty-printed, so newlines inside an object are allowed.
-    data = b"\n".join((o or "{}").encode() for o in outputs)
+    text = "\n".join([o or "{}" for o in outputs])
+    # Stored outputs are usually one line each; the reader is parallel only when no value
+    # may hold a newline, so take the fast path when the page allows it.
+    multiline = text.count("\n") >= len(outputs)
     try:
-        table = pj.read_json(
-            io.BytesIO(data),
-            read_options=pj.ReadOptions(block_size=max(len(data) + 1, 1 << 20)),
-            parse_options=pj.ParseOptions(
-                explicit_schema=typed,
-                unexpected_field_behavior="ignore",
-                newlines_in_values=True,
-            ),
-        )
+        table = _read_json(text.encode(), typed, multiline=multiline)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-    if table.num_rows != len(outputs):
-        return None
+        table = None
+    if table is None or table.num_rows != len(outputs):
+        return _python_outputs(outputs, typed)  # unusual text: slower, but the same table
     return table.select([f.name for f in typed])
+
+
+def _read_json(data: bytes, typed: pa.Schema, *, multiline: bool) -> pa.Table:
+    import pyarrow.json as pj  # type: ignore[import-untyped]
+
+    block = max(len(data) + 1, 1 << 20) if multiline else max(1 << 20, len(data) // 8 + 1)
+    return pj.read_json(
+        io.BytesIO(data),
+        read_options=pj.ReadOptions(block_size=block),
+        parse_options=pj.ParseOptions(
+            explicit_schema=typed,
+            unexpected_field_behavior="ignore",
+            newlines_in_values=multiline,
+        ),
+    )
+
+
+def _python_outputs(outputs: Sequence[str | None], typed: pa.Schema) -> pa.Table:
+    import pyarrow as pa
+
+    values = [jsoncodec.loads(o) if o else {} for o in outputs]
+    try:
+        struct = pa.array(values, pa.struct(list(typed)))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ConfigurationError(
+            f"stored outputs do not fit the run's output schema ({exc}); read them with "
+            "results(), or leave the output fields out with to_arrow(columns=...)"
+        ) from exc
+    return pa.Table.from_arrays(struct.flatten(), schema=typed)
 
 
 def _as_text(output_json: str | None) -> str | None:

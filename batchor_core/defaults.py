@@ -6,15 +6,19 @@ This module composes adapters, so the runner itself never imports them at module
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from batchor_core.artifacts import LocalArtifactStore
 from batchor_core.clock import SystemClock
 from batchor_core.errors import ConfigurationError
 from batchor_core.ports import ArtifactStore, BatchProvider, Clock, StateStore
-from batchor_core.providers.openai import OpenAIBatchProvider, OpenAIProviderConfig
+from batchor_core.providers.openai.config import OpenAIProviderConfig
 from batchor_core.storage import MemoryStateStore, PostgresStorage, SQLiteStorage
+
+if TYPE_CHECKING:
+    from batchor_core.providers.openai import OpenAIBatchProvider
 
 __all__ = [
     "as_provider",
@@ -92,12 +96,50 @@ def default_clock() -> Clock:
 def as_provider(value: Any) -> BatchProvider:
     """Turn ``None``, an :class:`OpenAIProviderConfig` or a provider into a provider."""
     if value is None:
-        return OpenAIBatchProvider(OpenAIProviderConfig())
+        value = OpenAIProviderConfig()
     if isinstance(value, OpenAIProviderConfig):
-        return OpenAIBatchProvider(value)
+        return cast(BatchProvider, DeferredOpenAIProvider(value))
     required = ("create_batch", "get_batch", "upload_file", "parse_line", "shape_body")
     if all(hasattr(value, name) for name in required):
         return value  # type: ignore[no-any-return]
     raise ConfigurationError(
         f"provider must be an OpenAIProviderConfig or a BatchProvider, got {type(value).__name__}"
     )
+
+
+class DeferredOpenAIProvider:
+    """The OpenAI provider for a config, built on first use.
+
+    Building it imports the openai SDK (about a second), which a runner that only reads
+    its store (``batchor status``, a Dagster sensor) never needs. Every attribute but
+    ``config`` and ``close`` is the real :class:`OpenAIBatchProvider`'s.
+    """
+
+    def __init__(self, config: OpenAIProviderConfig) -> None:
+        self._config = config
+        self._provider: OpenAIBatchProvider | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def config(self) -> OpenAIProviderConfig:
+        """The provider's settings."""
+        return self._config
+
+    def __repr__(self) -> str:
+        return f"OpenAIBatchProvider(config={self._config!r})"
+
+    def _real(self) -> OpenAIBatchProvider:
+        with self._lock:
+            if self._provider is None:
+                from batchor_core.providers.openai import OpenAIBatchProvider
+
+                self._provider = OpenAIBatchProvider(self._config)
+            return self._provider
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
+
+    def close(self) -> None:
+        """Close the real provider's HTTP clients, if it was ever built."""
+        if self._provider is not None:
+            self._provider.close()

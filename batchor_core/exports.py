@@ -9,15 +9,25 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchor_core.errors import ConfigurationError
 from batchor_core.models import ItemResult, JSONObject
 
-__all__ = ["COLUMNS", "ExportReport", "result_record", "write_export"]
+if TYPE_CHECKING:
+    import pyarrow as pa  # type: ignore[import-untyped]
+
+__all__ = [
+    "COLUMNS",
+    "ExportReport",
+    "output_fields",
+    "result_record",
+    "write_export",
+    "write_parquet",
+]
 
 COLUMNS = (
     "item_id",
@@ -70,43 +80,73 @@ def result_record(result: ItemResult) -> JSONObject:
     }
 
 
-def _flat(record: JSONObject) -> JSONObject:
-    """Nested values as JSON text, for columnar formats."""
+def output_fields(schema: JSONObject | None) -> tuple[str, ...] | None:
+    """The output model's top-level fields, in declaration order, when CSV can give each
+    a column (None: one ``output`` column)."""
+    if not schema or not isinstance(schema.get("properties"), dict) or not schema["properties"]:
+        return None
+    props = schema["properties"]
+    required = [k for k in schema.get("required") or [] if k in props]
+    names = tuple(required + [k for k in props if k not in required])
+    return None if set(names) & set(COLUMNS) else names
+
+
+def _flat(record: JSONObject, fields: Sequence[str] | None) -> JSONObject:
+    """One CSV row: the output's fields as columns (flattened one level), nested values
+    as JSON text."""
     flat = dict(record)
-    for key in ("output", "metadata"):
+    if fields is not None:
+        output = flat.pop("output")
+        for name in fields:
+            flat[name] = output.get(name) if isinstance(output, dict) else None
+    for key in (*(fields or ("output",)), "metadata"):
         value = flat[key]
         if value is not None and not isinstance(value, str):
             flat[key] = json.dumps(value, ensure_ascii=False)
     return flat
 
 
+def _csv_columns(fields: Sequence[str] | None) -> list[str]:
+    if fields is None:
+        return list(COLUMNS)
+    return ["item_id", "status", *fields, *COLUMNS[3:]]
+
+
 def write_export(
-    results: Iterator[ItemResult], path: str | os.PathLike[str], fmt: str, *, after: int
+    results: Iterator[ItemResult],
+    path: str | os.PathLike[str],
+    fmt: str,
+    *,
+    after: int,
+    output_fields: Sequence[str] | None = None,
 ) -> ExportReport:
-    """Stream ``results`` into ``path`` (temp file + rename) in format ``fmt``."""
+    """Stream ``results`` into ``path`` (temp file + rename) in format ``fmt``.
+
+    ``output_fields`` (CSV only) gives each top-level output field its own column.
+    """
     if fmt not in FORMATS:
         raise ConfigurationError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "parquet":
+        raise ConfigurationError("parquet exports are written by write_parquet")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.part")
     rows = 0
     cursor = after
+    writer = None
     try:
-        if fmt == "parquet":
-            rows, cursor = _write_parquet(results, temp, cursor)
-        else:
-            with open(temp, "w", encoding="utf-8", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=COLUMNS) if fmt == "csv" else None
+        with open(temp, "w", encoding="utf-8", newline="") as fh:
+            if fmt == "csv":
+                writer = csv.DictWriter(fh, fieldnames=_csv_columns(output_fields))
+                writer.writeheader()
+            for result in results:
+                record = result_record(result)
                 if writer is not None:
-                    writer.writeheader()
-                for result in results:
-                    record = result_record(result)
-                    if writer is not None:
-                        writer.writerow(_flat(record))
-                    else:
-                        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    rows += 1
-                    cursor = result.cursor
+                    writer.writerow(_flat(record, output_fields))
+                else:
+                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                rows += 1
+                cursor = result.cursor
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -114,34 +154,32 @@ def write_export(
     return ExportReport(path=target, format=fmt, rows=rows, cursor=cursor)
 
 
-def _write_parquet(results: Iterator[ItemResult], temp: Path, cursor: int) -> tuple[int, int]:
-    import pyarrow as pa  # type: ignore[import-untyped]
+def write_parquet(
+    batches: Iterator[pa.RecordBatch],
+    schema: pa.Schema,
+    path: str | os.PathLike[str],
+    *,
+    after: int,
+) -> ExportReport:
+    """Write record batches (see :func:`batchor_core.columnar.result_batches`) to a
+    Parquet file at ``path`` (temp file + rename), one row group per batch."""
+    import pyarrow.compute as pc  # type: ignore[import-untyped]
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-    schema = pa.schema(
-        [
-            ("item_id", pa.string()),
-            ("status", pa.string()),
-            ("output", pa.string()),
-            ("error_code", pa.string()),
-            ("error_message", pa.string()),
-            ("attempts", pa.int64()),
-            ("input_tokens", pa.int64()),
-            ("output_tokens", pa.int64()),
-            ("metadata", pa.string()),
-            ("cursor", pa.int64()),
-        ]
-    )
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.part")
     rows = 0
-    page: list[JSONObject] = []
-    with pq.ParquetWriter(str(temp), schema) as writer:
-        for result in results:
-            page.append(_flat(result_record(result)))
-            rows += 1
-            cursor = result.cursor
-            if len(page) >= 10_000:
-                writer.write_table(pa.Table.from_pylist(page, schema=schema))
-                page = []
-        if page or rows == 0:
-            writer.write_table(pa.Table.from_pylist(page, schema=schema))
-    return rows, cursor
+    cursor = after
+    try:
+        with pq.ParquetWriter(str(temp), schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+                top = pc.max(batch.column("cursor")).as_py()
+                cursor = max(cursor, int(top or 0))
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return ExportReport(path=target, format="parquet", rows=rows, cursor=cursor)

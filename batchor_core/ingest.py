@@ -278,48 +278,51 @@ class Ingestor:
         seen: set[str] = set()
         rows: list[NewItem] = []
         seq = first_seq
+        # The loop runs once per item: bound methods are looked up once, and the
+        # location suffix of error messages is built only for an item that has a problem.
+        dumps, dumps_text = jsoncodec.dumps, jsoncodec.dumps_text
+        shape, add, fits = self._provider.shape_body, packer.add, packer.fits_alone
         for item, item_id, where in zip(piece.items, ids, locations, strict=True):
-            at = f" at {_printable(where)}" if where else ""
             problem: ItemError | None = None
             payload_json = "{}"
             metadata_json: str | None = None
-            line = b""
             if not item_id or len(item_id) > MAX_ITEM_ID_LENGTH:
-                problem = ItemError("invalid_input", f"item id must be 1-512 characters{at}")
+                problem = _invalid("item id must be 1-512 characters", where)
             elif not _storable_text(item_id):
-                problem = ItemError(
-                    "invalid_input", f"item id {item_id!r} contains NUL or invalid Unicode{at}"
-                )
+                problem = _invalid(f"item id {item_id!r} contains NUL or invalid Unicode", where)
             elif item_id in seen or item_id in existing:
-                problem = ItemError("duplicate_id", f"duplicate item id {item_id!r}{at}")
+                problem = _invalid(f"duplicate item id {item_id!r}", where, "duplicate_id")
             else:
                 try:
-                    payload_json = jsoncodec.dumps_text(item.payload)
+                    payload_json = dumps_text(item.payload)
                     if item.metadata is not None:
-                        metadata_json = jsoncodec.dumps_text(item.metadata)
+                        metadata_json = dumps_text(item.metadata)
                 except (TypeError, ValueError) as exc:
-                    problem = ItemError("invalid_input", f"payload is not JSON{at}: {exc}")
+                    problem = _invalid("payload is not JSON", where, detail=str(exc))
                 if problem is None:
                     try:
-                        body = jsoncodec.dumps(
-                            self._provider.shape_body(spec, _user_body(job, item))
+                        line = request_line(
+                            custom_id(seq, 1), endpoint, dumps(shape(spec, _user_body(job, item)))
                         )
-                        line = request_line(custom_id(seq, 1), endpoint, body)
                     except Exception as exc:  # a user's builder may raise anything
-                        problem = ItemError(
-                            "build_error", f"building the request failed{at}: {exc!r}"[:2000]
+                        problem = _invalid(
+                            "building the request failed", where, "build_error", repr(exc)
                         )
-                if problem is None and not packer.fits_alone(line):
-                    problem = ItemError("request_too_large", f"request is {len(line)} bytes{at}")
-            if problem is not None:
-                item_id = _storable_id(item_id, where or str(seq), seen, existing)
-                rows.append(
-                    NewItem(
-                        seq, item_id, payload_json, metadata_json, None, ItemStatus.FAILED, problem
-                    )
-                )
-            else:
-                rows.append(NewItem(seq, item_id, payload_json, metadata_json, packer.add(line)))
+                    else:
+                        if fits(line):
+                            rows.append(
+                                NewItem(seq, item_id, payload_json, metadata_json, add(line))
+                            )
+                            seen.add(item_id)
+                            seq += 1
+                            continue
+                        problem = _invalid(
+                            f"request is {len(line)} bytes", where, "request_too_large"
+                        )
+            item_id = _storable_id(item_id, where or str(seq), seen, existing)
+            rows.append(
+                NewItem(seq, item_id, payload_json, metadata_json, None, ItemStatus.FAILED, problem)
+            )
             seen.add(item_id)
             seq += 1
         for rejected in piece.rejected:
@@ -349,6 +352,16 @@ def _storable_id(item_id: str, where: str, seen: set[str], existing: set[str]) -
     if not _storable_text(item_id):
         item_id = _printable(item_id)
     return f"{(item_id or '<empty>')[:300]}#rejected@{_printable(where)[:200]}"
+
+
+def _invalid(
+    what: str, where: str, code: str = "invalid_input", detail: str | None = None
+) -> ItemError:
+    """An ingest error naming the item's location (``file:line``) when known."""
+    message = what + (f" at {_printable(where)}" if where else "")
+    if detail is not None:
+        message = f"{message}: {detail}"
+    return ItemError(code, message[:2000])
 
 
 def _storable_text(value: str) -> bool:

@@ -25,6 +25,7 @@ from batchor_core.records import (
     QueuedItem,
     RejectedRow,
     RequestSpec,
+    ResultColumns,
     ResultRow,
     RetryCandidate,
     RunRecord,
@@ -49,6 +50,7 @@ __all__ = [
     "QueuedItem",
     "RejectedRow",
     "RequestSpec",
+    "ResultColumns",
     "ResultRow",
     "RetryCandidate",
     "RunRecord",
@@ -356,6 +358,24 @@ class StateStore(Protocol):
 
     def read_results(self, run_id: str, *, after: int, limit: int) -> list[ResultRow]:
         """Terminal items with ``finished_seq > after``, in ``finished_seq`` order."""
+        ...
+
+    def read_result_columns(
+        self,
+        run_id: str,
+        *,
+        after_seq: int,
+        limit: int,
+        status: str | None = None,
+        finished_after: int = 0,
+        fields: Collection[str] | None = None,
+    ) -> ResultColumns:
+        """Terminal items with ``seq > after_seq`` (and ``finished_seq > finished_after``,
+        stored status ``status`` if given) as columns, in ``seq`` order.
+
+        ``fields`` names the :class:`ResultColumns` fields to read (default: all but
+        ``payload_json``); ``item_id`` is always read.
+        """
         ...
 
     def item_status(self, run_id: str, item_id: str) -> ResultRow | None:

@@ -26,6 +26,7 @@ __all__ = [
     "QueuedItem",
     "RejectedRow",
     "RequestSpec",
+    "ResultColumns",
     "ResultRow",
     "RetryCandidate",
     "RunRecord",
@@ -198,6 +199,32 @@ class ResultRow:
     usage: Usage | None
     metadata_json: str | None
     finished_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResultColumns:
+    """A page of terminal items as columns (parallel sequences), in input (``seq``) order.
+
+    What columnar readers want from the store: no per-row objects, statuses as stored
+    text. A column not asked for (see ``fields`` of ``read_result_columns``) is None.
+    """
+
+    item_id: Sequence[str]
+    status: Sequence[str] | None
+    output_json: Sequence[str | None] | None
+    error_code: Sequence[str | None] | None
+    error_message: Sequence[str | None] | None
+    attempts: Sequence[int] | None
+    input_tokens: Sequence[int | None] | None
+    output_tokens: Sequence[int | None] | None
+    metadata_json: Sequence[str | None] | None
+    finished_seq: Sequence[int] | None
+    payload_json: Sequence[str] | None
+    last_seq: int
+    """The last row's ``seq``: pass it as ``after_seq`` for the next page."""
+
+    def __len__(self) -> int:
+        return len(self.item_id)
 
 
 @dataclass(frozen=True, slots=True)

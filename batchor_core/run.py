@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
@@ -17,7 +17,7 @@ from batchor_core.errors import (
     RunNotFoundError,
     RunTimeoutError,
 )
-from batchor_core.exports import ExportReport, write_export
+from batchor_core.exports import ExportReport, output_fields, write_export, write_parquet
 from batchor_core.models import (
     ItemResult,
     ItemStatus,
@@ -196,28 +196,51 @@ class Run:
         """How many failed or cancelled items carry each error code, most common first."""
         return self._runner.storage.error_counts(self._run_id)
 
-    def to_arrow(self, *, status: ItemStatus | str | None = None) -> pa.Table:
-        """Terminal results as a ``pyarrow.Table``, read page by page without building
-        per-row result objects.
+    def to_arrow(
+        self,
+        *,
+        status: ItemStatus | str | None = None,
+        columns: Sequence[str] | None = None,
+        include_payload: bool = False,
+    ) -> pa.Table:
+        """Terminal results as a ``pyarrow.Table``, in input order, read from the store
+        page by page as columns (no per-row result objects).
 
         Columns: ``item_id``, ``status``, one column per field of the output model (typed
-        from its JSON schema; nested objects as structs, lists as lists) or ``output``
-        for text jobs and runs read without their model, then ``error_code``,
-        ``error_message``, ``attempts``, ``input_tokens``, ``output_tokens``,
-        ``metadata`` (JSON text) and ``cursor``.
+        from its JSON schema; nested objects as structs, lists as lists, enums as
+        strings) or ``output`` for text jobs, then ``error_code``, ``error_message``,
+        ``attempts``, ``input_tokens``, ``output_tokens``, ``metadata`` (JSON text),
+        ``cursor`` and, with ``include_payload``, ``payload`` (the input, JSON text).
 
         Args:
             status: Only results with this status (``completed``, ``failed``, ...).
+            columns: Only these columns, in this order (skipping the output fields skips
+                parsing them).
+            include_payload: Add the ``payload`` column.
         """
         from batchor_core.columnar import results_table
 
-        wanted = None if status is None else ItemStatus(status)
-        rows = (r for r in self._raw_results() if wanted is None or r.status is wanted)
-        return results_table(rows, self._output_schema())
+        wanted = None if status is None else ItemStatus(status).value
+        return results_table(
+            self._runner.storage,
+            self._run_id,
+            self._output_schema(),
+            status=wanted,
+            columns=columns,
+            include_payload=include_payload,
+        )
 
-    def to_pandas(self, *, status: ItemStatus | str | None = None) -> pd.DataFrame:
-        """Terminal results as a ``pandas.DataFrame`` (see :meth:`to_arrow` for columns)."""
-        return self.to_arrow(status=status).to_pandas()
+    def to_pandas(
+        self,
+        *,
+        status: ItemStatus | str | None = None,
+        columns: Sequence[str] | None = None,
+        include_payload: bool = False,
+    ) -> pd.DataFrame:
+        """Terminal results as a ``pandas.DataFrame`` (see :meth:`to_arrow`)."""
+        return self.to_arrow(
+            status=status, columns=columns, include_payload=include_payload
+        ).to_pandas()
 
     def mark_collected(self, by: str, *, replace: str | None = None) -> bool:
         """Record that ``by`` turned this finished run into its one downstream result.
@@ -240,15 +263,6 @@ class Run:
         produced the downstream result), so another collector may take the run."""
         return self._runner.storage.release_collected(self._run_id, by)
 
-    def _raw_results(self, page_size: int = 5000) -> Iterator[ResultRow]:
-        cursor = 0
-        while True:
-            rows = self._runner.storage.read_results(self._run_id, after=cursor, limit=page_size)
-            if not rows:
-                return
-            yield from rows
-            cursor = rows[-1].finished_seq
-
     def _output_schema(self) -> JSONObject | None:
         schema = self._record().job_spec.get("output_schema")
         return schema if isinstance(schema, dict) else None
@@ -256,15 +270,40 @@ class Run:
     # ------------------------------------------------------------------ retention
 
     def export(
-        self, path: str | os.PathLike[str], *, format: str = "jsonl", after: int = 0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        format: str = "jsonl",
+        after: int = 0,
+        status: ItemStatus | str | None = None,
     ) -> ExportReport:
         """Stream terminal results (after cursor ``after``) to ``path``.
 
-        Formats: ``jsonl`` (outputs as JSON), ``csv`` and ``parquet`` (outputs and
-        metadata as JSON text). The file appears atomically. The export is recorded with
-        the run, which is what allows :meth:`prune` to delete raw outputs.
+        Formats: ``jsonl`` (outputs as JSON); ``csv``, one column per output field
+        (nested values as JSON text); ``parquet``, the typed columns of :meth:`to_arrow`
+        plus the input ``payload``. The file appears atomically. An export of every
+        status is recorded with the run, which is what allows :meth:`prune` to delete raw
+        outputs; one filtered by ``status`` is partial and is not.
         """
-        report = write_export(self.results(after=after), path, format, after=after)
+        wanted = None if status is None else ItemStatus(status)
+        if format == "parquet":
+            from batchor_core.columnar import result_batches
+
+            schema, batches = result_batches(
+                self._runner.storage,
+                self._run_id,
+                self._output_schema(),
+                status=None if wanted is None else wanted.value,
+                include_payload=True,
+                after=after,
+            )
+            report = write_parquet(batches, schema, path, after=after)
+        else:
+            fields = output_fields(self._output_schema())
+            results = (r for r in self.results(after=after) if wanted in (None, r.status))
+            report = write_export(results, path, format, after=after, output_fields=fields)
+        if wanted is not None:
+            return report
         record = self._record()
         retention = dict(record.retention or {})
         exports = list(retention.get("exports", []))

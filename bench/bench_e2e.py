@@ -6,6 +6,7 @@ process's peak RSS. Run by hand:
 
     .venv/bin/python bench/bench_e2e.py --items 100000
     .venv/bin/python bench/bench_e2e.py --items 1000000
+    .venv/bin/python bench/bench_e2e.py --store postgresql+psycopg://user:pw@host/db
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from batchor_core import (
     BatchRunner,
     LocalArtifactStore,
     OpenAIProviderConfig,
+    PostgresStorage,
     SQLiteStorage,
 )
 
@@ -69,12 +71,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--store", default=None, help="a store URL (default: a SQLite file)")
     args = parser.parse_args()
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="batchor-bench-"))
     emu, url = _start_emulator(workdir / "emulator")
     try:
         runner = BatchRunner(
-            storage=SQLiteStorage(workdir / "runs.sqlite3"),
+            storage=(
+                PostgresStorage(args.store)
+                if args.store
+                else SQLiteStorage(workdir / "runs.sqlite3")
+            ),
             artifacts=LocalArtifactStore(workdir / "artifacts"),
             provider=OpenAIProviderConfig(api_key="sk-bench", base_url=url),
         )
@@ -86,7 +93,8 @@ def main() -> None:
             output_model=Label,
         )
         started = time.perf_counter()
-        run = runner.start(job, items=_items(args.items), run_id="bench")
+        run_id = f"bench-{time.time_ns()}"  # a reused Postgres database may hold older runs
+        run = runner.start(job, items=_items(args.items), run_id=run_id)
         ingested = time.perf_counter()
         summary = run.wait(timeout=3600, poll_interval=0.05)
         finished = time.perf_counter()

@@ -116,12 +116,8 @@ def results(
             for result in rows:
                 dump_json(result_dict(result), sys.stdout)
             return ExitCode.OK
-        if failed_only:  # a partial export: written, but not recorded as the run's export
-            from batchor_core.exports import write_export
-
-            report = write_export(rows, output, fmt, after=0)
-        else:
-            report = run.export(output, format=fmt)
+        # A --failed-only export is partial: written, but not recorded as the run's export.
+        report = run.export(output, format=fmt, status=ItemStatus.FAILED if failed_only else None)
     if json_out:
         dump_json(
             {

@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
-from batchor_core.providers.openai import OpenAIBatchProvider, OpenAIProviderConfig
+from typing import TYPE_CHECKING
+
+from batchor_core.providers.openai.config import OpenAIProviderConfig
+
+if TYPE_CHECKING:
+    from batchor_core.providers.openai import OpenAIBatchProvider
 
 __all__ = ["OpenAIBatchProvider", "OpenAIProviderConfig"]
+
+
+def __getattr__(name: str) -> object:
+    if name != "OpenAIBatchProvider":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from batchor_core.providers.openai import OpenAIBatchProvider
+
+    globals()[name] = OpenAIBatchProvider
+    return OpenAIBatchProvider

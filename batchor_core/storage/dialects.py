@@ -21,11 +21,13 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.selectable import Select
 
-__all__ = ["executemany", "make_engine", "values_in"]
+__all__ = ["executemany", "fetch_tuples", "make_engine", "values_in"]
 
 
 def make_engine(url: str) -> Engine:
@@ -133,3 +135,31 @@ def values_in(conn: Connection, column: ColumnElement[Any], values: Sequence[str
     if conn.dialect.name == "postgresql":
         return column == any_(bindparam("values_array", list(values), type_=ARRAY(String)))
     return column.in_(list(values))
+
+
+def fetch_tuples(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
+    """Run ``query`` on the driver's own cursor and return its plain tuples.
+
+    For bulk reads of text and integer columns (no result type processing needed):
+    SQLAlchemy's Row objects cost about as much as the driver's fetch itself. Driver
+    errors are raised as SQLAlchemy's ``DBAPIError``, like any other statement's. The
+    query must use plain binds only (no ``in_()`` lists, which SQLAlchemy expands at
+    execution time).
+    """
+    compiled = query.compile(dialect=conn.dialect)
+    params = compiled.params
+    args: Any = (
+        tuple(params[name] for name in compiled.positiontup or [])
+        if compiled.positional
+        else params
+    )
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(compiled.string, args)
+        return list(cursor.fetchall())
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(
+            compiled.string, args, exc, conn.dialect.loaded_dbapi.Error
+        ) from exc
+    finally:
+        cursor.close()

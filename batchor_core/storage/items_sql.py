@@ -34,10 +34,10 @@ from batchor_core.ports import (
     ItemOutcome,
     NewItem,
     QueuedItem,
-    ResultRow,
     RetryCandidate,
 )
 from batchor_core.storage.dialects import executemany, values_in
+from batchor_core.storage.results_sql import ResultOps
 from batchor_core.storage.schema import chunks, items, runs
 
 __all__ = ["ItemOps"]
@@ -47,15 +47,14 @@ from batchor_core.storage.base import (
     COUNTERS,
     QUEUED,
     RETRY,
-    StoreBase,
     aware_utc,
     dump_json,
     utc_now,
 )
 
 
-class ItemOps(StoreBase):
-    """Item-level transitions, mixed into :class:`SQLStateStore`."""
+class ItemOps(ResultOps):
+    """Item-level transitions, mixed into :class:`SQLStateStore` (reads: ResultOps)."""
 
     # ------------------------------------------------------------------ ingest
 
@@ -210,7 +209,7 @@ class ItemOps(StoreBase):
                         conn,
                         _DONE_UPDATE,
                         [
-                            {**_outcome_params(run_id, o), "b_finished": start + i}
+                            _outcome_params(run_id, o, finished=start + i)
                             for i, o in group[part : part + BULK]
                         ],
                     )
@@ -411,29 +410,6 @@ class ItemOps(StoreBase):
             )
         return len(seqs)
 
-    def read_results(self, run_id: str, *, after: int, limit: int) -> list[ResultRow]:
-        """Terminal items after the cursor, in finishing order."""
-        with self._tx() as conn:
-            rows = conn.execute(
-                select(items)
-                .where(
-                    items.c.run_id == run_id,
-                    items.c.finished_seq.is_not(None),
-                    items.c.finished_seq > after,
-                )
-                .order_by(items.c.finished_seq)
-                .limit(limit)
-            ).all()
-        return [self._result_from_row(r._mapping) for r in rows]
-
-    def item_status(self, run_id: str, item_id: str) -> ResultRow | None:
-        """One item by id."""
-        with self._tx() as conn:
-            row = conn.execute(
-                select(items).where(items.c.run_id == run_id, items.c.item_id == item_id)
-            ).first()
-        return None if row is None else self._result_from_row(row._mapping)
-
 
 def _collected_chunks(run_id: str) -> Any:
     """Subquery: ids of the run's collected chunks (items waiting for a retry sit in one)."""
@@ -500,17 +476,20 @@ _ITEM_INSERT = insert(items).values(
 )
 
 
-def _outcome_params(run_id: str, o: ItemOutcome) -> dict[str, Any]:
+def _outcome_params(run_id: str, o: ItemOutcome, *, finished: int | None = None) -> dict[str, Any]:
+    """One outcome's bind parameters (one dict per row: this runs once per item)."""
+    error, usage = o.error, o.usage
     return {
         "b_run": run_id,
         "b_seq": o.seq,
         "b_sub": o.submission,
         "b_status": o.status.value,
         "b_output": o.output_json,
-        "b_code": o.error.code if o.error else None,
-        "b_message": o.error.message if o.error else None,
-        "b_in": o.usage.input_tokens if o.usage else None,
-        "b_out": o.usage.output_tokens if o.usage else None,
+        "b_code": error.code if error else None,
+        "b_message": error.message if error else None,
+        "b_in": usage.input_tokens if usage else None,
+        "b_out": usage.output_tokens if usage else None,
         "b_spent": 1 if o.spend_attempt else 0,
         "b_not_before": o.retry_not_before,
+        "b_finished": finished,
     }

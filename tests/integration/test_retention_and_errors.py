@@ -65,7 +65,15 @@ def test_export_every_format_and_prune_only_after_export(
 
     with open(run.export(tmp_path / "results.csv", format="csv").path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 7 and Review.model_validate_json(rows[0]["output"])
+    assert len(rows) == 7 and "output" not in rows[0]  # CSV flattens the output one level
+    assert list(rows[0])[:3] == ["item_id", "status", "sentiment"]
+    assert Review.model_validate(
+        {
+            **rows[0],
+            "complaint": rows[0]["complaint"] or None,
+            "aspects": json.loads(rows[0]["aspects"]),
+        }
+    )
 
     table = pq.read_table(run.export(tmp_path / "results.parquet", format="parquet").path)
     assert table.num_rows == 7 and table.column("status").to_pylist() == ["completed"] * 7

@@ -1,0 +1,188 @@
+"""Columnar results: to_arrow / to_pandas / typed Parquet agree with results(), per store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pytest
+
+from batchor_core import (
+    BatchItem,
+    BatchJob,
+    BatchRunner,
+    ConfigurationError,
+    ItemStatus,
+    RetryPolicy,
+    Run,
+)
+from batchor_core.columnar import result_schema
+from batchor_core.storage import SQLStateStore
+from tests.integration.review_model import Review
+
+pytestmark = pytest.mark.integration
+
+N = 30
+FAILING = ("text 4!", "text 11!", "text 27!")
+
+
+def _finished_run(
+    make_runner: Callable[..., BatchRunner], store: SQLStateStore, emulator: Any
+) -> Run:
+    for needle in FAILING:
+        emulator.faults.line_fault(contains=needle, kind="error")
+    runner = make_runner(storage=store)
+    job = BatchJob(
+        model="gpt-4o-mini",
+        build_prompt=lambda i: i.payload["t"],
+        output_model=Review,
+        retry_policy=RetryPolicy(max_attempts=1),
+    )
+    items = [
+        BatchItem(f"i{k}", {"t": f"text {k}!", "n": k}, metadata={"k": k} if k % 2 else None)
+        for k in range(N)
+    ]
+    run = runner.start(job, items=items, run_id="col")
+    summary = run.wait(timeout=60, poll_interval=0.05)
+    assert summary.failed_items == len(FAILING) and summary.completed_items == N - len(FAILING)
+    return run
+
+
+def _expected(run: Run) -> dict[str, dict[str, Any]]:
+    """results() turned into the row to_arrow should hold for each item."""
+    rows = {}
+    for r in run.results():
+        output = r.output.model_dump(mode="json") if isinstance(r.output, Review) else None
+        rows[r.item_id] = {
+            "item_id": r.item_id,
+            "status": r.status.value,
+            **(output or dict.fromkeys(Review.model_fields)),
+            "error_code": r.error.code if r.error else None,
+            "error_message": r.error.message if r.error else None,
+            "attempts": r.attempts,
+            "input_tokens": r.usage.input_tokens if r.usage else None,
+            "output_tokens": r.usage.output_tokens if r.usage else None,
+            "metadata": r.metadata,
+            "cursor": r.cursor,
+        }
+    return rows
+
+
+def _as_compared(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["metadata"] = json.loads(row["metadata"]) if row["metadata"] else None
+    return row
+
+
+def test_to_arrow_holds_exactly_what_results_yields(
+    make_runner: Callable[..., BatchRunner], store: SQLStateStore, emulator: Any
+) -> None:
+    run = _finished_run(make_runner, store, emulator)
+    table = run.to_arrow()
+    assert table.column_names == [
+        "item_id",
+        "status",
+        "sentiment",
+        "summary",
+        "complaint",
+        "aspects",
+        "error_code",
+        "error_message",
+        "attempts",
+        "input_tokens",
+        "output_tokens",
+        "metadata",
+        "cursor",
+    ]
+    types = {f.name: f.type for f in table.schema}
+    assert types["sentiment"] == pa.string()  # an enum
+    assert types["complaint"] == pa.string()  # optional: nullable
+    assert types["aspects"] == pa.list_(
+        pa.struct([pa.field("name", pa.string()), pa.field("score", pa.int64())])
+    )
+    expected = _expected(run)
+    got = [_as_compared(r) for r in table.to_pylist()]
+    assert [r["item_id"] for r in got] == [f"i{k}" for k in range(N)]  # input order
+    assert {r["item_id"]: r for r in got} == expected
+    failed = [r for r in got if r["status"] == "failed"]
+    assert len(failed) == len(FAILING)
+    assert all(r["sentiment"] is None and r["aspects"] is None and r["error_code"] for r in failed)
+
+    frame = run.to_pandas()
+    assert list(frame.columns) == table.column_names and len(frame) == N
+    assert frame.set_index("item_id").loc["i5", "sentiment"] == expected["i5"]["sentiment"]
+
+
+def test_status_columns_and_payload_selection(
+    make_runner: Callable[..., BatchRunner], store: SQLStateStore, emulator: Any
+) -> None:
+    run = _finished_run(make_runner, store, emulator)
+    failed = run.to_arrow(status=ItemStatus.FAILED)
+    assert sorted(failed.column("item_id").to_pylist()) == sorted(
+        f"i{t.split()[1].rstrip('!')}" for t in FAILING
+    )
+    assert set(failed.column("status").to_pylist()) == {"failed"}
+
+    picked = run.to_arrow(columns=["sentiment", "item_id", "payload"], include_payload=True)
+    assert picked.column_names == ["sentiment", "item_id", "payload"]
+    payloads = dict(
+        zip(picked.column("item_id").to_pylist(), picked.column("payload").to_pylist(), strict=True)
+    )
+    assert json.loads(payloads["i7"]) == {"t": "text 7!", "n": 7}
+    ids_only = run.to_arrow(columns=["item_id"], status="completed")
+    assert ids_only.column_names == ["item_id"] and ids_only.num_rows == N - len(FAILING)
+    with pytest.raises(KeyError, match="payload"):
+        run.to_arrow(columns=["payload"])  # asked for without include_payload
+    with pytest.raises(KeyError, match="nope"):
+        run.to_arrow(columns=["nope"])
+
+
+def test_parquet_export_is_typed_and_round_trips(
+    make_runner: Callable[..., BatchRunner], store: SQLStateStore, emulator: Any, tmp_path: Path
+) -> None:
+    run = _finished_run(make_runner, store, emulator)
+    report = run.export(tmp_path / "out.parquet", format="parquet")
+    assert report.rows == N and report.cursor == max(r.cursor for r in run.results())
+    table = pq.read_table(report.path)
+    assert table.schema.equals(run.to_arrow(include_payload=True).schema)
+    assert table.equals(run.to_arrow(include_payload=True))
+    rows = {r["item_id"]: r for r in table.to_pylist()}
+    expected = _expected(run)
+    for item_id, row in rows.items():
+        assert json.loads(row.pop("payload"))["n"] == int(item_id[1:])
+        assert _as_compared(row) == expected[item_id]
+        if row["status"] == "completed":
+            Review.model_validate({k: row[k] for k in Review.model_fields})
+    later = run.export(tmp_path / "later.parquet", format="parquet", after=report.cursor)
+    assert later.rows == 0 and pq.read_table(later.path).schema.equals(table.schema)
+
+    recorded = len(store.load_run("col").retention["exports"])  # type: ignore[union-attr]
+    failed = run.export(tmp_path / "failed.parquet", format="parquet", status="failed")
+    assert pq.read_table(failed.path).column("status").to_pylist() == ["failed"] * len(FAILING)
+    assert len(store.load_run("col").retention["exports"]) == recorded  # type: ignore[union-attr]
+
+
+def test_pretty_printed_and_odd_outputs_parse_to_the_same_typed_columns() -> None:
+    from batchor_core.columnar import _typed_outputs
+
+    _, typed = result_schema(Review.model_json_schema())
+    assert typed is not None
+    value = {
+        "sentiment": "positive",
+        "summary": "ok",
+        "complaint": None,
+        "aspects": [{"name": "a", "score": 1}],
+    }
+    compact = _typed_outputs([json.dumps(value), None], typed)
+    pretty = _typed_outputs([json.dumps(value, indent=2), None], typed)
+    assert compact.equals(pretty)
+    assert compact.to_pylist() == [value, dict.fromkeys(value)]
+    # Extra keys are ignored; a value that fits no column is a clear error, not a bad table.
+    extra = _typed_outputs([json.dumps({**value, "extra": [1]})], typed)
+    assert extra.to_pylist() == [value]
+    with pytest.raises(ConfigurationError, match="output schema"):
+        _typed_outputs([json.dumps({**value, "summary": {"x": 1}})], typed)
