@@ -27,6 +27,7 @@ __all__ = [
     "default_storage",
     "open_artifacts",
     "open_storage",
+    "store_target",
 ]
 
 DEFAULT_HOME = Path(".batchor")
@@ -49,36 +50,48 @@ def default_artifacts(storage: StateStore) -> ArtifactStore:
     return LocalArtifactStore(_home() / "artifacts")
 
 
-def open_storage(location: str | os.PathLike[str] | None) -> StateStore:
-    """A store from a path or URL.
-
-    ``None`` is the default SQLite file; ``"memory"`` (or ``sqlite://``) an in-memory
-    store; ``sqlite:///path`` or a plain path a SQLite file; ``postgresql://...`` (or
-    ``postgresql+psycopg://...``) Postgres.
+def store_target(location: str | os.PathLike[str]) -> tuple[str, str]:
+    """What a store location names: ``("memory", "")``, ``("sqlite", path)`` or
+    ``("postgres", url)``. Paths may use ``~``; ``postgres://`` means ``postgresql://``.
 
     Raises:
-        ConfigurationError: The URL names a database batchor cannot use.
+        ConfigurationError: The location is empty or names a database batchor cannot use.
     """
-    if location is None:
-        return default_storage()
     text = os.fspath(location).strip()
     if not text:
         raise ConfigurationError("the store location is empty; give a SQLite path or a URL")
     if text in ("memory", "memory://", "sqlite://", "sqlite:///:memory:"):
-        return MemoryStateStore()
+        return "memory", ""
     if text.startswith("sqlite:///"):
-        return SQLiteStorage(Path(text[len("sqlite:///") :]).expanduser())
-    if text.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
-        if text.startswith("postgres://"):
-            text = "postgresql://" + text[len("postgres://") :]
-        return PostgresStorage(text)
+        return "sqlite", str(Path(text[len("sqlite:///") :]).expanduser())
+    if text.startswith(("postgresql://", "postgresql+psycopg://")):
+        return "postgres", text
+    if text.startswith("postgres://"):
+        return "postgres", "postgresql://" + text[len("postgres://") :]
     if "://" in text:
         scheme = text.split("://", 1)[0]
         raise ConfigurationError(
             f"unsupported store URL scheme {scheme!r}; use a SQLite path, sqlite:///path, "
             "or postgresql://user:password@host/database"
         )
-    return SQLiteStorage(Path(text).expanduser())
+    return "sqlite", str(Path(text).expanduser())
+
+
+def open_storage(location: str | os.PathLike[str] | None) -> StateStore:
+    """A store from a path or URL (see :func:`store_target`); ``None`` is the default
+    SQLite file.
+
+    Raises:
+        ConfigurationError: The URL names a database batchor cannot use.
+    """
+    if location is None:
+        return default_storage()
+    kind, target = store_target(location)
+    if kind == "memory":
+        return MemoryStateStore()
+    if kind == "postgres":
+        return PostgresStorage(target)
+    return SQLiteStorage(target)
 
 
 def open_artifacts(location: str | os.PathLike[str] | None, storage: StateStore) -> ArtifactStore:

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from batchor_core.cli.errors import CliError, ExitCode
+from batchor_core.errors import ConfigurationError
 from batchor_core.ports import ItemSource, StateStore
 from batchor_core.runner import BatchRunner
 
@@ -58,27 +59,27 @@ def open_storage(store: str | None, *, must_exist: bool) -> StateStore:
         store: The ``--store`` flag.
         must_exist: Refuse to create a new SQLite file (read commands never create one).
     """
+    from batchor_core.defaults import store_target
     from batchor_core.storage import PostgresStorage, SQLiteStorage
 
     spec = store or os.environ.get(STORE_ENV) or None
     if spec is None:
         home = Path(os.environ.get("BATCHOR_HOME", ".batchor"))
         path = home / "batchor.sqlite3"
-    elif "://" in spec:
-        scheme = spec.split("://", 1)[0].lower()
-        if scheme.startswith(("postgresql", "postgres")):
-            rest = spec.split("://", 1)[1]
-            return PostgresStorage(spec if scheme != "postgres" else f"postgresql://{rest}")
-        if scheme == "sqlite" and spec.startswith("sqlite:///") and len(spec) > len("sqlite:///"):
-            path = Path(spec[len("sqlite:///") :])
-        else:
+    else:
+        try:
+            kind, target = store_target(spec)
+        except ConfigurationError:
+            kind, target = "", ""
+        if kind == "postgres":
+            return PostgresStorage(target)
+        if kind != "sqlite":  # another scheme, or a memory store that ends with the command
             raise CliError(
                 f"bad store URL {_redact(spec)!r}: use a file path, sqlite:///PATH or "
                 "postgresql://USER:PASSWORD@HOST/DB",
                 ExitCode.USAGE,
             )
-    else:
-        path = Path(spec)
+        path = Path(target)
     if must_exist and not path.is_file():
         raise CliError(
             f"no batchor store at {path}; pass --store or set {STORE_ENV}", ExitCode.NOT_FOUND
