@@ -67,6 +67,7 @@ def build_batchor_sensor(
     resource_key: str = DEFAULT_RESOURCE_KEY,
     description: str | None = None,
     max_workers: int = 4,
+    slow_collect_seconds: float = 3600.0,
 ) -> dg.SensorDefinition:
     """A sensor that drives the batchor runs of ``assets`` between Dagster runs.
 
@@ -85,6 +86,8 @@ def build_batchor_sensor(
         description: Sensor description.
         max_workers: Runs advanced at once (threads; each run is one store transaction
             and provider call after another, so waiting overlaps).
+        slow_collect_seconds: A collecting run still going after this long is reported
+            in the tick (a killed worker stays "started" until run monitoring fails it).
     """
     if not assets:
         raise dg.DagsterInvalidDefinitionError("build_batchor_sensor needs at least one asset")
@@ -113,6 +116,7 @@ def build_batchor_sensor(
             targets=targets,
             deadline=time.monotonic() + time_budget_seconds,
             max_attempts=max_collect_attempts,
+            slow_collect_seconds=slow_collect_seconds,
             # The memory store is one connection: advance its runs one at a time.
             workers=1
             if isinstance(resource.get_runner().storage, MemoryStateStore)
@@ -155,6 +159,7 @@ class _Tick:
     targets: dict[str, _Target]
     deadline: float
     max_attempts: int
+    slow_collect_seconds: float = 3600.0
     workers: int = 1
 
     def evaluate(self) -> dg.SensorResult:
@@ -163,10 +168,11 @@ class _Tick:
         refreshed, events, cursor = self._advance(live)
         current = [refreshed.get(s.run_id, s) for s in mine]
         finished = [s for s in current if s.status.is_terminal]
-        finished.extend(self._orphaned_collections())
+        orphans, slow = self._orphaned_collections()
+        finished.extend(orphans)
         requests: list[dg.RunRequest] = []
         adds: dict[str, set[str]] = {}
-        given_up: list[str] = []
+        given_up: list[str] = list(slow)
         for summary in finished:
             request = self._collect_request(summary)
             if request is None:
@@ -274,9 +280,11 @@ class _Tick:
             },
         )
 
-    def _orphaned_collections(self) -> list[RunSummary]:
+    def _orphaned_collections(self) -> tuple[list[RunSummary], list[str]]:
         """Recently collected runs whose collecting Dagster run failed or was cancelled
-        before it recorded the materialization (the asset takes such runs over)."""
+        before it recorded the materialization (the asset takes such runs over), and lines
+        about collecting runs that have been going for suspiciously long (a killed worker
+        stays "started" until Dagster's run monitoring marks it failed)."""
         since = datetime.now(UTC) - _ORPHAN_WINDOW
         recent = [
             s
@@ -284,7 +292,7 @@ class _Tick:
             if self._target(s) and not (s.collected_by or "").startswith(SUPERSEDED_PREFIX)
         ][-200:]
         if not recent:
-            return []
+            return [], []
         holders = {s.collected_by for s in recent if s.collected_by}
         records = self.context.instance.get_run_records(
             filters=dg.RunsFilter(run_ids=sorted(holders))
@@ -292,6 +300,17 @@ class _Tick:
         failed = {
             r.dagster_run.run_id for r in records if r.dagster_run.status in _FAILED_RUN_STATUSES
         }
+        now = time.time()
+        slow = [
+            f"batchor: collecting run {r.dagster_run.run_id} has been "
+            f"{r.dagster_run.status.value.lower()} for {(now - started) / 60:.0f} min; if its "
+            "process died, mark the run failed (or enable run monitoring) and the next tick "
+            "takes the batchor run over"
+            for r in records
+            if r.dagster_run.status in _ACTIVE_RUN_STATUSES
+            and (started := r.start_time or r.create_timestamp.timestamp())
+            and now - started > self.slow_collect_seconds
+        ]
         orphans = []
         for summary in recent:
             if summary.collected_by not in failed:
@@ -306,7 +325,7 @@ class _Tick:
                 for e in logs
             ):
                 orphans.append(replace(summary, collected_by=None))
-        return orphans
+        return orphans, slow
 
     def _add_partition_if_missing(self, summary: RunSummary, adds: dict[str, set[str]]) -> None:
         target = self._target(summary)
@@ -323,7 +342,7 @@ class _Tick:
     def _skip_reason(self, runs: Iterable[RunSummary], given_up: list[str]) -> str:
         runs = list(runs)
         live = [s for s in runs if not s.status.is_terminal]
-        if not runs:
+        if not runs and not given_up:
             return "no uncollected batchor runs for these assets"
         total = sum(s.total_items for s in live)
         done = sum(s.total_items - s.pending_items for s in live)
@@ -337,11 +356,12 @@ class _Tick:
         if paused:
             first = paused[0]
             parts.append(f"{len(paused)} paused (e.g. {first.run_id!r}: {first.status_reason})")
-        waiting = len(runs) - len(live) - len(given_up)
+        waiting = len(runs) - len(live) - sum(1 for g in given_up if "finished but" in g)
         if waiting > 0:
             parts.append(f"{waiting} finished, collecting runs under way")
         if given_up:
             parts.append(f"{len(given_up)} finished runs need attention (see the tick log)")
+            parts.append(given_up[0].removeprefix("batchor: "))
         stalled = [s for s in live if s.last_error and s.status.value != "paused"]
         if stalled:
             first = stalled[0]

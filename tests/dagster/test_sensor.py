@@ -334,3 +334,30 @@ def test_a_run_that_cannot_move_says_why_in_observations_and_skip_reasons(
     }
     assert meta["batchor/status"] == "paused"
     assert "404" in meta["batchor/status_reason"]
+
+
+def test_a_collecting_run_that_never_ends_is_reported(
+    instance: dg.DagsterInstance, resource: BatchorResource
+) -> None:
+    asset = batchor_asset(name="reviews", build_job=review_job, build_items=lambda c: [])
+    runner = resource.get_runner()
+    run = runner.start(
+        review_job(),
+        items=review_items(1),
+        run_id="claimed",
+        owner={"asset": "reviews", "partition": None},
+    )
+    run.wait(timeout=30, poll_interval=0.05)
+    # A collecting run whose worker was killed: Dagster still shows it started.
+    stuck = instance.add_run(
+        dg.DagsterRun(
+            job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED
+        )
+    )
+    assert run.mark_collected(stuck.run_id)
+    quiet = _tick(build_batchor_sensor([asset], name="quiet"), instance, resource)
+    assert quiet.skip_reason is not None
+    assert "need attention" not in (quiet.skip_reason.skip_message or "")
+    eager = _tick(build_batchor_sensor([asset], slow_collect_seconds=0.0), instance, resource)
+    assert eager.run_requests == [] and eager.skip_reason is not None
+    assert "1 finished runs need attention" in (eager.skip_reason.skip_message or "")
