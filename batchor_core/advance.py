@@ -536,8 +536,28 @@ class RunStepper:
         decision = self.stalls.decide(exc, first_error_at=chunk.first_error_at, now=now, what=what)
         self._defer(chunk, exc, decision.delay_seconds, first_error_at=started)
         if decision.pause_reason is not None:
-            self._pause(run, decision.pause_reason)
+            if run.status is RunStatus.CANCELLING and chunk.state is ChunkState.SUBMITTED:
+                # A run being cancelled cannot pause: it would never finish cancelling.
+                # Give the unreadable batch up; its items are cancelled with the rest.
+                self._abandon(chunk, decision.pause_reason)
+            else:
+                self._pause(run, decision.pause_reason)
         return decision.delay_seconds
+
+    def _abandon(self, chunk: ChunkRecord, reason: str) -> None:
+        current = self._reload(chunk)
+        if self.store.save_chunk(
+            dataclasses.replace(
+                current, state=ChunkState.COLLECTED, provider_status="abandoned", not_before=None
+            ),
+            expected=ChunkState.SUBMITTED,
+        ):
+            log.warning(
+                "run %s: gave up batch %s while cancelling: %s",
+                chunk.run_id,
+                chunk.batch_id,
+                reason,
+            )
 
     def _defer(
         self,

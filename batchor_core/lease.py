@@ -97,21 +97,45 @@ class LeaseKeeper:
         self._handle_sigterm = handle_sigterm
         self._depth: dict[str, int] = {}
         self._tokens: dict[str, int] = {}
+        # Threads of one process share this keeper (a Dagster sensor advances several
+        # runs at once): the bookkeeping is guarded, and a run held by one thread is
+        # refused to another, as it would be to another process.
+        self._guard = threading.Lock()
+        self._threads: dict[str, int] = {}
 
     def acquire(self, run_id: str) -> None:
-        """Take the lease on ``run_id`` (re-entrant: nested holds need matching releases).
+        """Take the lease on ``run_id`` (re-entrant in one thread: nested holds need
+        matching releases).
 
         Raises:
-            RunLeasedError: Another live process holds it.
+            RunLeasedError: Another live process, or another thread of this one, holds it.
         """
         if self._handle_sigterm:
             _install_sigterm_handler()
-        if self._depth.get(run_id, 0) == 0:
-            self._tokens[run_id] = self._grant(run_id)
-            _HOLDING.add(self)
-        else:
+        me = threading.get_ident()
+        with self._guard:
+            holder = self._threads.setdefault(run_id, me)
+            nested = self._depth.get(run_id, 0) > 0
+        if holder != me:
+            raise RunLeasedError(
+                f"run {run_id!r} is being advanced by another thread of this process",
+                run_id=run_id,
+            )
+        if nested:
             self.renew(run_id)
-        self._depth[run_id] = self._depth.get(run_id, 0) + 1
+        else:
+            try:
+                token = self._grant(run_id)
+            except BaseException:
+                with self._guard:
+                    if not self._depth.get(run_id):
+                        self._threads.pop(run_id, None)
+                raise
+            with self._guard:
+                self._tokens[run_id] = token
+                _HOLDING.add(self)
+        with self._guard:
+            self._depth[run_id] = self._depth.get(run_id, 0) + 1
 
     @contextlib.contextmanager
     def held(self, run_id: str) -> Iterator[None]:
@@ -134,16 +158,19 @@ class LeaseKeeper:
                 this process took it (it expired and someone else had it meanwhile).
         """
         token = self._grant(run_id)
-        held = self._tokens.get(run_id)
+        with self._guard:
+            held = self._tokens.get(run_id)
+            if held is not None and token != held:
+                self._tokens[run_id] = token
+            else:
+                self._tokens.setdefault(run_id, token)
         if held is not None and token != held:
-            self._tokens[run_id] = token
             raise RunLeasedError(
                 f"this process lost the lease on run {run_id!r} (it expired and another "
                 "process took it over); its current step was abandoned and nothing more "
                 "was sent",
                 run_id=run_id,
             )
-        self._tokens.setdefault(run_id, token)
 
     def _grant(self, run_id: str) -> int:
         grant = self.store.acquire_lease(
@@ -161,21 +188,30 @@ class LeaseKeeper:
 
     def release(self, run_id: str) -> None:
         """Drop one hold; the lease is given up when the outermost hold is released."""
-        depth = self._depth.get(run_id, 0) - 1
-        if depth > 0:
-            self._depth[run_id] = depth
-            return
-        self._depth.pop(run_id, None)
-        self._tokens.pop(run_id, None)
-        if not self._depth:
-            _HOLDING.discard(self)
-        self.store.release_lease(run_id, self.owner)
+        with self._guard:
+            depth = self._depth.get(run_id, 0) - 1
+            if depth > 0:
+                self._depth[run_id] = depth
+                return
+            self._depth.pop(run_id, None)
+            self._tokens.pop(run_id, None)
+            if not self._depth:
+                _HOLDING.discard(self)
+        try:
+            self.store.release_lease(run_id, self.owner)
+        finally:
+            with self._guard:
+                if not self._depth.get(run_id):
+                    self._threads.pop(run_id, None)
 
     def release_all(self) -> None:
         """Give up every lease held, whatever the nesting (exit, close)."""
-        for run_id in list(self._depth):
-            self._depth.pop(run_id, None)
-            self._tokens.pop(run_id, None)
+        with self._guard:
+            held = list(self._depth)
+            self._depth.clear()
+            self._tokens.clear()
+            self._threads.clear()
+        for run_id in held:
             try:
                 self.store.release_lease(run_id, self.owner)
             except Exception as exc:  # at exit: the TTL or liveness lock covers it

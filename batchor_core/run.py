@@ -128,21 +128,23 @@ class Run:
                 # Finished, or paused with nothing left to collect: batches in flight are
                 # still collected while paused, unless they are stalled by errors too.
                 return summary
+            # The timeout holds even while every step changes something (a provider
+            # that keeps failing with no backoff records a new error each time).
+            left = None if timeout is None else timeout - (clock.now() - started).total_seconds()
+            if left is not None and left <= 0:
+                raise RunTimeoutError(
+                    f"run {self._run_id!r} not finished after {timeout:g}s "
+                    f"({summary.pending_items} items pending); it continues in the "
+                    "background of the provider, call wait() again later",
+                    run_id=self._run_id,
+                )
             if changed:
                 continue
             delay = poll_interval
             wake = self._runner.stepper.next_wake(self._run_id)
             if wake is not None:
                 delay = min(delay, max((wake - clock.now()).total_seconds(), 0.05))
-            if timeout is not None:
-                left = timeout - (clock.now() - started).total_seconds()
-                if left <= 0:
-                    raise RunTimeoutError(
-                        f"run {self._run_id!r} not finished after {timeout:g}s "
-                        f"({summary.pending_items} items pending); it continues in the "
-                        "background of the provider, call wait() again later",
-                        run_id=self._run_id,
-                    )
+            if left is not None:
                 delay = min(delay, left)
             clock.sleep(delay)
 

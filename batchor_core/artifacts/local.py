@@ -37,6 +37,17 @@ def safe_segment(value: str) -> str:
     return escaped if len(escaped) <= 200 else escaped[:160] + "~~" + _digest(value)[:32]
 
 
+def _legacy_segment(value: str) -> str | None:
+    """How batchor 0.1.0 shortened a long segment (``~`` before the digest, which an
+    escaped segment may also contain), when that differs from :func:`safe_segment`."""
+    escaped = _UNSAFE.sub(lambda m: "".join(f"~{b:02x}" for b in m.group().encode()), value)
+    if escaped in ("", ".", "..") or escaped.startswith("."):
+        escaped = "~" + escaped
+    if len(escaped) <= 200:
+        return None
+    return escaped[:160] + "~" + _digest(value)[:32]
+
+
 def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
@@ -93,10 +104,16 @@ class LocalArtifactStore:
 
     def path_for(self, key: str) -> Path:
         """The file path of a published key (sanitised; always inside the root)."""
-        parts = [safe_segment(p) for p in key.split("/") if p]
-        if not parts:
+        segments = [p for p in key.split("/") if p]
+        if not segments:
             raise ArtifactError(f"empty artifact key {key!r}")
-        path = self.root.joinpath(*parts)
+        path = self.root
+        for segment in segments:
+            name = safe_segment(segment)
+            legacy = _legacy_segment(segment)
+            if legacy is not None and not (path / name).exists() and (path / legacy).exists():
+                name = legacy  # written by batchor 0.1.0 before the long-name fix: keep it
+            path = path / name
         if self.root not in path.parents:
             raise ArtifactError(f"artifact key {key!r} escapes the artifact root")
         return path

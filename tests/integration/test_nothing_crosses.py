@@ -335,3 +335,22 @@ def test_artifact_stores_share_nothing_between_run_ids(tmp_path: Path) -> None:
     assert store.path_for(chunk_key("plain-id_1.0", "c00000")) == (
         tmp_path.resolve() / "runs" / "plain-id_1.0" / "requests" / "c00000.jsonl"
     )
+
+
+def test_a_long_run_id_written_by_the_previous_release_keeps_its_files(tmp_path: Path) -> None:
+    from batchor_core.artifacts import LocalArtifactStore
+    from batchor_core.artifacts.local import _legacy_segment, safe_segment
+
+    run_id = "reviews: customer feedback (EU) " * 5  # escapes to over 200 characters
+    legacy = _legacy_segment(run_id)
+    assert legacy is not None and legacy != safe_segment(run_id)
+    old_file = tmp_path / "runs" / legacy / "requests" / "c00000.jsonl"
+    old_file.parent.mkdir(parents=True)
+    old_file.write_bytes(b'{"custom_id": "i0s1"}\n')
+    store = LocalArtifactStore(tmp_path)
+    key = f"runs/{run_id}/requests/c00000.jsonl"
+    assert store.exists(key)
+    with store.open_read(key) as fh:
+        assert fh.read() == b'{"custom_id": "i0s1"}\n'
+    fresh = "another " * 30
+    assert safe_segment(fresh) in str(store.path_for(f"runs/{fresh}/x"))

@@ -28,6 +28,7 @@ from batchor_core import (
     PostgresStorage,
     Run,
     RunStatus,
+    RunTimeoutError,
 )
 from tests.conftest import POSTGRES_URL, postgres_param
 from tests.integration.review_model import Review
@@ -282,3 +283,45 @@ def test_an_ambiguous_create_committed_late_does_not_become_a_second_batch(
     assert summary.status is RunStatus.COMPLETED
     assert provider.hidden_lookups == 0
     assert emulator.batch_create_count == 1  # adopted once listed, never created again
+
+
+def test_a_cancel_whose_batch_cannot_be_read_still_finishes(
+    make_runner: Callable[..., BatchRunner], emulator: Any
+) -> None:
+    clock = FakeClock()
+    emulator.faults.hold_batches()
+    run = make_runner(clock=clock).start(_job(), items=_items(3), run_id="cancel-unreadable")
+    assert run.summary().batches_in_flight == 1
+    emulator.faults.http_error(
+        method="*", path="/v1/batches/*", status=404, count=10**6, message="No such batch"
+    )
+    run.cancel("stop")
+    for _ in range(6):  # past the permanent-error budget, on the fake clock
+        clock.advance(30)
+        summary = run.refresh()
+    assert summary.status is RunStatus.CANCELLED, summary
+    assert summary.cancelled_items == 3 and summary.batches_in_flight == 0
+    assert run.wait(timeout=1).status is RunStatus.CANCELLED
+
+
+def test_wait_keeps_its_timeout_while_every_step_records_another_error(
+    make_runner: Callable[..., BatchRunner], emulator: Any
+) -> None:
+    # No backoff and a provider that always fails the upload: every step "changes"
+    # something (a new error), so wait() used to loop without ever checking its timeout.
+    emulator.faults.http_error(method="POST", path="/v1/files", status=500, count=10**6)
+    runner = make_runner(transient_backoff_seconds=0.0)
+    run = runner.start(_job(), items=_items(2), run_id="no-backoff")
+    outcome: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            run.wait(timeout=1.0, poll_interval=0.05)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "wait() ignored its timeout"
+    assert len(outcome) == 1 and isinstance(outcome[0], RunTimeoutError), outcome
