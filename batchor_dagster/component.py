@@ -22,7 +22,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import BaseModel
 
-from batchor_core import BatchItem, BatchJob, ConfigurationError, RetryPolicy
+from batchor_core import BatchItem, BatchJob, ConfigurationError, RetryPolicy, SourceError
 from batchor_core.sources import CsvSource, JsonlSource, ParquetSource
 
 from .asset import batchor_asset
@@ -60,6 +60,7 @@ class PromptTemplate:
                     "the item field ({text}) and write literal braces as {{ and }}"
                 )
         self.template = template
+        self.fields = sorted({name.split(".")[0].split("[")[0] for name in fields})
 
     def __call__(self, item: BatchItem) -> str:
         try:
@@ -139,6 +140,7 @@ class BatchorBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             return BatchJob(**job_args)
 
         def build_items(_context: dg.AssetExecutionContext) -> Any:
+            _check_template_columns(path, id_column, template)
             return _source(path, id_column)
 
         results_key = f"{resource_key}_results"
@@ -205,12 +207,30 @@ def _import_model(ref: str) -> type[BaseModel]:
     return obj
 
 
-def _source(path: Path, id_column: str) -> Any:
+def _check_template_columns(path: Path, id_column: str, template: PromptTemplate) -> None:
+    """Fail before anything is submitted when the template names a column the file lacks.
+
+    CSV and Parquet files have a header to check; JSONL rows may differ, so a missing
+    field there fails only the items that lack it.
+    """
+    if path.suffix.lower() not in (".csv", ".parquet") or not template.fields:
+        return
+    try:
+        _source(path, id_column, payload_columns=template.fields).check()
+    except SourceError as exc:
+        if "no payload column" not in str(exc):
+            raise
+        raise ConfigurationError(
+            f"prompt template {template.template!r} names a column the input lacks: {exc}"
+        ) from exc
+
+
+def _source(path: Path, id_column: str, *, payload_columns: list[str] | None = None) -> Any:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return CsvSource(path, id_column=id_column)
+        return CsvSource(path, id_column=id_column, payload_columns=payload_columns)
     if suffix in (".jsonl", ".ndjson"):
         return JsonlSource(path, id_field=id_column)
     if suffix == ".parquet":
-        return ParquetSource(path, id_column=id_column)
+        return ParquetSource(path, id_column=id_column, payload_columns=payload_columns)
     raise ConfigurationError(f"input_path {str(path)!r}: use a .csv, .jsonl or .parquet file")

@@ -127,3 +127,35 @@ def test_prompt_templates_are_checked_when_the_component_loads(template: str, me
         PromptTemplate("literal {{braces}} and {text}")(BatchItem("1", {"text": "x"}))
         == "literal {braces} and x"
     )
+
+
+def test_a_template_naming_a_missing_column_fails_before_anything_is_submitted(
+    tmp_path: Path, emulator: Any, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-component")
+    data = tmp_path / "reviews.csv"
+    data.write_text("id,text\n1,great phone\n2,battery died\n")
+    with create_defs_folder_sandbox() as sandbox:
+        path = sandbox.scaffold_component(
+            component_cls=BatchorBatchComponent,
+            defs_yaml_contents={
+                "type": "batchor_dagster.BatchorBatchComponent",
+                "attributes": {
+                    "asset_name": "typo",
+                    "input_path": str(data),
+                    "prompt_template": "Classify: {txt} (stars: {stars.value})",
+                    "storage_url": str(tmp_path / "b.sqlite3"),
+                    "artifact_root": str(tmp_path / "artifacts"),
+                    "openai_base_url": emulator.base_url,
+                },
+            },
+        )
+        with sandbox.load_component_and_build_defs(defs_path=path) as (_component, defs):
+            job = defs.resolve_implicit_global_asset_job_def()
+            result = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = str(failure.step_failure_data.error)
+    assert "names a column the input lacks" in message and "'stars'" in message, message
+    assert "'id', 'text'" in message or "id, text" in message, message
+    assert emulator.batches() == []
