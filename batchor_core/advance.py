@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel
 
 from batchor_core import failpoints
+from batchor_core.admission import SubmissionGate
 from batchor_core.collect import LineSorter, OutcomeBuilder
 from batchor_core.errors import ConfigurationError, ProviderError, RateLimitedError
 from batchor_core.jobspec import chunk_policy, retry_policy
@@ -83,6 +84,7 @@ class RunStepper:
         self.stalls = stalls if stalls is not None else StallPolicy()
         self.token_limit_backoff_seconds = token_limit_backoff_seconds
         self.create_grace_seconds = create_grace_seconds
+        self.gate = SubmissionGate(store=store, provider=provider, pause=self._pause)
 
     # ------------------------------------------------------------------ step
 
@@ -215,6 +217,7 @@ class RunStepper:
         in_flight = sum(1 for c in chunks if c.state is ChunkState.SUBMITTED)
         now = self.clock.now()
         progress = False
+        waiting: str | None = None
         for chunk in chunks:
             if chunk.state not in (ChunkState.SEALED, ChunkState.UPLOADED):
                 continue
@@ -222,17 +225,31 @@ class RunStepper:
                 break
             if chunk.not_before is not None and chunk.not_before > now:
                 break  # batches go out in order: later chunks wait behind a deferred one
+            if self.gate.over_cost_cap(run, chunk):
+                break
+            if chunk.state is ChunkState.SEALED:
+                # Upload only once there is budget for the batch (checked again, atomically,
+                # when the batch is created): no file waits at the provider for long.
+                waiting = self.gate.budget_wait(run, chunk, self.store.in_flight_tokens)
+                if waiting is not None:
+                    break
             try:
                 if chunk.state is ChunkState.SEALED:
                     chunk = self._upload(run, chunk)
                     progress = True
-                self._create(run, chunk)
+                waiting = self._create(run, chunk)
+                if waiting is not None:
+                    break
                 in_flight += 1
                 progress = True
             except ProviderError as exc:
                 if self._handle_submit_error(run, chunk, exc):
                     progress = True
                 break  # the provider is unhappy: do not hammer it with the next chunk
+        if waiting != run.waiting_reason:
+            self.store.set_waiting(run.run_id, waiting)
+            if waiting is not None:
+                log.info("run %s: %s", run.run_id, waiting)
         return progress
 
     def _upload(self, run: RunRecord, chunk: ChunkRecord) -> ChunkRecord:
@@ -259,15 +276,34 @@ class RunStepper:
             first_error_at=None,
         )
 
-    def _create(self, run: RunRecord, chunk: ChunkRecord) -> None:
+    def _create(self, run: RunRecord, chunk: ChunkRecord) -> str | None:
+        """Create the chunk's batch; return why it must wait for budget instead (None:
+        created)."""
         self.lease.renew(run.run_id)  # before the side effect; raises if the lease was lost
         # not_before on a submitting chunk is the end of the grace period during which a
         # batch that cannot be found is not yet concluded "not created" (durable, so a
         # crash right after the create does not shorten it).
         grace_until = self.clock.now() + timedelta(seconds=self.create_grace_seconds)
-        chunk = self._move(
-            chunk, ChunkState.UPLOADED, state=ChunkState.SUBMITTING, not_before=grace_until
+        intent = dataclasses.replace(chunk, state=ChunkState.SUBMITTING, not_before=grace_until)
+        # The intent doubles as the budget reservation: "submitting" chunks count as in
+        # flight, so the check and the move are one atomic store operation.
+        limits = self.gate.token_limits(run) if chunk.model is not None else None
+        granted = self.store.reserve_submit(
+            intent,
+            expected=ChunkState.UPLOADED,
+            limit=limits[0] if limits else None,
+            full_limit=limits[1] if limits else None,
         )
+        if not granted.granted:
+            waiting = self.gate.budget_wait(run, chunk, lambda _model: granted.in_flight_tokens)
+            if waiting is not None:
+                return waiting
+            raise ConfigurationError(
+                f"chunk {chunk.chunk_id} of run {chunk.run_id} changed under us "
+                "(expected uploaded); is another process working on this run?",
+                run_id=chunk.run_id,
+            )
+        chunk = intent
         assert chunk.file_id is not None
         try:
             batch = self.provider.create_batch(
@@ -286,12 +322,14 @@ class RunStepper:
         failpoints.reach("submit.created")
         self._mark_submitted(chunk, batch)
         log.info(
-            "run %s: submitted chunk %s as %s (%d requests)",
+            "run %s: submitted chunk %s as %s (%d requests, ~%d tokens)",
             run.run_id,
             chunk.chunk_id,
             batch.batch_id,
             chunk.request_count,
+            chunk.est_tokens,
         )
+        return None
 
     def _handle_submit_error(self, run: RunRecord, chunk: ChunkRecord, exc: ProviderError) -> bool:
         current = self._reload(chunk)
@@ -424,6 +462,7 @@ class RunStepper:
         )
         self.store.record_outcomes(run.run_id, done, outcomes)
         failpoints.reach("collect.recorded")
+        self.gate.count_token_limit_strikes(run.run_id, batch)
         log.info(
             "run %s: collected %s (%s): %d lines, %d without a line",
             run.run_id,
@@ -436,8 +475,13 @@ class RunStepper:
     # ------------------------------------------------------------------ retries
 
     def _build_retry_chunk(self, run: RunRecord) -> bool:
+        limits = self.gate.token_limits(run)
         queued = build_retry_chunk(
-            store=self.store, artifacts=self.artifacts, now=self.clock.now(), run=run
+            store=self.store,
+            artifacts=self.artifacts,
+            now=self.clock.now(),
+            run=run,
+            max_tokens=limits[0] if limits else None,
         )
         if queued:
             log.info("run %s: %d items queued for another attempt", run.run_id, queued)
