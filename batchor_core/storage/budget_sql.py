@@ -11,6 +11,7 @@ Postgres takes a transaction-scoped advisory lock keyed by the model, so two pro
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, func, select, text, update
@@ -23,6 +24,10 @@ from batchor_core.storage.schema import chunks, runs
 __all__ = ["BudgetOps"]
 
 _IN_FLIGHT = (ChunkState.SUBMITTING.value, ChunkState.SUBMITTED.value)
+# A batch ends at the provider within its completion window (24 h, then it expires), so a
+# chunk not touched for longer no longer holds budget even if its run was abandoned and
+# never collected it (its run would otherwise block the model's budget for good).
+_HELD_FOR = timedelta(hours=25)
 # Distinguishes batchor's advisory keys from the lease keys (liveness.py uses one-arg locks).
 _LOCK_CLASS = 0x6261_7463  # "batc"
 
@@ -105,7 +110,9 @@ class BudgetOps:
 def _in_flight(conn: Connection, model: str) -> int:
     total = conn.execute(
         select(func.coalesce(func.sum(chunks.c.est_tokens), 0)).where(
-            chunks.c.model == model, chunks.c.state.in_(_IN_FLIGHT)
+            chunks.c.model == model,
+            chunks.c.state.in_(_IN_FLIGHT),
+            chunks.c.updated_at > utc_now() - _HELD_FOR,
         )
     ).scalar_one()
     return int(total)
