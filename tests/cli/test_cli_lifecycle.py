@@ -71,6 +71,8 @@ def test_failed_items_exit_7_and_are_listed(
     assert cli(["status", "faulty"]) == 0
     status = capsys.readouterr().out
     assert "errors" in status and "4 failed" in status
+    assert "cached)" in status and "reasoning)" in status
+    assert "USD so far" in status  # gpt-4o-mini has a price in the table
 
 
 @pytest.mark.postgres

@@ -87,6 +87,10 @@ def test_submit_observe_collect_exactly_one_materialization(
     assert meta["batchor/finished_at"] >= meta["batchor/started_at"]
     assert meta["batchor/duration_seconds"] >= 0
     assert meta["batchor/error_codes"] == {}
+    # Usage in detail and the cost (gpt-4o-mini is in the price table).
+    assert meta["batchor/cached_input_tokens"] <= meta["batchor/input_tokens"]
+    assert 0 <= meta["batchor/reasoning_tokens"] <= meta["batchor/output_tokens"]
+    assert meta["batchor/cost_usd"] > 0 and "gpt-4o-mini" in meta["batchor/cost_note"]
     assert len(meta["batchor/batch_ids"]) == 1
     assert "| item_id | status | sentiment | complaint |" in meta["batchor/preview"]
     exported = Path(meta["dagster/uri"])
