@@ -15,6 +15,7 @@ from batchor_core.budget import (
     enqueue_limit,
     output_per_request,
 )
+from batchor_core.errors import ConfigurationError
 from batchor_core.ports import (
     BatchProvider,
     ChunkRecord,
@@ -56,6 +57,53 @@ class SubmissionGate:
         if limit is None:
             return None
         return effective_limit(limit, run.token_limit_strikes), limit
+
+    def chunk_tokens(self, run: RunRecord) -> int | None:
+        """Most estimated tokens a new (retry) chunk of the run may hold, or None."""
+        limits = self.token_limits(run)
+        return limits[0] if limits else None
+
+    def reserve(self, run: RunRecord, intent: ChunkRecord) -> str | None:
+        """Move ``intent`` (the chunk, now ``submitting``) into the store if the budget has
+        room; return why it must wait instead (None: reserved).
+
+        The intent doubles as the reservation: ``submitting`` chunks count as in flight,
+        so the check and the move are one atomic store operation.
+        """
+        limits = self.token_limits(run) if intent.model is not None else None
+        granted = self.store.reserve_submit(
+            intent,
+            expected=ChunkState.UPLOADED,
+            limit=limits[0] if limits else None,
+            full_limit=limits[1] if limits else None,
+        )
+        if granted.granted:
+            return None
+        waiting = self.budget_wait(run, intent, lambda _model: granted.in_flight_tokens)
+        if waiting is not None:
+            return waiting
+        raise ConfigurationError(
+            f"chunk {intent.chunk_id} of run {intent.run_id} changed under us "
+            "(expected uploaded); is another process working on this run?",
+            run_id=intent.run_id,
+        )
+
+    def note_waiting(self, run: RunRecord, waiting: str | None) -> None:
+        """Record why the run waits for budget (or that it no longer does), on change."""
+        if waiting != run.waiting_reason:
+            self.store.set_waiting(run.run_id, waiting)
+            if waiting is not None:
+                log.info("run %s: %s", run.run_id, waiting)
+
+    def upload_wait(self, run: RunRecord, chunk: ChunkRecord) -> str | None:
+        """Why a sealed chunk should not be uploaded yet (None: go ahead).
+
+        A chunk is uploaded only once there is budget for its batch (checked again,
+        atomically, when the batch is created), so no file waits at the provider for long.
+        """
+        if chunk.state is not ChunkState.SEALED:
+            return None
+        return self.budget_wait(run, chunk, self.store.in_flight_tokens)
 
     def budget_wait(
         self, run: RunRecord, chunk: ChunkRecord, in_flight_of: Callable[[str], int]

@@ -10,7 +10,6 @@ before anything is created again.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from datetime import datetime, timedelta
 
@@ -24,9 +23,11 @@ from batchor_core.jobspec import chunk_policy, retry_policy
 from batchor_core.lease import LeaseKeeper
 from batchor_core.models import RunStatus
 from batchor_core.packing import (
+    batch_metadata,
     chunk_key,
     output_key,
     seal_chunk,
+    upload_name,
 )
 from batchor_core.ports import (
     UNSUBMITTED_CHUNK_STATES,
@@ -175,7 +176,7 @@ class RunStepper:
                 if chunk.not_before is not None and chunk.not_before > self.clock.now():
                     continue
                 try:
-                    for file_id in self.provider.find_files(_upload_name(run.run_id, chunk)):
+                    for file_id in self.provider.find_files(upload_name(run.run_id, chunk)):
                         self.provider.delete_file(file_id)
                 except ProviderError as exc:
                     self._stall(run, chunk, exc, f"recovering the upload of chunk {chunk.chunk_id}")
@@ -188,7 +189,7 @@ class RunStepper:
 
     def _reconcile_create(self, run: RunRecord, chunk: ChunkRecord) -> bool:
         try:
-            found = self.provider.find_batches(_batch_metadata(run.run_id, chunk))
+            found = self.provider.find_batches(batch_metadata(run.run_id, chunk))
         except ProviderError as exc:
             self._stall(run, chunk, exc, f"looking for the batch of chunk {chunk.chunk_id}")
             return False
@@ -227,12 +228,9 @@ class RunStepper:
                 break  # batches go out in order: later chunks wait behind a deferred one
             if self.gate.over_cost_cap(run, chunk):
                 break
-            if chunk.state is ChunkState.SEALED:
-                # Upload only once there is budget for the batch (checked again, atomically,
-                # when the batch is created): no file waits at the provider for long.
-                waiting = self.gate.budget_wait(run, chunk, self.store.in_flight_tokens)
-                if waiting is not None:
-                    break
+            waiting = self.gate.upload_wait(run, chunk)
+            if waiting is not None:
+                break
             try:
                 if chunk.state is ChunkState.SEALED:
                     chunk = self._upload(run, chunk)
@@ -246,10 +244,7 @@ class RunStepper:
                 if self._handle_submit_error(run, chunk, exc):
                     progress = True
                 break  # the provider is unhappy: do not hammer it with the next chunk
-        if waiting != run.waiting_reason:
-            self.store.set_waiting(run.run_id, waiting)
-            if waiting is not None:
-                log.info("run %s: %s", run.run_id, waiting)
+        self.gate.note_waiting(run, waiting)
         return progress
 
     def _upload(self, run: RunRecord, chunk: ChunkRecord) -> ChunkRecord:
@@ -266,7 +261,7 @@ class RunStepper:
         with self.artifacts.open_read(key) as stream:
             # On failure the chunk stays "uploading": the next step's recovery deletes any
             # file the provider kept anyway, then puts the chunk back to "sealed".
-            file_id = self.provider.upload_file(stream, filename=_upload_name(run.run_id, chunk))
+            file_id = self.provider.upload_file(stream, filename=upload_name(run.run_id, chunk))
         failpoints.reach("submit.uploaded")
         return self._move(
             chunk,
@@ -277,40 +272,23 @@ class RunStepper:
         )
 
     def _create(self, run: RunRecord, chunk: ChunkRecord) -> str | None:
-        """Create the chunk's batch; return why it must wait for budget instead (None:
-        created)."""
+        """Create the chunk's batch, or return why it waits for budget (None: created)."""
         self.lease.renew(run.run_id)  # before the side effect; raises if the lease was lost
         # not_before on a submitting chunk is the end of the grace period during which a
         # batch that cannot be found is not yet concluded "not created" (durable, so a
         # crash right after the create does not shorten it).
         grace_until = self.clock.now() + timedelta(seconds=self.create_grace_seconds)
-        intent = dataclasses.replace(chunk, state=ChunkState.SUBMITTING, not_before=grace_until)
-        # The intent doubles as the budget reservation: "submitting" chunks count as in
-        # flight, so the check and the move are one atomic store operation.
-        limits = self.gate.token_limits(run) if chunk.model is not None else None
-        granted = self.store.reserve_submit(
-            intent,
-            expected=ChunkState.UPLOADED,
-            limit=limits[0] if limits else None,
-            full_limit=limits[1] if limits else None,
-        )
-        if not granted.granted:
-            waiting = self.gate.budget_wait(run, chunk, lambda _model: granted.in_flight_tokens)
-            if waiting is not None:
-                return waiting
-            raise ConfigurationError(
-                f"chunk {chunk.chunk_id} of run {chunk.run_id} changed under us "
-                "(expected uploaded); is another process working on this run?",
-                run_id=chunk.run_id,
-            )
-        chunk = intent
+        chunk = dataclasses.replace(chunk, state=ChunkState.SUBMITTING, not_before=grace_until)
+        waiting = self.gate.reserve(run, chunk)
+        if waiting is not None:
+            return waiting
         assert chunk.file_id is not None
         try:
             batch = self.provider.create_batch(
                 file_id=chunk.file_id,
                 endpoint=run.job_spec["endpoint"],
                 completion_window=run.job_spec.get("completion_window", "24h"),
-                metadata=_batch_metadata(run.run_id, chunk),
+                metadata=batch_metadata(run.run_id, chunk),
             )
         except ProviderError as exc:
             if exc.retryable and not isinstance(exc, RateLimitedError):
@@ -475,13 +453,9 @@ class RunStepper:
     # ------------------------------------------------------------------ retries
 
     def _build_retry_chunk(self, run: RunRecord) -> bool:
-        limits = self.gate.token_limits(run)
+        now, max_tokens = self.clock.now(), self.gate.chunk_tokens(run)
         queued = build_retry_chunk(
-            store=self.store,
-            artifacts=self.artifacts,
-            now=self.clock.now(),
-            run=run,
-            max_tokens=limits[0] if limits else None,
+            store=self.store, artifacts=self.artifacts, now=now, run=run, max_tokens=max_tokens
         )
         if queued:
             log.info("run %s: %d items queued for another attempt", run.run_id, queued)
@@ -624,16 +598,3 @@ class RunStepper:
         log.info(
             "run %s: chunk %s deferred %.1fs: %s", chunk.run_id, chunk.chunk_id, delay, exc.message
         )
-
-
-def _upload_name(run_id: str, chunk: ChunkRecord) -> str:
-    run_hash = hashlib.sha256(run_id.encode()).hexdigest()[:12]
-    return f"batchor-{run_hash}-{chunk.chunk_id}-{(chunk.sha256 or '')[:12]}.jsonl"
-
-
-def _batch_metadata(run_id: str, chunk: ChunkRecord) -> dict[str, str]:
-    return {
-        "batchor_run_id": run_id[:512],
-        "batchor_chunk": chunk.chunk_id,
-        "batchor_sha256": (chunk.sha256 or "")[:32],
-    }

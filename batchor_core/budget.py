@@ -39,13 +39,15 @@ _MAX_OUTPUT_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
 def limits_for(enqueue_tokens: int | None, max_cost_usd: float | None) -> JSONObject:
-    """The stored form of a job's budgets."""
+    """The stored form of a job's budgets: the budgets in force, and under ``declared``
+    the job's own (so a cap raised on the run survives starting it again with the same
+    job, while a job changed in code takes effect)."""
     limits: JSONObject = {}
     if enqueue_tokens is not None:
         limits["enqueue_tokens"] = enqueue_tokens
     if max_cost_usd is not None:
         limits["max_cost_usd"] = float(max_cost_usd)
-    return limits
+    return {**limits, "declared": dict(limits)}
 
 
 def enqueue_limit(run: RunRecord, provider: BatchProvider) -> int | None:

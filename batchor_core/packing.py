@@ -10,6 +10,7 @@ before publishing, so bytes written after the last commit never reach the provid
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from datetime import datetime
 
 from batchor_core import failpoints
@@ -18,12 +19,14 @@ from batchor_core.ports import ArtifactStore, ArtifactWriter, ChunkRecord, Chunk
 
 __all__ = [
     "ChunkPacker",
+    "batch_metadata",
     "chunk_key",
     "custom_id",
     "key_segment",
     "output_key",
     "parse_custom_id",
     "seal_chunk",
+    "upload_name",
 ]
 
 
@@ -256,3 +259,18 @@ class ChunkPacker:
         self._touched[final.chunk_id] = final
         self._closed.append(final)
         self._current = None
+
+
+def upload_name(run_id: str, chunk: ChunkRecord) -> str:
+    """The provider filename of a chunk's upload (found again after a crash)."""
+    run_hash = hashlib.sha256(run_id.encode()).hexdigest()[:12]
+    return f"batchor-{run_hash}-{chunk.chunk_id}-{(chunk.sha256 or '')[:12]}.jsonl"
+
+
+def batch_metadata(run_id: str, chunk: ChunkRecord) -> dict[str, str]:
+    """The metadata a chunk's batch is created with (found again by it)."""
+    return {
+        "batchor_run_id": run_id[:512],
+        "batchor_chunk": chunk.chunk_id,
+        "batchor_sha256": (chunk.sha256 or "")[:32],
+    }

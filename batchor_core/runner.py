@@ -256,9 +256,11 @@ class BatchRunner:
             )
         )
         _check_job(record, spec, fingerprint)
-        if record.limits != limits and not record.status.is_terminal:
-            # Budgets are not part of the job: starting again with other ones updates them.
-            log.info("run %s: limits changed from %s to %s", run_id, record.limits, limits)
+        declared = (record.limits or {}).get("declared")
+        if declared != limits["declared"] and not record.status.is_terminal:
+            # Budgets are not part of the job: a job whose budgets were changed in code
+            # updates them. Starting again with the same job keeps a cap raised since.
+            log.info("run %s: budgets changed from %s to %s", run_id, declared, limits)
             self.storage.set_limits(run_id, limits)
             record = dataclasses.replace(record, limits=limits)
         run = Run(self, run_id, output_model=job.output_model)

@@ -128,6 +128,15 @@ def test_set_max_cost_validates_and_changes_the_stored_cap(runner: BatchRunner) 
     run = runner.start(_job(max_cost_usd=1.0), items=_items(2), run_id="cap")
     assert run.summary().max_cost_usd == 1.0
     assert run.set_max_cost(5.0).max_cost_usd == 5.0
+    # Starting again with the same job keeps the raised cap; a job changed in code wins.
+    assert (
+        runner.start(_job(max_cost_usd=1.0), items=_items(2), run_id="cap").summary().max_cost_usd
+        == 5.0
+    )
+    assert (
+        runner.start(_job(max_cost_usd=2.0), items=_items(2), run_id="cap").summary().max_cost_usd
+        == 2.0
+    )
     assert run.set_max_cost(None).max_cost_usd is None
     with pytest.raises(ConfigurationError):
         run.set_max_cost(-2.0)
