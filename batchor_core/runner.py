@@ -30,6 +30,7 @@ from batchor_core.lease import LeaseKeeper, new_owner_id
 from batchor_core.models import (
     BatchItem,
     BatchJob,
+    EnqueueLimit,
     JSONObject,
     JSONValue,
     Price,
@@ -151,6 +152,7 @@ class BatchRunner:
         artifacts: str | os.PathLike[str] | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
+        enqueue_limits: Mapping[str, int] | None = None,
         **options: Any,
     ) -> BatchRunner:
         """A runner from plain settings, as a config file or orchestrator resource holds them.
@@ -161,6 +163,7 @@ class BatchRunner:
             artifacts: Artifact directory (default: beside the SQLite file).
             api_key: OpenAI API key (default: ``OPENAI_API_KEY``).
             base_url: OpenAI base URL (default: ``OPENAI_BASE_URL`` or the real service).
+            enqueue_limits: Enqueued-token limit per model, in tokens.
             **options: Any other :class:`BatchRunner` keyword argument.
         """
         from batchor_core import defaults
@@ -169,7 +172,13 @@ class BatchRunner:
         storage = defaults.open_storage(store)
         try:
             artifact_store = defaults.open_artifacts(artifacts, storage)
-            provider = OpenAIProviderConfig(api_key=api_key, base_url=base_url)
+            provider = OpenAIProviderConfig(
+                api_key=api_key,
+                base_url=base_url,
+                enqueue_limits={
+                    m: EnqueueLimit(tokens=t) for m, t in (enqueue_limits or {}).items()
+                },
+            )
             return cls(storage=storage, artifacts=artifact_store, provider=provider, **options)
         except BaseException:
             storage.close()

@@ -257,10 +257,14 @@ def test_the_api_key_never_reaches_dagster(
 
 def test_resource_outside_a_run_and_its_settings(tmp_path: Path, emulator: Any) -> None:
     resource = BatchorResource(
-        storage_url=f"sqlite:///{tmp_path / 'x.sqlite3'}", openai_base_url=emulator.base_url
+        storage_url=f"sqlite:///{tmp_path / 'x.sqlite3'}",
+        openai_base_url=emulator.base_url,
+        enqueue_token_limits={"gpt-4o-mini": 90_000},
     )
     runner = resource.get_runner()
     assert isinstance(runner, BatchRunner)
+    assert runner.provider.enqueue_limit("gpt-4o-mini") == 90_000
+    assert runner.provider.enqueue_limit("gpt-4o") is None
     assert Path(resource.export_dir()) == tmp_path / "artifacts" / "exports"
     runner.close()
 
