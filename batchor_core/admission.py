@@ -184,6 +184,7 @@ class SubmissionGate:
 
 
 def waiting_message(chunk: ChunkRecord, in_flight: int, limit: int, full: int) -> str:
+    """The ``waiting_reason`` of a run whose next batch does not fit the budget."""
     shrunk = f" (shrunk from {full} after token_limit_exceeded)" if limit != full else ""
     return (
         f"waiting for enqueued-token budget: batch {chunk.chunk_id} needs ~{chunk.est_tokens} "

@@ -413,7 +413,9 @@ class Run:
         return self.summary()
 
     def resume(self, *, max_cost_usd: float | None = None) -> RunSummary:
-        """Resume a paused run; batches held back by errors are retried at once.
+        """Resume a paused run; batches held back by errors are retried at once, and the
+        run's share of the enqueued-token budget, shrunk by ``token_limit_exceeded``
+        rejections, is whole again.
 
         Args:
             max_cost_usd: A new cost cap first (see :meth:`set_max_cost`), for a run that
