@@ -3,7 +3,10 @@ memory store with the fake provider (no sockets)."""
 
 from __future__ import annotations
 
+import hashlib
+import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,3 +143,34 @@ def test_set_max_cost_validates_and_changes_the_stored_cap(runner: BatchRunner) 
     assert run.set_max_cost(None).max_cost_usd is None
     with pytest.raises(ConfigurationError):
         run.set_max_cost(-2.0)
+
+
+def test_tiktoken_is_asked_only_once_its_cache_file_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stand-in for the optional tiktoken package records whether it was asked at all:
+    # asking it without a local file is what would make it download.
+    asked: list[str] = []
+
+    class Encoding:
+        def encode_ordinary(self, text: str) -> list[str]:
+            return text.split()
+
+    def get_encoding(name: str) -> Encoding:
+        asked.append(name)
+        return Encoding()
+
+    monkeypatch.setitem(sys.modules, "tiktoken", types.SimpleNamespace(get_encoding=get_encoding))
+    monkeypatch.setattr(tok, "_failed", {})
+    monkeypatch.setattr(tok, "_loaded", {})
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    assert tok.tiktoken_counter("o200k_base") is None and asked == []
+    assert tok.line_estimator() is tok.estimate_line_tokens
+
+    monkeypatch.setattr(tok, "_failed", {})
+    url = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
+    (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_bytes(b"ranks")
+    counter = tok.tiktoken_counter("o200k_base")
+    assert counter is not None and counter("a b c") == 3 and asked == ["o200k_base"]
+    assert tok.line_estimator()(b"one two") == 2
+    assert tok.tiktoken_counter("o200k_base") is counter and asked == ["o200k_base"]
