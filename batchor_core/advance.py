@@ -10,22 +10,24 @@ before anything is created again.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
 from batchor_core import failpoints
+from batchor_core.admission import SubmissionGate
 from batchor_core.collect import LineSorter, OutcomeBuilder
 from batchor_core.errors import ConfigurationError, ProviderError, RateLimitedError
 from batchor_core.jobspec import chunk_policy, retry_policy
 from batchor_core.lease import LeaseKeeper
 from batchor_core.models import RunStatus
 from batchor_core.packing import (
+    batch_metadata,
     chunk_key,
     output_key,
     seal_chunk,
+    upload_name,
 )
 from batchor_core.ports import (
     UNSUBMITTED_CHUNK_STATES,
@@ -83,6 +85,7 @@ class RunStepper:
         self.stalls = stalls if stalls is not None else StallPolicy()
         self.token_limit_backoff_seconds = token_limit_backoff_seconds
         self.create_grace_seconds = create_grace_seconds
+        self.gate = SubmissionGate(store=store, provider=provider, pause=self._pause)
 
     # ------------------------------------------------------------------ step
 
@@ -173,7 +176,7 @@ class RunStepper:
                 if chunk.not_before is not None and chunk.not_before > self.clock.now():
                     continue
                 try:
-                    for file_id in self.provider.find_files(_upload_name(run.run_id, chunk)):
+                    for file_id in self.provider.find_files(upload_name(run.run_id, chunk)):
                         self.provider.delete_file(file_id)
                 except ProviderError as exc:
                     self._stall(run, chunk, exc, f"recovering the upload of chunk {chunk.chunk_id}")
@@ -186,7 +189,7 @@ class RunStepper:
 
     def _reconcile_create(self, run: RunRecord, chunk: ChunkRecord) -> bool:
         try:
-            found = self.provider.find_batches(_batch_metadata(run.run_id, chunk))
+            found = self.provider.find_batches(batch_metadata(run.run_id, chunk))
         except ProviderError as exc:
             self._stall(run, chunk, exc, f"looking for the batch of chunk {chunk.chunk_id}")
             return False
@@ -215,6 +218,7 @@ class RunStepper:
         in_flight = sum(1 for c in chunks if c.state is ChunkState.SUBMITTED)
         now = self.clock.now()
         progress = False
+        waiting: str | None = None
         for chunk in chunks:
             if chunk.state not in (ChunkState.SEALED, ChunkState.UPLOADED):
                 continue
@@ -222,17 +226,25 @@ class RunStepper:
                 break
             if chunk.not_before is not None and chunk.not_before > now:
                 break  # batches go out in order: later chunks wait behind a deferred one
+            if self.gate.over_cost_cap(run, chunk):
+                break
+            waiting = self.gate.upload_wait(run, chunk)
+            if waiting is not None:
+                break
             try:
                 if chunk.state is ChunkState.SEALED:
                     chunk = self._upload(run, chunk)
                     progress = True
-                self._create(run, chunk)
+                waiting = self._create(run, chunk)
+                if waiting is not None:
+                    break
                 in_flight += 1
                 progress = True
             except ProviderError as exc:
                 if self._handle_submit_error(run, chunk, exc):
                     progress = True
                 break  # the provider is unhappy: do not hammer it with the next chunk
+        self.gate.note_waiting(run, waiting)
         return progress
 
     def _upload(self, run: RunRecord, chunk: ChunkRecord) -> ChunkRecord:
@@ -249,7 +261,7 @@ class RunStepper:
         with self.artifacts.open_read(key) as stream:
             # On failure the chunk stays "uploading": the next step's recovery deletes any
             # file the provider kept anyway, then puts the chunk back to "sealed".
-            file_id = self.provider.upload_file(stream, filename=_upload_name(run.run_id, chunk))
+            file_id = self.provider.upload_file(stream, filename=upload_name(run.run_id, chunk))
         failpoints.reach("submit.uploaded")
         return self._move(
             chunk,
@@ -259,22 +271,24 @@ class RunStepper:
             first_error_at=None,
         )
 
-    def _create(self, run: RunRecord, chunk: ChunkRecord) -> None:
+    def _create(self, run: RunRecord, chunk: ChunkRecord) -> str | None:
+        """Create the chunk's batch, or return why it waits for budget (None: created)."""
         self.lease.renew(run.run_id)  # before the side effect; raises if the lease was lost
         # not_before on a submitting chunk is the end of the grace period during which a
         # batch that cannot be found is not yet concluded "not created" (durable, so a
         # crash right after the create does not shorten it).
         grace_until = self.clock.now() + timedelta(seconds=self.create_grace_seconds)
-        chunk = self._move(
-            chunk, ChunkState.UPLOADED, state=ChunkState.SUBMITTING, not_before=grace_until
-        )
+        chunk = dataclasses.replace(chunk, state=ChunkState.SUBMITTING, not_before=grace_until)
+        waiting = self.gate.reserve(run, chunk)
+        if waiting is not None:
+            return waiting
         assert chunk.file_id is not None
         try:
             batch = self.provider.create_batch(
                 file_id=chunk.file_id,
                 endpoint=run.job_spec["endpoint"],
                 completion_window=run.job_spec.get("completion_window", "24h"),
-                metadata=_batch_metadata(run.run_id, chunk),
+                metadata=batch_metadata(run.run_id, chunk),
             )
         except ProviderError as exc:
             if exc.retryable and not isinstance(exc, RateLimitedError):
@@ -286,12 +300,14 @@ class RunStepper:
         failpoints.reach("submit.created")
         self._mark_submitted(chunk, batch)
         log.info(
-            "run %s: submitted chunk %s as %s (%d requests)",
+            "run %s: submitted chunk %s as %s (%d requests, ~%d tokens)",
             run.run_id,
             chunk.chunk_id,
             batch.batch_id,
             chunk.request_count,
+            chunk.est_tokens,
         )
+        return None
 
     def _handle_submit_error(self, run: RunRecord, chunk: ChunkRecord, exc: ProviderError) -> bool:
         current = self._reload(chunk)
@@ -424,6 +440,7 @@ class RunStepper:
         )
         self.store.record_outcomes(run.run_id, done, outcomes)
         failpoints.reach("collect.recorded")
+        self.gate.count_token_limit_strikes(run.run_id, batch)
         log.info(
             "run %s: collected %s (%s): %d lines, %d without a line",
             run.run_id,
@@ -436,8 +453,9 @@ class RunStepper:
     # ------------------------------------------------------------------ retries
 
     def _build_retry_chunk(self, run: RunRecord) -> bool:
+        now, max_tokens = self.clock.now(), self.gate.chunk_tokens(run)
         queued = build_retry_chunk(
-            store=self.store, artifacts=self.artifacts, now=self.clock.now(), run=run
+            store=self.store, artifacts=self.artifacts, now=now, run=run, max_tokens=max_tokens
         )
         if queued:
             log.info("run %s: %d items queued for another attempt", run.run_id, queued)
@@ -580,16 +598,3 @@ class RunStepper:
         log.info(
             "run %s: chunk %s deferred %.1fs: %s", chunk.run_id, chunk.chunk_id, delay, exc.message
         )
-
-
-def _upload_name(run_id: str, chunk: ChunkRecord) -> str:
-    run_hash = hashlib.sha256(run_id.encode()).hexdigest()[:12]
-    return f"batchor-{run_hash}-{chunk.chunk_id}-{(chunk.sha256 or '')[:12]}.jsonl"
-
-
-def _batch_metadata(run_id: str, chunk: ChunkRecord) -> dict[str, str]:
-    return {
-        "batchor_run_id": run_id[:512],
-        "batchor_chunk": chunk.chunk_id,
-        "batchor_sha256": (chunk.sha256 or "")[:32],
-    }

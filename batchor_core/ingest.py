@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from batchor_core import failpoints, jsoncodec
+from batchor_core import failpoints, jsoncodec, tokens
+from batchor_core.budget import enqueue_limit
 from batchor_core.errors import InvalidItemError, SourceChangedError, SourceError
 from batchor_core.jobspec import chunk_policy
 from batchor_core.lease import LeaseKeeper
@@ -43,7 +44,7 @@ from batchor_core.ports import (
     StateStore,
 )
 
-__all__ = ["Ingestor", "IterableSource", "as_source"]
+__all__ = ["Ingestor", "IterableSource", "as_source", "user_body"]
 
 log = logging.getLogger("batchor.ingest")
 
@@ -205,6 +206,8 @@ class Ingestor:
             open_chunk=open_chunk,
             next_chunk_seq=(chunks[-1].seq + 1) if chunks else 0,
             now=self._clock.now(),
+            model=spec.model,
+            max_tokens=enqueue_limit(run, self._provider),
         )
         endpoint = spec.endpoint.encode()
         next_seq = self._store.max_item_seq(run_id) + 1
@@ -282,6 +285,7 @@ class Ingestor:
         # location suffix of error messages is built only for an item that has a problem.
         dumps, dumps_text = jsoncodec.dumps, jsoncodec.dumps_text
         shape, add, fits = self._provider.shape_body, packer.add, packer.fits_alone
+        estimate = tokens.line_estimator()
         for item, item_id, where in zip(piece.items, ids, locations, strict=True):
             problem: ItemError | None = None
             payload_json = "{}"
@@ -302,22 +306,29 @@ class Ingestor:
                 if problem is None:
                     try:
                         line = request_line(
-                            custom_id(seq, 1), endpoint, dumps(shape(spec, _user_body(job, item)))
+                            custom_id(seq, 1), endpoint, dumps(shape(spec, user_body(job, item)))
                         )
                     except Exception as exc:  # a user's builder may raise anything
                         problem = _invalid(
                             "building the request failed", where, "build_error", repr(exc)
                         )
                     else:
-                        if fits(line):
+                        n_tokens = estimate(line)
+                        if fits(line, n_tokens):
                             rows.append(
-                                NewItem(seq, item_id, payload_json, metadata_json, add(line))
+                                NewItem(
+                                    seq, item_id, payload_json, metadata_json, add(line, n_tokens)
+                                )
                             )
                             seen.add(item_id)
                             seq += 1
                             continue
                         problem = _invalid(
-                            f"request is {len(line)} bytes", where, "request_too_large"
+                            f"request is {len(line)} bytes, about {n_tokens} tokens: more than "
+                            "one batch may hold (ChunkPolicy.max_bytes or the enqueued-token "
+                            "limit)",
+                            where,
+                            "request_too_large",
                         )
             item_id = _storable_id(item_id, where or str(seq), seen, existing)
             rows.append(
@@ -383,7 +394,8 @@ def _printable(value: str) -> str:
     return value.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
 
 
-def _user_body(job: BatchJob, item: BatchItem) -> Mapping[str, object]:
+def user_body(job: BatchJob, item: BatchItem) -> Mapping[str, object]:
+    """The request body the job's builder makes for ``item`` (before shaping)."""
     if job.build_request is not None:
         body = job.build_request(item)
         if not isinstance(body, Mapping):

@@ -21,12 +21,15 @@ __all__ = [
     "BatchJob",
     "ChunkPolicy",
     "Endpoint",
+    "EnqueueLimit",
     "ItemError",
     "ItemResult",
     "ItemStatus",
     "JSONObject",
     "JSONValue",
+    "Price",
     "RetryPolicy",
+    "RunEstimate",
     "RunStatus",
     "RunSummary",
     "Usage",
@@ -142,6 +145,64 @@ class RetryPolicy:
             raise ConfigurationError("RetryPolicy.max_free_resubmits must not be negative")
 
 
+@dataclass(frozen=True, slots=True)
+class EnqueueLimit:
+    """How many prompt tokens may be enqueued at the provider for one model at once.
+
+    OpenAI fails a whole batch with ``token_limit_exceeded`` when the input tokens of a
+    model's batches in progress (for the organisation) would exceed its tier's limit.
+    With a limit set, batchor submits a batch only while the estimated tokens of every
+    batch in flight for that model, across all runs in the same store (processes and
+    machines alike), plus the new one stay within ``tokens``; batches are packed to fit.
+
+    Attributes:
+        tokens: The limit in (estimated) input tokens; use your tier's limit, or less to
+            leave room for other users of the organisation.
+    """
+
+    tokens: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1:
+            raise ConfigurationError("EnqueueLimit.tokens must be a positive integer")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """What a model costs, in USD per one million tokens, at standard (non-batch) rates.
+
+    Attributes:
+        input: Uncached input tokens.
+        output: Output tokens (reasoning tokens included, as the provider bills them).
+        cached_input: Cached input tokens (None: billed as ``input``).
+        batch_discount: Fraction taken off every rate for Batch API requests (OpenAI:
+            0.5, half price).
+    """
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    batch_discount: float = 0.5
+
+    def __post_init__(self) -> None:
+        rates = (self.input, self.output, self.cached_input or 0.0)
+        if any(not isinstance(r, int | float) or r < 0 for r in rates):
+            raise ConfigurationError("Price rates must be non-negative numbers (USD per 1M)")
+        if not 0.0 <= self.batch_discount < 1.0:
+            raise ConfigurationError("Price.batch_discount must be in [0, 1)")
+
+    def cost(self, usage: Usage) -> float:
+        """The batch cost in USD of ``usage``."""
+        cached = min(usage.cached_input_tokens, usage.input_tokens)
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        total = (
+            (usage.input_tokens - cached) * self.input
+            + cached * cached_rate
+            + usage.output_tokens * self.output
+        )
+        return total * (1.0 - self.batch_discount) / 1_000_000
+
+
 RequestBuilder: TypeAlias = Callable[[BatchItem], Mapping[str, JSONValue]]
 PromptBuilder: TypeAlias = Callable[[BatchItem], str]
 
@@ -166,6 +227,12 @@ class BatchJob:
         chunk_policy: How requests are packed into batches.
         retry_policy: How failed items are retried.
         completion_window: Provider completion window.
+        enqueue_limit: Enqueued-token limit for this job's model; overrides the provider
+            config's ``enqueue_limits`` (see :class:`EnqueueLimit`).
+        max_cost_usd: Pause the run before a submission would take its cost (actual so
+            far, plus the estimate of batches in flight and of the next one) above this.
+            Not part of the job's fingerprint: raise it with ``Run.set_max_cost()`` or
+            ``resume(max_cost_usd=...)``.
     """
 
     model: str
@@ -177,8 +244,14 @@ class BatchJob:
     chunk_policy: ChunkPolicy = field(default_factory=ChunkPolicy)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     completion_window: str = "24h"
+    enqueue_limit: EnqueueLimit | None = None
+    max_cost_usd: float | None = None
 
     def __post_init__(self) -> None:
+        if self.max_cost_usd is not None and not (
+            isinstance(self.max_cost_usd, int | float) and self.max_cost_usd >= 0
+        ):
+            raise ConfigurationError("BatchJob.max_cost_usd must be a non-negative number")
         if not self.model:
             raise ConfigurationError("BatchJob.model must be a non-empty model name")
         if self.endpoint not in {e.value for e in Endpoint}:
@@ -208,15 +281,49 @@ class BatchJob:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token usage reported by the provider."""
+    """Token usage reported by the provider.
+
+    Attributes:
+        input_tokens: Input (prompt) tokens, cached ones included.
+        output_tokens: Output tokens, reasoning ones included.
+        cached_input_tokens: Input tokens served from the prompt cache.
+        reasoning_tokens: Output tokens spent on reasoning.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class RunEstimate:
+    """What a run would enqueue and cost, estimated before anything is submitted.
+
+    Attributes:
+        requests: Requests the items make (items whose request cannot be built are not
+            counted).
+        input_tokens: Estimated input tokens of all requests.
+        output_tokens: Estimated output tokens (the jobs' max output tokens when set,
+            else as many as the input).
+        cost_usd: Estimated batch cost in USD, or None when the model has no price.
+        cost_note: Where the price came from, or why there is none.
+        enqueue_limit: The enqueued-token limit that applies, if any.
+        waves: At least how many rounds of batches the limit forces (None: no limit).
+    """
+
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    cost_note: str
+    enqueue_limit: int | None = None
+    waves: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +398,14 @@ class RunSummary:
             errors (None when nothing is stalled): why the run is not moving.
         stalled_chunks: Batches currently held back by provider errors (backing off, or
             waiting for ``resume()`` when the run was paused for them).
+        waiting_reason: Why a running run is not submitting its next batch although it
+            could (waiting for enqueued-token budget), or None.
+        cost: What the run has cost so far in USD (batch rates), or None when the model
+            has no known price (see ``cost_note``).
+        estimated_cost: ``cost`` plus an estimate of the batches not yet collected, or
+            None without a price.
+        cost_note: Why ``cost`` is None, or where its price came from.
+        max_cost_usd: The run's cost cap, if any.
     """
 
     run_id: str
@@ -316,6 +431,11 @@ class RunSummary:
     collected_at: datetime | None = None
     last_error: str | None = None
     stalled_chunks: int = 0
+    waiting_reason: str | None = None
+    cost: float | None = None
+    estimated_cost: float | None = None
+    cost_note: str | None = None
+    max_cost_usd: float | None = None
 
     @property
     def is_finished(self) -> bool:

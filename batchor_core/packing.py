@@ -10,6 +10,7 @@ before publishing, so bytes written after the last commit never reach the provid
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from datetime import datetime
 
 from batchor_core import failpoints
@@ -18,12 +19,14 @@ from batchor_core.ports import ArtifactStore, ArtifactWriter, ChunkRecord, Chunk
 
 __all__ = [
     "ChunkPacker",
+    "batch_metadata",
     "chunk_key",
     "custom_id",
     "key_segment",
     "output_key",
     "parse_custom_id",
     "seal_chunk",
+    "upload_name",
 ]
 
 
@@ -108,6 +111,9 @@ class ChunkPacker:
         open_chunk: The chunk still open from an earlier session, if any.
         next_chunk_seq: Sequence number for the next new chunk.
         now: Timestamp for new chunk records.
+        model: The requests' model, recorded on each chunk (the budget's key).
+        max_tokens: Most estimated input tokens in one chunk (the enqueued-token
+            limit), or None.
     """
 
     def __init__(
@@ -120,7 +126,11 @@ class ChunkPacker:
         open_chunk: ChunkRecord | None,
         next_chunk_seq: int,
         now: datetime,
+        model: str | None = None,
+        max_tokens: int | None = None,
     ) -> None:
+        self._model = model
+        self._max_tokens = max_tokens
         self._run_id = run_id
         self._store = store
         self._artifacts = artifacts
@@ -135,26 +145,31 @@ class ChunkPacker:
             )
         self._count = open_chunk.request_count if open_chunk else 0
         self._bytes = open_chunk.byte_count if open_chunk else 0
+        self._tokens = open_chunk.est_tokens if open_chunk else 0
         self._closed: list[ChunkRecord] = []
         self._touched: dict[str, ChunkRecord] = {}
 
-    def fits_alone(self, line: bytes) -> bool:
-        """Whether a line fits in an empty chunk at all."""
-        return len(line) <= self._policy.max_bytes
-
-    def would_open_new(self, line: bytes) -> bool:
-        """Whether ``line`` would not fit in the open chunk (or there is none)."""
-        return self._current is None or (
-            self._count >= self._policy.max_requests
-            or self._bytes + len(line) > self._policy.max_bytes
+    def fits_alone(self, line: bytes, tokens: int = 0) -> bool:
+        """Whether a line (of ``tokens`` estimated tokens) fits in an empty chunk at all."""
+        return len(line) <= self._policy.max_bytes and (
+            self._max_tokens is None or tokens <= self._max_tokens
         )
 
-    def add(self, line: bytes) -> str:
-        """Append ``line`` to the open chunk (opening a new one if needed); return its id."""
-        if self._current is not None and (
+    def would_open_new(self, line: bytes, tokens: int = 0) -> bool:
+        """Whether ``line`` would not fit in the open chunk (or there is none)."""
+        return self._current is None or self._full(line, tokens)
+
+    def _full(self, line: bytes, tokens: int) -> bool:
+        return (
             self._count >= self._policy.max_requests
             or self._bytes + len(line) > self._policy.max_bytes
-        ):
+            or (self._max_tokens is not None and self._tokens + tokens > self._max_tokens)
+        )
+
+    def add(self, line: bytes, tokens: int = 0) -> str:
+        """Append ``line`` (``tokens`` estimated input tokens) to the open chunk, opening
+        a new one if needed; return its id."""
+        if self._current is not None and self._full(line, tokens):
             self._close_current()
         if self._current is None:
             self._open_new()
@@ -162,11 +177,17 @@ class ChunkPacker:
         self._writer.write(line)
         self._count += 1
         self._bytes += len(line)
+        self._tokens += tokens
         return self._current.chunk_id
 
     def _snapshot(self) -> ChunkRecord:
         assert self._current is not None
-        return dataclasses.replace(self._current, request_count=self._count, byte_count=self._bytes)
+        return dataclasses.replace(
+            self._current,
+            request_count=self._count,
+            byte_count=self._bytes,
+            est_tokens=self._tokens,
+        )
 
     def sync(self) -> list[ChunkRecord]:
         """Make written lines durable; return the chunk records to commit with the items."""
@@ -217,12 +238,14 @@ class ChunkPacker:
             last_error=None,
             created_at=self._now,
             updated_at=self._now,
+            model=self._model,
         )
         self._next_seq += 1
         self._writer = self._artifacts.open_append(chunk_key(self._run_id, chunk_id), truncate_to=0)
         self._current = chunk
         self._count = 0
         self._bytes = 0
+        self._tokens = 0
         return chunk
 
     def _close_current(self) -> None:
@@ -236,3 +259,18 @@ class ChunkPacker:
         self._touched[final.chunk_id] = final
         self._closed.append(final)
         self._current = None
+
+
+def upload_name(run_id: str, chunk: ChunkRecord) -> str:
+    """The provider filename of a chunk's upload (found again after a crash)."""
+    run_hash = hashlib.sha256(run_id.encode()).hexdigest()[:12]
+    return f"batchor-{run_hash}-{chunk.chunk_id}-{(chunk.sha256 or '')[:12]}.jsonl"
+
+
+def batch_metadata(run_id: str, chunk: ChunkRecord) -> dict[str, str]:
+    """The metadata a chunk's batch is created with (found again by it)."""
+    return {
+        "batchor_run_id": run_id[:512],
+        "batchor_chunk": chunk.chunk_id,
+        "batchor_sha256": (chunk.sha256 or "")[:32],
+    }

@@ -11,7 +11,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from batchor_core.models import JSONObject, RunStatus
+from batchor_core.models import JSONObject, Price, RunStatus
 from batchor_core.records import (
     UNSUBMITTED_CHUNK_STATES,
     ChunkRecord,
@@ -25,6 +25,7 @@ from batchor_core.records import (
     QueuedItem,
     RejectedRow,
     RequestSpec,
+    Reservation,
     ResultColumns,
     ResultRow,
     RetryCandidate,
@@ -50,6 +51,7 @@ __all__ = [
     "QueuedItem",
     "RejectedRow",
     "RequestSpec",
+    "Reservation",
     "ResultColumns",
     "ResultRow",
     "RetryCandidate",
@@ -154,6 +156,14 @@ class BatchProvider(Protocol):
 
     def shape_body(self, spec: RequestSpec, body: Mapping[str, object]) -> JSONObject:
         """Complete a user-built request body: model, options, structured output format."""
+        ...
+
+    def enqueue_limit(self, model: str) -> int | None:
+        """The enqueued-token limit configured for ``model``, or None (no limit)."""
+        ...
+
+    def price(self, model: str) -> tuple[Price | None, str]:
+        """The price of ``model`` (None: unknown) and a note on where it came from."""
         ...
 
     def parse_line(self, endpoint: str, line: bytes) -> ParsedLine:
@@ -297,6 +307,41 @@ class StateStore(Protocol):
         self, run_id: str, states: Collection[ChunkState] | None = None
     ) -> list[ChunkRecord]:
         """Chunks of a run in ``seq`` order, optionally only those in ``states``."""
+        ...
+
+    def in_flight_tokens(self, model: str) -> int:
+        """Estimated tokens of ``model``'s chunks in ``submitting`` or ``submitted``, over
+        every run in the store."""
+        ...
+
+    def reserve_submit(
+        self,
+        chunk: ChunkRecord,
+        *,
+        expected: ChunkState,
+        limit: int | None,
+        full_limit: int | None = None,
+    ) -> Reservation:
+        """Save ``chunk`` (moving to ``submitting``) if its stored state is ``expected``
+        and its ``est_tokens`` fit the model's enqueued-token budget, atomically.
+
+        Fits: in-flight tokens (every run, this model) plus the chunk's stay within
+        ``limit``, or nothing is in flight and the chunk is within ``full_limit``. The
+        check and the save are one transaction serialised per model across processes
+        (SQLite: the write lock; Postgres: an advisory lock keyed by the model).
+        """
+        ...
+
+    def set_waiting(self, run_id: str, reason: str | None) -> None:
+        """Record why the running run is not submitting (None: it is not waiting)."""
+        ...
+
+    def set_token_limit_strikes(self, run_id: str, strikes: int) -> None:
+        """Record how many batches in a row the provider rejected for the token limit."""
+        ...
+
+    def set_limits(self, run_id: str, limits: JSONObject) -> None:
+        """Replace the run's budgets (``{"max_cost_usd": ...}``)."""
         ...
 
     def record_outcomes(

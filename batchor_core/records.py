@@ -26,6 +26,7 @@ __all__ = [
     "QueuedItem",
     "RejectedRow",
     "RequestSpec",
+    "Reservation",
     "ResultColumns",
     "ResultRow",
     "RetryCandidate",
@@ -95,6 +96,20 @@ class RunRecord:
     retention: JSONObject | None = None
     collected_by: str | None = None
     collected_at: datetime | None = None
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    limits: JSONObject | None = None
+    """Budgets outside the job's fingerprint (``{"max_cost_usd": 12.5}``)."""
+    waiting_reason: str | None = None
+    token_limit_strikes: int = 0
+    """Batches rejected in a row with ``token_limit_exceeded``."""
+
+    @property
+    def usage(self) -> Usage:
+        """The run's token totals."""
+        return Usage(
+            self.input_tokens, self.output_tokens, self.cached_input_tokens, self.reasoning_tokens
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +122,10 @@ class ChunkStats:
     batch_ids: tuple[str, ...] = ()
     stalled_chunks: int = 0
     last_error: str | None = None
+    open_est_tokens: int = 0
+    """Estimated input tokens of chunks not yet collected."""
+    open_requests: int = 0
+    """Requests in chunks not yet collected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +148,24 @@ class ChunkRecord:
     updated_at: datetime
     first_error_at: datetime | None = None
     """When the chunk's current streak of provider errors began (None: not stalled)."""
+    est_tokens: int = 0
+    """Estimated input tokens of the chunk's requests (see :mod:`batchor_core.tokens`)."""
+    model: str | None = None
+    """The model of the chunk's requests (the key of the enqueued-token budget)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The answer to a request for enqueued-token budget (see ``StateStore.reserve_submit``).
+
+    Attributes:
+        granted: The chunk was moved to ``submitting`` (its tokens now count as in flight).
+        in_flight_tokens: Estimated tokens in flight for the model before this chunk, over
+            every run in the store.
+    """
+
+    granted: bool
+    in_flight_tokens: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,14 +14,25 @@ from batchor_core import failpoints
 from batchor_core.jobspec import chunk_policy
 from batchor_core.packing import ChunkPacker, chunk_key, custom_id, parse_custom_id, swap_custom_id
 from batchor_core.ports import ArtifactStore, ChunkState, RunRecord, StateStore
+from batchor_core.tokens import line_estimator
 
 __all__ = ["build_retry_chunk"]
 
 
 def build_retry_chunk(
-    *, store: StateStore, artifacts: ArtifactStore, now: datetime, run: RunRecord
+    *,
+    store: StateStore,
+    artifacts: ArtifactStore,
+    now: datetime,
+    run: RunRecord,
+    max_tokens: int | None = None,
 ) -> int:
-    """Build, commit and seal one chunk of retries; return how many items it holds."""
+    """Build, commit and seal one chunk of retries; return how many items it holds.
+
+    With ``max_tokens`` (the run's effective enqueued-token limit) the chunk holds at
+    most that many estimated tokens, so a batch rejected for the token limit comes back
+    split into smaller ones.
+    """
     policy = chunk_policy(run.job_spec)
     candidates = store.retry_candidates(run.run_id, now=now, limit=policy.max_requests)
     if not candidates:
@@ -40,7 +51,10 @@ def build_retry_chunk(
         open_chunk=None,
         next_chunk_seq=(chunks[-1].seq + 1) if chunks else 0,
         now=now,
+        model=run.job_spec.get("model"),
+        max_tokens=max_tokens,
     )
+    estimate = line_estimator()
     rows: list[tuple[int, int]] = []
     try:
         for source_chunk, wanted in by_chunk.items():
@@ -50,9 +64,10 @@ def build_retry_chunk(
                     if ids is None or ids[0] not in wanted:
                         continue
                     new_line = swap_custom_id(line, custom_id(ids[0], wanted[ids[0]]))
-                    if rows and packer.would_open_new(new_line):
+                    n_tokens = estimate(new_line)
+                    if rows and packer.would_open_new(new_line, n_tokens):
                         break
-                    packer.add(new_line)
+                    packer.add(new_line, n_tokens)
                     rows.append((ids[0], wanted[ids[0]]))
         if not rows:
             packer.abandon()

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from batchor_core import jsoncodec
+from batchor_core.budget import cost_estimate, output_per_request
 from batchor_core.errors import (
+    ConfigurationError,
     IngestIncompleteError,
     RetentionError,
     RunFinishedError,
@@ -22,12 +24,13 @@ from batchor_core.models import (
     ItemResult,
     ItemStatus,
     JSONObject,
+    Price,
     RunStatus,
     RunSummary,
-    Usage,
 )
 from batchor_core.packing import chunk_key, output_key
 from batchor_core.ports import ChunkState, ChunkStats, ResultRow, RunRecord
+from batchor_core.pricing import cost_of
 
 if TYPE_CHECKING:
     import pandas as pd  # type: ignore[import-untyped]
@@ -149,10 +152,10 @@ class Run:
             clock.sleep(delay)
 
     def summary(self) -> RunSummary:
-        """Status and counts, read from the store (cheap at any size)."""
+        """Status, counts, usage and cost, read from the store (cheap at any size)."""
         record = self._record()
         stats = self._runner.storage.chunk_stats([self._run_id])[self._run_id]
-        return summarize(record, stats)
+        return summarize(record, stats, self._runner.price_of(record))
 
     # ------------------------------------------------------------------ results
 
@@ -392,9 +395,36 @@ class Run:
         )
         return self.summary()
 
-    def resume(self) -> RunSummary:
-        """Resume a paused run; batches held back by errors are retried at once."""
+    def set_max_cost(self, usd: float | None) -> RunSummary:
+        """Set (or with None, remove) the run's cost cap, in USD.
+
+        The cap is not part of the job's fingerprint, so it can be raised on a run that
+        paused at it; then :meth:`resume` it (or pass ``max_cost_usd=`` to ``resume``).
+        """
+        self._require_live("set the cost cap of")
+        if usd is not None and not (isinstance(usd, int | float) and usd >= 0):
+            raise ConfigurationError("max_cost_usd must be a non-negative number or None")
+        limits = dict(self._record().limits or {})
+        if usd is None:
+            limits.pop("max_cost_usd", None)
+        else:
+            limits["max_cost_usd"] = float(usd)
+        self._runner.storage.set_limits(self._run_id, limits)
+        return self.summary()
+
+    def resume(self, *, max_cost_usd: float | None = None) -> RunSummary:
+        """Resume a paused run; batches held back by errors are retried at once, and the
+        run's share of the enqueued-token budget, shrunk by ``token_limit_exceeded``
+        rejections, is whole again.
+
+        Args:
+            max_cost_usd: A new cost cap first (see :meth:`set_max_cost`), for a run that
+                paused at its old one.
+        """
         self._require_live("resume")
+        if max_cost_usd is not None:
+            self.set_max_cost(max_cost_usd)
+        self._runner.storage.set_token_limit_strikes(self._run_id, 0)
         if self._runner.storage.set_status(
             self._run_id, RunStatus.RUNNING, expected=[RunStatus.PAUSED]
         ):
@@ -447,10 +477,25 @@ class Run:
         return record
 
 
-def summarize(record: RunRecord, stats: ChunkStats) -> RunSummary:
-    """A run's summary from its stored record and its chunk totals."""
+def summarize(
+    record: RunRecord,
+    stats: ChunkStats,
+    price: tuple[Price | None, str] | None = None,
+) -> RunSummary:
+    """A run's summary from its stored record, its chunk totals and its model's price."""
     done = record.completed_items + record.failed_items + record.cancelled_items
     spec = record.job_spec
+    usage = record.usage
+    cost = estimated = None
+    note: str | None = None
+    if price is not None:
+        rate, note = price
+        cost = cost_of(usage, rate)
+        pending = cost_estimate(
+            stats.open_est_tokens, stats.open_requests, rate, output_per_request(record, usage)
+        )
+        estimated = None if cost is None or pending is None else round(cost + pending, 10)
+    live = record.status in (RunStatus.RUNNING, RunStatus.INGESTING)
     return RunSummary(
         run_id=record.run_id,
         status=record.status,
@@ -464,7 +509,7 @@ def summarize(record: RunRecord, stats: ChunkStats) -> RunSummary:
         batches_total=stats.batches_total,
         batches_in_flight=stats.batches_in_flight,
         ingest_complete=record.ingest_complete,
-        usage=Usage(record.input_tokens, record.output_tokens),
+        usage=usage,
         created_at=record.created_at,
         updated_at=record.updated_at,
         owner=record.owner,
@@ -475,4 +520,9 @@ def summarize(record: RunRecord, stats: ChunkStats) -> RunSummary:
         collected_at=record.collected_at,
         last_error=stats.last_error,
         stalled_chunks=stats.stalled_chunks,
+        waiting_reason=record.waiting_reason if live else None,
+        cost=cost,
+        estimated_cost=estimated,
+        cost_note=note,
+        max_cost_usd=(record.limits or {}).get("max_cost_usd"),
     )

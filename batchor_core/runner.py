@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import uuid
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from batchor_core.advance import RunStepper
+from batchor_core.budget import limits_for
 from batchor_core.errors import (
     ConfigurationError,
     JobChangedError,
@@ -21,10 +23,21 @@ from batchor_core.errors import (
     RunNotFoundError,
     SourceChangedError,
 )
+from batchor_core.estimate import estimate_run
 from batchor_core.ingest import Ingestor, IterableSource, as_source
 from batchor_core.jobspec import describe_job_change, job_spec, request_spec, resolve_output_model
 from batchor_core.lease import LeaseKeeper, new_owner_id
-from batchor_core.models import BatchItem, BatchJob, JSONObject, JSONValue, RunStatus, RunSummary
+from batchor_core.models import (
+    BatchItem,
+    BatchJob,
+    EnqueueLimit,
+    JSONObject,
+    JSONValue,
+    Price,
+    RunEstimate,
+    RunStatus,
+    RunSummary,
+)
 from batchor_core.ports import (
     ArtifactStore,
     BatchProvider,
@@ -139,6 +152,7 @@ class BatchRunner:
         artifacts: str | os.PathLike[str] | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
+        enqueue_limits: Mapping[str, int] | None = None,
         **options: Any,
     ) -> BatchRunner:
         """A runner from plain settings, as a config file or orchestrator resource holds them.
@@ -149,6 +163,7 @@ class BatchRunner:
             artifacts: Artifact directory (default: beside the SQLite file).
             api_key: OpenAI API key (default: ``OPENAI_API_KEY``).
             base_url: OpenAI base URL (default: ``OPENAI_BASE_URL`` or the real service).
+            enqueue_limits: Enqueued-token limit per model, in tokens.
             **options: Any other :class:`BatchRunner` keyword argument.
         """
         from batchor_core import defaults
@@ -157,7 +172,13 @@ class BatchRunner:
         storage = defaults.open_storage(store)
         try:
             artifact_store = defaults.open_artifacts(artifacts, storage)
-            provider = OpenAIProviderConfig(api_key=api_key, base_url=base_url)
+            provider = OpenAIProviderConfig(
+                api_key=api_key,
+                base_url=base_url,
+                enqueue_limits={
+                    m: EnqueueLimit(tokens=t) for m, t in (enqueue_limits or {}).items()
+                },
+            )
             return cls(storage=storage, artifacts=artifact_store, provider=provider, **options)
         except BaseException:
             storage.close()
@@ -214,6 +235,9 @@ class BatchRunner:
         """
         self.provider.preflight()  # e.g. a missing API key fails before anything is read
         spec, fingerprint = job_spec(job, self.provider)
+        limits = limits_for(
+            job.enqueue_limit.tokens if job.enqueue_limit is not None else None, job.max_cost_usd
+        )
         if run_id is None:
             run_id = f"run-{self.clock.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         _check_run_id(run_id)
@@ -237,9 +261,17 @@ class BatchRunner:
                 owner=owner,
                 created_at=now,
                 updated_at=now,
+                limits=limits,
             )
         )
         _check_job(record, spec, fingerprint)
+        declared = (record.limits or {}).get("declared")
+        if declared != limits["declared"] and not record.status.is_terminal:
+            # Budgets are not part of the job: a job whose budgets were changed in code
+            # updates them. Starting again with the same job keeps a cap raised since.
+            log.info("run %s: budgets changed from %s to %s", run_id, declared, limits)
+            self.storage.set_limits(run_id, limits)
+            record = dataclasses.replace(record, limits=limits)
         run = Run(self, run_id, output_model=job.output_model)
         source = as_source(items)
         self._check_source(record, source)  # also for a finished run: a changed file is news
@@ -315,9 +347,18 @@ class BatchRunner:
         """Pause a run by id (see :meth:`Run.pause`)."""
         return self.get_run(run_id).pause(reason)
 
-    def resume(self, run_id: str) -> RunSummary:
-        """Resume a paused run by id (see :meth:`Run.resume`)."""
-        return self.get_run(run_id).resume()
+    def resume(self, run_id: str, *, max_cost_usd: float | None = None) -> RunSummary:
+        """Resume a paused run by id, optionally with a new cost cap (see :meth:`Run.resume`)."""
+        return self.get_run(run_id).resume(max_cost_usd=max_cost_usd)
+
+    def estimate(self, job: BatchJob, items: Iterable[BatchItem]) -> RunEstimate:
+        """What a run of ``job`` over ``items`` would enqueue and cost, before submitting.
+
+        Builds every request exactly as a run would (nothing is stored or sent) and
+        estimates its input tokens (see :mod:`batchor_core.tokens`) and its cost at the
+        model's batch price (see :mod:`batchor_core.budget` for the output estimate).
+        """
+        return estimate_run(job, items, self.provider)
 
     def cancel(self, run_id: str, reason: str | None = None) -> RunSummary:
         """Cancel a run by id (see :meth:`Run.cancel`)."""
@@ -370,7 +411,11 @@ class BatchRunner:
         if owner is not None:
             records = [r for r in records if _owned_by(r.owner, owner)]
         stats = self.storage.chunk_stats([r.run_id for r in records])
-        return [summarize(r, stats[r.run_id]) for r in records]
+        return [summarize(r, stats[r.run_id], self.price_of(r)) for r in records]
+
+    def price_of(self, record: RunRecord) -> tuple[Price | None, str]:
+        """The price of a run's model (from the provider config or batchor's table)."""
+        return self.provider.price(str(record.job_spec.get("model")))
 
     # ------------------------------------------------------------------ internals
 

@@ -81,6 +81,8 @@ def materialization_metadata(
         "batchor/input_tokens": summary.usage.input_tokens,
         "batchor/output_tokens": summary.usage.output_tokens,
         "batchor/total_tokens": summary.usage.total_tokens,
+        "batchor/cached_input_tokens": summary.usage.cached_input_tokens,
+        "batchor/reasoning_tokens": summary.usage.reasoning_tokens,
         "batchor/started_at": dg.MetadataValue.timestamp(summary.created_at),
         "batchor/finished_at": dg.MetadataValue.timestamp(finished),
         "batchor/duration_seconds": dg.MetadataValue.float(
@@ -93,6 +95,10 @@ def materialization_metadata(
     }
     if summary.status_reason:
         metadata["batchor/status_reason"] = dg.MetadataValue.text(summary.status_reason)
+    if summary.cost is not None:
+        metadata["batchor/cost_usd"] = dg.MetadataValue.float(round(summary.cost, 6))
+    if summary.cost_note:
+        metadata["batchor/cost_note"] = dg.MetadataValue.text(summary.cost_note)
     if export_path is not None:
         metadata["dagster/uri"] = dg.MetadataValue.path(export_path)
         metadata["batchor/results_path"] = dg.MetadataValue.path(export_path)

@@ -34,6 +34,8 @@ class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             provider errors (429, 5xx, timeouts) before its run pauses with the reason.
         permanent_error_budget_seconds: How long another provider error (a 4xx, an
             answer of the wrong shape) is retried before the run pauses with the reason.
+        enqueue_token_limits: Enqueued-token limit per model (``{"gpt-4o-mini":
+            2_000_000}``), shared by every run in the store (see ``EnqueueLimit``).
     """
 
     storage_url: str = ".batchor/batchor.sqlite3"
@@ -43,6 +45,7 @@ class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     lease_ttl_seconds: float = 120.0
     transient_error_budget_seconds: float = 1800.0
     permanent_error_budget_seconds: float = 60.0
+    enqueue_token_limits: dict[str, int] | None = None
 
     _runner: BatchRunner | None = PrivateAttr(default=None)
 
@@ -83,6 +86,7 @@ class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 lease_ttl_seconds=self.lease_ttl_seconds,
                 transient_error_budget_seconds=self.transient_error_budget_seconds,
                 permanent_error_budget_seconds=self.permanent_error_budget_seconds,
+                enqueue_limits=self.enqueue_token_limits,
             )
         except BatchorError as exc:
             # The message names the store (password masked) and the cause; the driver's

@@ -47,6 +47,15 @@ def pause(
 
 def resume(
     run_id: RunIdArg,
+    max_cost_usd: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cost-usd",
+            min=0.0,
+            help="Raise (or set) the run's cost cap first, for a run paused at its cap.",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     store: StoreOpt = None,
     artifacts: ArtifactsOpt = None,
@@ -54,7 +63,7 @@ def resume(
 ) -> int:
     """Resume a paused run (and advance it one step)."""
     with open_runner(settings(store, artifacts, base_url)) as runner:
-        return _report(runner.resume(run_id), json_out)
+        return _report(runner.resume(run_id, max_cost_usd=max_cost_usd), json_out)
 
 
 def cancel(

@@ -48,6 +48,13 @@ def summary_dict(summary: RunSummary) -> JSONObject:
         "ingest_complete": summary.ingest_complete,
         "input_tokens": summary.usage.input_tokens,
         "output_tokens": summary.usage.output_tokens,
+        "cached_input_tokens": summary.usage.cached_input_tokens,
+        "reasoning_tokens": summary.usage.reasoning_tokens,
+        "cost_usd": summary.cost,
+        "estimated_cost_usd": summary.estimated_cost,
+        "cost_note": summary.cost_note,
+        "max_cost_usd": summary.max_cost_usd,
+        "waiting_reason": summary.waiting_reason,
         "created_at": summary.created_at.isoformat(),
         "updated_at": summary.updated_at.isoformat(),
         "owner": dict(summary.owner) if summary.owner is not None else None,
@@ -244,13 +251,16 @@ def print_status(
             + ("" if summary.ingest_complete else " (input not fully read)"),
         ),
         ("batches", f"{summary.batches_total} total, {summary.batches_in_flight} in flight"),
-        ("tokens", f"{summary.usage.input_tokens} in, {summary.usage.output_tokens} out"),
+        ("tokens", _tokens_text(summary)),
+        ("cost", _cost_text(summary)),
         (
             "created",
             f"{summary.created_at:%Y-%m-%d %H:%M:%S} UTC ({human_age(summary.created_at)} ago)",
         ),
         ("updated", f"{summary.updated_at:%Y-%m-%d %H:%M:%S} UTC"),
     ]
+    if summary.waiting_reason:
+        rows.append(("waiting", summary.waiting_reason))
     if errors:
         rows.append(("errors", ", ".join(f"{code}: {n}" for code, n in errors.items())))
     if summary.owner:
@@ -260,6 +270,25 @@ def print_status(
     for key, value in rows:
         table.add_row(f"[bold]{key}[/]", value)
     Console(file=out, no_color=not color, highlight=False, soft_wrap=True).print(table)
+
+
+def _tokens_text(summary: RunSummary) -> str:
+    usage = summary.usage
+    return (
+        f"{usage.input_tokens} in ({usage.cached_input_tokens} cached), "
+        f"{usage.output_tokens} out ({usage.reasoning_tokens} reasoning)"
+    )
+
+
+def _cost_text(summary: RunSummary) -> str:
+    if summary.cost is None:
+        return summary.cost_note or "unknown"
+    text = f"{summary.cost:.4f} USD so far"
+    if summary.estimated_cost is not None:
+        text += f", ~{summary.estimated_cost:.4f} USD in all"
+    if summary.max_cost_usd is not None:
+        text += f" (cap {summary.max_cost_usd:.4f} USD)"
+    return text
 
 
 def print_runs(summaries: Iterable[RunSummary], out: IO[str], *, color: bool) -> None:

@@ -153,6 +153,8 @@ class StoreBase:
             "not_before": chunk.not_before,
             "last_error": chunk.last_error,
             "first_error_at": chunk.first_error_at,
+            "est_tokens": chunk.est_tokens,
+            "model": chunk.model,
             "updated_at": utc_now(),
         }
 
@@ -188,6 +190,11 @@ class StoreBase:
             updated_at=aware_utc(m["updated_at"]) or utc_now(),
             collected_by=m.get("collected_by"),
             collected_at=aware_utc(m.get("collected_at")),
+            cached_input_tokens=int(m["cached_input_tokens"] or 0),
+            reasoning_tokens=int(m["reasoning_tokens"] or 0),
+            limits=load_json(m["limits"]),
+            waiting_reason=m["waiting_reason"],
+            token_limit_strikes=int(m["token_limit_strikes"] or 0),
         )
 
     @staticmethod
@@ -208,13 +215,20 @@ class StoreBase:
             created_at=aware_utc(m["created_at"]) or utc_now(),
             updated_at=aware_utc(m["updated_at"]) or utc_now(),
             first_error_at=aware_utc(m["first_error_at"]),
+            est_tokens=int(m["est_tokens"] or 0),
+            model=m["model"],
         )
 
     @staticmethod
     def _result_from_row(m: Any) -> ResultRow:
         error = ItemError(m["error_code"], m["error_message"] or "") if m["error_code"] else None
         usage = (
-            Usage(int(m["input_tokens"] or 0), int(m["output_tokens"] or 0))
+            Usage(
+                int(m["input_tokens"] or 0),
+                int(m["output_tokens"] or 0),
+                int(m.get("cached_input_tokens") or 0),
+                int(m.get("reasoning_tokens") or 0),
+            )
             if m["input_tokens"] is not None or m["output_tokens"] is not None
             else None
         )

@@ -6,7 +6,7 @@ it expects, so replays change nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -197,7 +197,8 @@ class ItemOps(ResultOps):
             done = sorted((o for o in outcomes if o.status.is_terminal), key=lambda o: o.seq)
             retry = [o for o in outcomes if not o.status.is_terminal]
             counters: dict[str, Any] = {}
-            tokens_in = tokens_out = changed = 0
+            totals = [0, 0, 0, 0]  # input, output, cached input, reasoning
+            changed = 0
             start = self._reserve_finished_seqs(conn, run_id, len(done)) if done else 0
             for status, column in COUNTERS.items():
                 group = [(i, o) for i, o in enumerate(done) if o.status is status]
@@ -228,8 +229,7 @@ class ItemOps(ResultOps):
                         ).scalars()
                     )
                     group = [(i, o) for i, o in group if o.seq in applied]
-                tokens_in += sum(o.usage.input_tokens for _, o in group if o.usage)
-                tokens_out += sum(o.usage.output_tokens for _, o in group if o.usage)
+                _add_usage(totals, (o for _, o in group))
             if retry:
                 n = sum(
                     executemany(
@@ -241,14 +241,15 @@ class ItemOps(ResultOps):
                 )
                 changed += n
                 if n == len(retry):
-                    tokens_in += sum(o.usage.input_tokens for o in retry if o.usage)
-                    tokens_out += sum(o.usage.output_tokens for o in retry if o.usage)
+                    _add_usage(totals, retry)
             conn.execute(
                 update(runs)
                 .where(runs.c.run_id == run_id)
                 .values(
-                    input_tokens=runs.c.input_tokens + tokens_in,
-                    output_tokens=runs.c.output_tokens + tokens_out,
+                    input_tokens=runs.c.input_tokens + totals[0],
+                    output_tokens=runs.c.output_tokens + totals[1],
+                    cached_input_tokens=runs.c.cached_input_tokens + totals[2],
+                    reasoning_tokens=runs.c.reasoning_tokens + totals[3],
                     updated_at=utc_now(),
                     **counters,
                 )
@@ -411,6 +412,17 @@ class ItemOps(ResultOps):
         return len(seqs)
 
 
+def _add_usage(totals: list[int], outcomes: Iterable[ItemOutcome]) -> None:
+    """Add the usage of ``outcomes`` to ``[input, output, cached input, reasoning]``."""
+    for o in outcomes:
+        usage = o.usage
+        if usage is not None:
+            totals[0] += usage.input_tokens
+            totals[1] += usage.output_tokens
+            totals[2] += usage.cached_input_tokens
+            totals[3] += usage.reasoning_tokens
+
+
 def _collected_chunks(run_id: str) -> Any:
     """Subquery: ids of the run's collected chunks (items waiting for a retry sit in one)."""
     return select(chunks.c.chunk_id).where(
@@ -438,6 +450,8 @@ _DONE_UPDATE = (
         error_message=bindparam("b_message"),
         input_tokens=bindparam("b_in"),
         output_tokens=bindparam("b_out"),
+        cached_input_tokens=bindparam("b_cached"),
+        reasoning_tokens=bindparam("b_reasoning"),
         attempts=items.c.attempts + bindparam("b_spent"),
         finished_seq=bindparam("b_finished"),
     )
@@ -489,6 +503,8 @@ def _outcome_params(run_id: str, o: ItemOutcome, *, finished: int | None = None)
         "b_message": error.message if error else None,
         "b_in": usage.input_tokens if usage else None,
         "b_out": usage.output_tokens if usage else None,
+        "b_cached": usage.cached_input_tokens if usage else None,
+        "b_reasoning": usage.reasoning_tokens if usage else None,
         "b_spent": 1 if o.spend_attempt else 0,
         "b_not_before": o.retry_not_before,
         "b_finished": finished,

@@ -44,7 +44,21 @@ class ResultOps(StoreBase):
             rows = fetch_tuples(conn, query)
         statuses = _TERMINAL
         out = []
-        for seq, item_id, status, output, code, message, attempts, tin, tout, meta, fin in rows:
+        for (
+            seq,
+            item_id,
+            status,
+            output,
+            code,
+            message,
+            attempts,
+            tin,
+            tout,
+            tcached,
+            treason,
+            meta,
+            fin,
+        ) in rows:
             out.append(
                 ResultRow(
                     seq=seq,
@@ -56,7 +70,7 @@ class ResultOps(StoreBase):
                     usage=(
                         None
                         if tin is None and tout is None
-                        else Usage(int(tin or 0), int(tout or 0))
+                        else Usage(int(tin or 0), int(tout or 0), tcached or 0, treason or 0)
                     ),
                     metadata_json=meta,
                     finished_seq=fin,
@@ -120,6 +134,8 @@ _RESULT_ROW_COLUMNS = (
     items.c.attempts,
     items.c.input_tokens,
     items.c.output_tokens,
+    items.c.cached_input_tokens,
+    items.c.reasoning_tokens,
     items.c.metadata_json,
     items.c.finished_seq,
 )

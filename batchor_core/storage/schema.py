@@ -53,6 +53,14 @@ runs = Table(
     Column("cancelled_items", BigInteger, nullable=False, default=0),
     Column("input_tokens", BigInteger, nullable=False, default=0),
     Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("cached_input_tokens", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("reasoning_tokens", BigInteger, nullable=False, default=0, server_default="0"),
+    # Budgets (JSON: max_cost_usd): outside the job's fingerprint, so they can be raised.
+    Column("limits", Text),
+    # Why a running run is not submitting (waiting for enqueued-token budget), or NULL.
+    Column("waiting_reason", Text),
+    # Batches rejected in a row with token_limit_exceeded: halves the run's share (h11).
+    Column("token_limit_strikes", Integer, nullable=False, default=0, server_default="0"),
     Column("next_finished_seq", BigInteger, nullable=False, default=1),
     Column("owner", Text),
     # What was exported and pruned, and when (JSON): retention is deliberate and recorded.
@@ -95,7 +103,12 @@ chunks = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     # Start of the current streak of provider errors: bounds retries per chunk (h1).
     Column("first_error_at", DateTime(timezone=True)),
+    # Estimated input tokens of the chunk's requests, and their model: the enqueued-token
+    # budget sums them over chunks in flight of every run (h11).
+    Column("est_tokens", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("model", String(256)),
     Index("ix_batchor_chunks_state", "run_id", "state"),
+    Index("ix_batchor_chunks_model_state", "model", "state"),
 )
 
 items = Table(
@@ -117,6 +130,8 @@ items = Table(
     Column("error_message", Text),
     Column("input_tokens", Integer),
     Column("output_tokens", Integer),
+    Column("cached_input_tokens", Integer),
+    Column("reasoning_tokens", Integer),
     Column("finished_seq", BigInteger),
     UniqueConstraint("run_id", "item_id", name="uq_batchor_items_item_id"),
     # Per-chunk lookups: collecting a batch, and finding items waiting for a retry.

@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 from batchor_core.storage.base import QUEUED, RETRY, aware_utc, dump_json, utc_now
+from batchor_core.storage.budget_sql import BudgetOps
 from batchor_core.storage.items_sql import ItemOps
 from batchor_core.storage.liveness import FileLiveness, Liveness, PostgresLiveness
 
@@ -56,7 +57,7 @@ def _host_of(owner: str) -> str:
     return owner.split(":", 1)[0]
 
 
-class SQLStateStore(ItemOps):
+class SQLStateStore(BudgetOps, ItemOps):
     """Control-plane store on any SQLAlchemy URL.
 
     Args:
@@ -95,6 +96,10 @@ class SQLStateStore(ItemOps):
                         cancelled_items=0,
                         input_tokens=0,
                         output_tokens=0,
+                        cached_input_tokens=0,
+                        reasoning_tokens=0,
+                        token_limit_strikes=0,
+                        limits=dump_json(record.limits),
                         next_finished_seq=1,
                         owner=dump_json(record.owner),
                         lease_token=0,
@@ -149,7 +154,7 @@ class SQLStateStore(ItemOps):
     def chunk_stats(self, run_ids: Collection[str]) -> dict[str, ChunkStats]:
         """Batch counts, batch ids and stalls per run, one query per 500 runs."""
         wanted = list(run_ids)
-        totals: dict[str, list[int]] = {r: [0, 0, 0, 0] for r in wanted}
+        totals: dict[str, list[int]] = {r: [0, 0, 0, 0, 0, 0] for r in wanted}
         batch_ids: dict[str, list[str]] = {r: [] for r in wanted}
         # The latest error of a chunk currently stalled: (updated_at, last_error).
         latest: dict[str, tuple[datetime, str | None]] = {}
@@ -166,12 +171,16 @@ class SQLStateStore(ItemOps):
                         chunks.c.first_error_at,
                         chunks.c.last_error,
                         chunks.c.updated_at,
+                        chunks.c.est_tokens,
                     )
                     .where(chunks.c.run_id.in_(wanted[start : start + 500]))
                     .order_by(chunks.c.run_id, chunks.c.seq)
                 ).all()
-                for run_id, state, request_count, batch_id, stalled, error, updated in rows:
+                for run_id, state, request_count, batch_id, stalled, error, updated, est in rows:
                     acc = totals[run_id]
+                    if state != collected:
+                        acc[4] += int(est or 0)
+                        acc[5] += int(request_count)
                     if request_count > 0:
                         acc[0] += 1
                     if state == submitted:
@@ -192,6 +201,8 @@ class SQLStateStore(ItemOps):
                 tuple(batch_ids[r]),
                 stalled_chunks=t[3],
                 last_error=latest[r][1] if r in latest else None,
+                open_est_tokens=t[4],
+                open_requests=t[5],
             )
             for r, t in totals.items()
         }

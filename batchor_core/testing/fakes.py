@@ -25,8 +25,9 @@ from dataclasses import dataclass, replace
 from typing import BinaryIO, Protocol, TypeAlias, cast
 
 from batchor_core.errors import ConfigurationError, ProviderError
-from batchor_core.models import ItemError, JSONObject, Usage
+from batchor_core.models import ItemError, JSONObject, Price, Usage
 from batchor_core.ports import ParsedLine, ProviderBatch, RequestSpec
+from batchor_core.pricing import price_for
 
 __all__ = ["FakeBatchProvider", "Responder", "echo_responder"]
 
@@ -73,6 +74,9 @@ class FakeBatchProvider:
     Args:
         responder: Answers each request body (default :func:`echo_responder`).
         chunk_size: Bytes per chunk yielded by :meth:`download_file`.
+        enqueue_limits: Enqueued-token limit per model (tokens), as a provider config
+            would give it.
+        prices: Price overrides per model.
 
     Attributes:
         created_batches: Every batch created, as returned at creation, in order.
@@ -83,8 +87,15 @@ class FakeBatchProvider:
     """
 
     def __init__(
-        self, responder: Responder = echo_responder, *, chunk_size: int = 64 * 1024
+        self,
+        responder: Responder = echo_responder,
+        *,
+        chunk_size: int = 64 * 1024,
+        enqueue_limits: Mapping[str, int] | None = None,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
+        self.enqueue_limits = dict(enqueue_limits or {})
+        self.prices = dict(prices or {})
         self.responder = responder
         self.chunk_size = chunk_size
         self.created_batches: list[ProviderBatch] = []
@@ -165,6 +176,14 @@ class FakeBatchProvider:
         if not hasattr(output_model, "model_json_schema"):
             raise ConfigurationError(f"output_model must be a pydantic model, got {output_model!r}")
         return output_model.__name__, cast(_SchemaModel, output_model).model_json_schema()
+
+    def enqueue_limit(self, model: str) -> int | None:
+        """The limit given in ``enqueue_limits``, if any."""
+        return self.enqueue_limits.get(model)
+
+    def price(self, model: str) -> tuple[Price | None, str]:
+        """A price from ``prices``, else batchor's table."""
+        return price_for(model, self.prices)
 
     def shape_body(self, spec: RequestSpec, body: Mapping[str, object]) -> JSONObject:
         """Options, then the body, then ``model``; plus ``response_format`` with a schema."""

@@ -36,8 +36,10 @@ def test_timeout_pause_cancel_and_their_exit_codes(
 
     assert cli(["pause", "held", "--reason", "budget"]) == 0
     assert capsys.readouterr().out == "run held paused (budget)\n"
-    assert cli(["resume", "held", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["status"] == "running"
+    assert cli(["resume", "held", "--json", "--max-cost-usd", "12.5"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["status"] == "running" and resumed["max_cost_usd"] == 12.5
+    assert resumed["cost_usd"] is not None and resumed["waiting_reason"] is None
 
     assert cli(["cancel", "held", "--json"]) == 0
     cancelled = json.loads(capsys.readouterr().out)
@@ -71,6 +73,8 @@ def test_failed_items_exit_7_and_are_listed(
     assert cli(["status", "faulty"]) == 0
     status = capsys.readouterr().out
     assert "errors" in status and "4 failed" in status
+    assert "cached)" in status and "reasoning)" in status
+    assert "USD so far" in status  # gpt-4o-mini has a price in the table
 
 
 @pytest.mark.postgres

@@ -87,6 +87,10 @@ def test_submit_observe_collect_exactly_one_materialization(
     assert meta["batchor/finished_at"] >= meta["batchor/started_at"]
     assert meta["batchor/duration_seconds"] >= 0
     assert meta["batchor/error_codes"] == {}
+    # Usage in detail and the cost (gpt-4o-mini is in the price table).
+    assert meta["batchor/cached_input_tokens"] <= meta["batchor/input_tokens"]
+    assert 0 <= meta["batchor/reasoning_tokens"] <= meta["batchor/output_tokens"]
+    assert meta["batchor/cost_usd"] > 0 and "gpt-4o-mini" in meta["batchor/cost_note"]
     assert len(meta["batchor/batch_ids"]) == 1
     assert "| item_id | status | sentiment | complaint |" in meta["batchor/preview"]
     exported = Path(meta["dagster/uri"])
@@ -253,10 +257,14 @@ def test_the_api_key_never_reaches_dagster(
 
 def test_resource_outside_a_run_and_its_settings(tmp_path: Path, emulator: Any) -> None:
     resource = BatchorResource(
-        storage_url=f"sqlite:///{tmp_path / 'x.sqlite3'}", openai_base_url=emulator.base_url
+        storage_url=f"sqlite:///{tmp_path / 'x.sqlite3'}",
+        openai_base_url=emulator.base_url,
+        enqueue_token_limits={"gpt-4o-mini": 90_000},
     )
     runner = resource.get_runner()
     assert isinstance(runner, BatchRunner)
+    assert runner.provider.enqueue_limit("gpt-4o-mini") == 90_000
+    assert runner.provider.enqueue_limit("gpt-4o") is None
     assert Path(resource.export_dir()) == tmp_path / "artifacts" / "exports"
     runner.close()
 

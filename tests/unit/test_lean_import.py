@@ -26,6 +26,7 @@ HEAVY = (
     "pyarrow",
     "rich",
     "sqlalchemy",
+    "tiktoken",
     "typer",
 )
 

@@ -13,6 +13,9 @@ from batchor_core import BatchJob, BatchRunner, MemoryStateStore, OpenAIProvider
 PACKAGE = Path(batchor_core.__file__).parent
 
 EXPECTED_CORE = {
+    "EnqueueLimit",
+    "Price",
+    "RunEstimate",
     "ArtifactError",
     "BatchItem",
     "BatchJob",

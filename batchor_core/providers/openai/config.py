@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from batchor_core.errors import ConfigurationError
+from batchor_core.models import EnqueueLimit, Price
 
 __all__ = ["OpenAIProviderConfig"]
 
@@ -37,6 +39,9 @@ class OpenAIProviderConfig:
             Retry-After, however long) so that ``Run.refresh()`` never sleeps inside the
             SDK. Batch creation never retries inside the SDK: an ambiguous failure is
             surfaced so the runner can reconcile it.
+        enqueue_limits: Enqueued-token limit per model (your organisation's tier), shared
+            by every run in the same store (see :class:`EnqueueLimit`).
+        prices: Prices per model that override (or add to) batchor's price table.
     """
 
     api_key: str | None = None
@@ -45,8 +50,18 @@ class OpenAIProviderConfig:
     project: str | None = None
     timeout_seconds: float = 60.0
     max_retries: int = 0
+    enqueue_limits: Mapping[str, EnqueueLimit] | None = None
+    prices: Mapping[str, Price] | None = None
 
     def __post_init__(self) -> None:
+        for model, limit in (self.enqueue_limits or {}).items():
+            if not isinstance(limit, EnqueueLimit):
+                raise ConfigurationError(
+                    f"OpenAIProviderConfig.enqueue_limits[{model!r}] must be an EnqueueLimit"
+                )
+        for model, price in (self.prices or {}).items():
+            if not isinstance(price, Price):
+                raise ConfigurationError(f"OpenAIProviderConfig.prices[{model!r}] must be a Price")
         if not (math.isfinite(self.timeout_seconds) and self.timeout_seconds > 0):
             raise ConfigurationError(
                 "OpenAIProviderConfig.timeout_seconds must be a positive number of seconds"
@@ -77,7 +92,8 @@ class OpenAIProviderConfig:
         return (
             f"OpenAIProviderConfig(api_key={key!s}, base_url={self.base_url!r}, "
             f"organization={self.organization!r}, project={self.project!r}, "
-            f"timeout_seconds={self.timeout_seconds!r}, max_retries={self.max_retries!r})"
+            f"timeout_seconds={self.timeout_seconds!r}, max_retries={self.max_retries!r}, "
+            f"enqueue_limits={self.enqueue_limits!r}, prices={self.prices!r})"
         )
 
     __str__ = __repr__

@@ -202,14 +202,25 @@ def _code_and_message(error: JSONObject) -> str:
 
 
 def _usage(raw: object, input_key: str, output_key: str) -> Usage | None:
+    """Usage from a chat (``prompt_tokens``, ``*_tokens_details``) or responses body."""
     if type(raw) is not dict:
         return None
     inp = raw.get(input_key)
     out = raw.get(output_key)
+    prefix = "prompt" if input_key == "prompt_tokens" else "input"
+    out_prefix = "completion" if output_key == "completion_tokens" else "output"
     return Usage(
         input_tokens=inp if type(inp) is int else 0,
         output_tokens=out if type(out) is int else 0,
+        cached_input_tokens=_detail(raw, f"{prefix}_tokens_details", "cached_tokens"),
+        reasoning_tokens=_detail(raw, f"{out_prefix}_tokens_details", "reasoning_tokens"),
     )
+
+
+def _detail(raw: JSONObject, group: str, key: str) -> int:
+    details = raw.get(group)
+    value = details.get(key) if type(details) is dict else None
+    return value if type(value) is int else 0
 
 
 def _snippet(line: bytes) -> str:

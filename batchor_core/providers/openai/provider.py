@@ -18,8 +18,9 @@ import pydantic
 from openai.types import Batch, FileObject
 
 from batchor_core.errors import BatchorError, ConfigurationError
-from batchor_core.models import Endpoint, JSONObject
+from batchor_core.models import Endpoint, JSONObject, Price
 from batchor_core.ports import ParsedLine, ProviderBatch, RequestSpec
+from batchor_core.pricing import price_for
 from batchor_core.providers.openai import parsing, requests
 from batchor_core.providers.openai.config import OpenAIProviderConfig
 from batchor_core.providers.openai.translate import (
@@ -149,6 +150,15 @@ class OpenAIBatchProvider:
             ConfigurationError: Not a pydantic model, or not expressible in strict mode.
         """
         return requests.output_schema(output_model)
+
+    def enqueue_limit(self, model: str) -> int | None:
+        """The configured enqueued-token limit of ``model`` (see ``enqueue_limits``)."""
+        limit = (self._config.enqueue_limits or {}).get(model)
+        return None if limit is None else limit.tokens
+
+    def price(self, model: str) -> tuple[Price | None, str]:
+        """The price of ``model`` (config override, else batchor's table) and its source."""
+        return price_for(model, self._config.prices)
 
     def shape_body(self, spec: RequestSpec, body: Mapping[str, object]) -> JSONObject:
         """Complete a user-built request body (model, options, structured output format).

@@ -106,6 +106,7 @@ class LineRenderer:
             text = "Echo: " + last_user[:_ECHO_LIMIT]
         if fault is None:
             completion_tokens = len(text) // 4 + 1
+            cached, reasoning = _usage_details(digest, prompt_tokens, completion_tokens)
             line = self._template % {
                 "ids": ids,
                 "custom_id": _quote(custom_id),
@@ -116,6 +117,8 @@ class LineRenderer:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                "cached_tokens": cached,
+                "reasoning_tokens": reasoning,
             }
             return False, line, prompt_tokens, completion_tokens
         kind = fault.kind
@@ -130,7 +133,11 @@ class LineRenderer:
         elif kind == "length":
             text = text[: max(1, len(text) // 2)]
         completion_tokens = len(text) // 4 + 1
-        usage = (prompt_tokens, completion_tokens)
+        usage = (
+            prompt_tokens,
+            completion_tokens,
+            *_usage_details(digest, prompt_tokens, completion_tokens),
+        )
         if self._chat:
             body = _chat_body(ids, self._created, model, text, kind, usage)
         else:
@@ -153,6 +160,15 @@ class LineRenderer:
 # -- body builders (used directly for fault paths, and to derive the templates) -------------
 
 
+def _usage_details(digest: int, prompt_tokens: int, completion_tokens: int) -> tuple[int, int]:
+    """``(cached input tokens, reasoning tokens)`` of a request, deterministic in its
+    content: half the prompt comes from the cache for every other prompt, and a part of
+    the output (included in the completion tokens, as OpenAI counts it) is reasoning."""
+    cached = prompt_tokens // 2 if digest % 2 == 0 else 0
+    reasoning = (digest >> 1) % (completion_tokens + 1)
+    return cached, reasoning
+
+
 def _line(ids: str, custom_id: str, body: JSONObject) -> JSONObject:
     return {
         "id": f"batch_req_{ids}",
@@ -163,7 +179,12 @@ def _line(ids: str, custom_id: str, body: JSONObject) -> JSONObject:
 
 
 def _chat_body(
-    ids: str, created: int, model: str, text: str, kind: str | None, usage: tuple[int, int]
+    ids: str,
+    created: int,
+    model: str,
+    text: str,
+    kind: str | None,
+    usage: tuple[int, int, int, int],
 ) -> JSONObject:
     refused = kind == "refusal"
     return {
@@ -187,6 +208,13 @@ def _chat_body(
             "prompt_tokens": usage[0],
             "completion_tokens": usage[1],
             "total_tokens": usage[0] + usage[1],
+            "prompt_tokens_details": {"cached_tokens": usage[2], "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": usage[3],
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         },
     }
 
@@ -197,7 +225,7 @@ def _responses_body(
     model: str,
     text: str,
     kind: str | None,
-    usage: tuple[int, int],
+    usage: tuple[int, int, int, int],
     instructions: str | None,
 ) -> JSONObject:
     incomplete = kind == "length"
@@ -232,9 +260,9 @@ def _responses_body(
         "top_p": 1.0,
         "usage": {
             "input_tokens": usage[0],
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "input_tokens_details": {"cached_tokens": usage[2], "cache_write_tokens": 0},
             "output_tokens": usage[1],
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": usage[3]},
             "total_tokens": usage[0] + usage[1],
         },
     }
@@ -257,7 +285,8 @@ def _error_line(ids: str, custom_id: str, fault: LineFaultRule) -> JSONObject:
 # Sentinels that the builders place where per-line values go; numbers that cannot occur
 # anywhere else in a template.
 _CREATED, _PROMPT, _COMPLETION = -1_000_000_001, -1_000_000_002, -1_000_000_003
-_SENTINEL_USAGE = (_PROMPT, _COMPLETION)
+_CACHED, _REASONING = -1_000_000_004, -1_000_000_006
+_SENTINEL_USAGE = (_PROMPT, _COMPLETION, _CACHED, _REASONING)
 
 
 def _template(body: JSONObject) -> str:
@@ -270,6 +299,8 @@ def _template(body: JSONObject) -> str:
         ("prompt_tokens", _PROMPT),
         ("completion_tokens", _COMPLETION),
         ("total_tokens", _PROMPT + _COMPLETION),
+        ("cached_tokens", _CACHED),
+        ("reasoning_tokens", _REASONING),
     ):
         text = text.replace(str(number), f"%({name})d")
     return text.replace("@@ids@@", "%(ids)s")

@@ -1,0 +1,193 @@
+"""What may go out next: the enqueued-token budget and the cost cap, checked before
+each submission (see :mod:`batchor_core.budget` for the rules).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from batchor_core.budget import (
+    MAX_TOKEN_LIMIT_STRIKES,
+    chunk_cost_estimate,
+    effective_limit,
+    enqueue_limit,
+    output_per_request,
+)
+from batchor_core.errors import ConfigurationError
+from batchor_core.ports import (
+    BatchProvider,
+    ChunkRecord,
+    ChunkState,
+    ProviderBatch,
+    RunRecord,
+    StateStore,
+)
+from batchor_core.pricing import cost_of
+
+__all__ = ["SubmissionGate"]
+
+log = logging.getLogger("batchor.run")
+
+
+class SubmissionGate:
+    """Decides whether a chunk may be submitted now, and tracks token-limit rejections.
+
+    Args:
+        store: Control-plane store (its reservation makes the budget atomic).
+        provider: Gives the configured enqueued-token limits and prices.
+        pause: Pauses a run with a reason.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        provider: BatchProvider,
+        pause: Callable[[RunRecord, str], None],
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self._pause_run = pause
+
+    def token_limits(self, run: RunRecord) -> tuple[int, int] | None:
+        """``(effective limit, full limit)`` of the run's model, or None (no limit)."""
+        limit = enqueue_limit(run, self.provider)
+        if limit is None:
+            return None
+        return effective_limit(limit, run.token_limit_strikes), limit
+
+    def chunk_tokens(self, run: RunRecord) -> int | None:
+        """Most estimated tokens a new (retry) chunk of the run may hold, or None."""
+        limits = self.token_limits(run)
+        return limits[0] if limits else None
+
+    def reserve(self, run: RunRecord, intent: ChunkRecord) -> str | None:
+        """Move ``intent`` (the chunk, now ``submitting``) into the store if the budget has
+        room; return why it must wait instead (None: reserved).
+
+        The intent doubles as the reservation: ``submitting`` chunks count as in flight,
+        so the check and the move are one atomic store operation.
+        """
+        limits = self.token_limits(run) if intent.model is not None else None
+        granted = self.store.reserve_submit(
+            intent,
+            expected=ChunkState.UPLOADED,
+            limit=limits[0] if limits else None,
+            full_limit=limits[1] if limits else None,
+        )
+        if granted.granted:
+            return None
+        waiting = self.budget_wait(run, intent, lambda _model: granted.in_flight_tokens)
+        if waiting is not None:
+            return waiting
+        raise ConfigurationError(
+            f"chunk {intent.chunk_id} of run {intent.run_id} changed under us "
+            "(expected uploaded); is another process working on this run?",
+            run_id=intent.run_id,
+        )
+
+    def note_waiting(self, run: RunRecord, waiting: str | None) -> None:
+        """Record why the run waits for budget (or that it no longer does), on change."""
+        if waiting != run.waiting_reason:
+            self.store.set_waiting(run.run_id, waiting)
+            if waiting is not None:
+                log.info("run %s: %s", run.run_id, waiting)
+
+    def upload_wait(self, run: RunRecord, chunk: ChunkRecord) -> str | None:
+        """Why a sealed chunk should not be uploaded yet (None: go ahead).
+
+        A chunk is uploaded only once there is budget for its batch (checked again,
+        atomically, when the batch is created), so no file waits at the provider for long.
+        """
+        if chunk.state is not ChunkState.SEALED:
+            return None
+        return self.budget_wait(run, chunk, self.store.in_flight_tokens)
+
+    def budget_wait(
+        self, run: RunRecord, chunk: ChunkRecord, in_flight_of: Callable[[str], int]
+    ) -> str | None:
+        """Why ``chunk`` cannot go out now for lack of enqueued-token budget, or None."""
+        limits = self.token_limits(run)
+        if limits is None or chunk.model is None:
+            return None
+        limit, full = limits
+        in_flight = in_flight_of(chunk.model)
+        if in_flight + chunk.est_tokens <= limit or (in_flight == 0 and chunk.est_tokens <= full):
+            return None
+        return waiting_message(chunk, in_flight, limit, full)
+
+    def over_cost_cap(self, run: RunRecord, chunk: ChunkRecord) -> bool:
+        """Pause the run (and say so) when submitting ``chunk`` could take the run's cost
+        above its ``max_cost_usd``; return whether it did."""
+        cap = (run.limits or {}).get("max_cost_usd")
+        if cap is None:
+            return False
+        price, note = self.provider.price(str(run.job_spec.get("model")))
+        if price is None:
+            self._pause_run(run, f"max_cost_usd is set but the cost cannot be computed: {note}")
+            return True
+        usage = run.usage
+        actual = cost_of(usage, price) or 0.0
+        per_request = output_per_request(run, usage)
+        in_flight = self.store.list_chunks(
+            run.run_id, [ChunkState.SUBMITTING, ChunkState.SUBMITTED]
+        )
+        flying = chunk_cost_estimate(in_flight, price, per_request) or 0.0
+        this = chunk_cost_estimate([chunk], price, per_request) or 0.0
+        if actual + flying + this <= float(cap):
+            return False
+        self._pause_run(
+            run,
+            f"max_cost_usd {float(cap):.4f} USD reached: cost so far {actual:.4f} USD, batches "
+            f"in flight ~{flying:.4f} USD, next batch ({chunk.chunk_id}, "
+            f"{chunk.request_count} requests) ~{this:.4f} USD. Raise it with "
+            "run.set_max_cost(usd) or runner.resume(run_id, max_cost_usd=usd) to go on.",
+        )
+        return True
+
+    def count_token_limit_strikes(self, run_id: str, batch: ProviderBatch) -> None:
+        """Count batches rejected in a row for the enqueued-token limit: each halves the
+        run's effective limit (its retries are packed smaller); past the bound the run
+        pauses with a reason. An accepted batch resets the count."""
+        run = self.store.load_run(run_id)
+        if run is None:
+            return
+        rejected = batch.status == "failed" and any(
+            e.code == "token_limit_exceeded" for e in batch.errors
+        )
+        if not rejected:
+            if run.token_limit_strikes and batch.status in ("completed", "expired"):
+                self.store.set_token_limit_strikes(run_id, 0)
+            return
+        strikes = run.token_limit_strikes + 1
+        self.store.set_token_limit_strikes(run_id, strikes)
+        limits = self.token_limits(dataclasses.replace(run, token_limit_strikes=strikes))
+        shown = f"; this run now packs batches of at most {limits[0]} tokens" if limits else ""
+        log.warning(
+            "run %s: batch %s rejected for the enqueued-token limit (%d in a row)%s",
+            run_id,
+            batch.batch_id,
+            strikes,
+            shown,
+        )
+        if strikes >= MAX_TOKEN_LIMIT_STRIKES:
+            detail = "; ".join(e.message for e in batch.errors)[:500]
+            self._pause_run(
+                run,
+                f"the provider rejected {strikes} batches in a row with token_limit_exceeded "
+                f"({detail}). Other batches of this model (outside this store?) may fill the "
+                "organisation's queue, or EnqueueLimit is above your tier's limit: lower it, "
+                "or wait for batches to finish, then resume().",
+            )
+
+
+def waiting_message(chunk: ChunkRecord, in_flight: int, limit: int, full: int) -> str:
+    """The ``waiting_reason`` of a run whose next batch does not fit the budget."""
+    shrunk = f" (shrunk from {full} after token_limit_exceeded)" if limit != full else ""
+    return (
+        f"waiting for enqueued-token budget: batch {chunk.chunk_id} needs ~{chunk.est_tokens} "
+        f"tokens, {in_flight} of {limit}{shrunk} are in flight for {chunk.model} across runs "
+        "in this store; it goes out as batches finish"
+    )
