@@ -10,7 +10,7 @@ The main names::
 
 from typing import TYPE_CHECKING
 
-from batchor_core.artifacts import LocalArtifactStore
+from batchor_core.artifacts import FsspecArtifactStore, LocalArtifactStore
 from batchor_core.clock import FakeClock, SystemClock
 from batchor_core.errors import (
     ArtifactError,
@@ -92,6 +92,7 @@ __all__ = [
     "Endpoint",
     "ExportReport",
     "FakeClock",
+    "FsspecArtifactStore",
     "IngestIncompleteError",
     "InvalidItemError",
     "ItemError",

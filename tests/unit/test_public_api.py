@@ -23,6 +23,7 @@ EXPECTED_CORE = {
     "Endpoint",
     "ExportReport",
     "FakeClock",
+    "FsspecArtifactStore",
     "IngestIncompleteError",
     "InvalidItemError",
     "ItemError",
