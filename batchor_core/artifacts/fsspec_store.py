@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from batchor_core.artifacts.local import safe_segment
-from batchor_core.errors import ArtifactError, ConfigurationError
+from batchor_core.errors import ArtifactError, BatchorError, ConfigurationError
 
 __all__ = ["FsspecArtifactStore", "mask_url"]
 
@@ -62,7 +62,7 @@ _EXTRAS = {
 }
 _STAGING = ".staging"
 _TMP = ".tmp"
-_BLOCK = 8 * 2**20  # S3 parts must be at least 5 MiB; this bounds memory per open file
+_BLOCK = 5 * 2**20  # the smallest S3 part; memory per open file is a few times this
 _COPY = 1024 * 1024
 _SEGMENT = re.compile(r"^(\d{15})-(\d{8})-([0-9a-f]{8})-(\d{15})-([0-9a-f]{64})$")
 # Option names whose values are shown in repr; every other value is masked.
@@ -83,6 +83,26 @@ def _masked(value: Any, name: str = "") -> Any:
     if name in _SHOWN_OPTIONS:
         return mask_url(value) if isinstance(value, str) else value
     return "***"
+
+
+class _CallerError(Exception):
+    """An exception raised by the caller's chunk iterator: re-raised as it was."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def _passing(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    iterator = iter(chunks)
+    while True:
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise _CallerError(exc) from exc
+        yield chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +247,10 @@ class FsspecArtifactStore:
         """Turn whatever the filesystem library raises into :class:`ArtifactError`."""
         try:
             yield
-        except ArtifactError:
-            raise
+        except BatchorError:
+            raise  # ours, or the caller's (a ProviderError from a download)
+        except _CallerError as exc:
+            raise exc.original from None
         except FileNotFoundError as exc:
             raise ArtifactError(
                 f"cannot {action} {what}: not found in {mask_url(self.url)} ({exc})"
@@ -484,7 +506,7 @@ class FsspecArtifactStore:
         """Write ``key`` from ``chunks`` as one object, all-or-nothing; return its size."""
         path = self._path(key)
         with self._translating("write", self.url_for(key)):
-            size, digest = self._write_object(path, chunks)
+            size, digest = self._write_object(path, _passing(chunks))
             self._remember(path, digest)
         return size
 
