@@ -77,7 +77,8 @@ def test_truncate_to_drops_uncommitted_bytes_for_the_next_holder(make_store: Fac
     writer.write(b"written, never committed\n")
     writer.sync()
     writer.close()
-    # The holder dies here (its uncommitted bytes were even uploaded). Another host resumes at the committed size and goes on.
+    # The holder dies here (its uncommitted bytes were even uploaded). Another host
+    # resumes at the committed size and goes on.
     second = make_store()
     _build(second, KEY, b"line 3\n", truncate_to=committed)
     third = make_store()
@@ -222,5 +223,6 @@ def test_32_mib_files_stream_through_bounded_memory(s3_bucket: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     total, streamed, whole = map(int, done.stdout.split())
     assert total == 2 * 32 * 2**20
-    assert streamed < 24 * 2**20  # a few 5 MiB parts in flight, not the file, f"peak memory grew by {streamed / 2**20:.0f} MiB"
+    # A few 5 MiB parts in flight, never the file.
+    assert streamed < 24 * 2**20, f"peak memory grew by {streamed / 2**20:.0f} MiB"
     assert whole > 32 * 2**20  # the measurement does see a file held whole

@@ -1,8 +1,9 @@
 """`import batchor_core` must not pull in the heavy libraries: they load where first used.
 
 A CLI call, a Dagster code location and every worker subprocess pay this import, so the
-SDK (openai), the store (SQLAlchemy), object storage (fsspec, s3fs, ...), Arrow, pandas, Dagster, Alembic and the CLI's
-libraries stay out of it. Runs in a fresh interpreter so other tests' imports don't count.
+SDK (openai), the store (SQLAlchemy), object storage (fsspec, s3fs, ...), Arrow, pandas,
+Dagster, Alembic and the CLI's libraries stay out of it. Runs in a fresh interpreter so
+other tests' imports don't count.
 """
 
 from __future__ import annotations
