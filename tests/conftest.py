@@ -51,6 +51,16 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLStateSt
 
 
 @pytest.fixture
+def postgres_url() -> str:
+    """The test Postgres URL (skips without one, fails if Postgres is required)."""
+    if not POSTGRES_URL:
+        if REQUIRE_POSTGRES:
+            pytest.fail("BATCHOR_REQUIRE_POSTGRES=1 but BATCHOR_TEST_POSTGRES_URL is not set")
+        pytest.skip("BATCHOR_TEST_POSTGRES_URL not set")
+    return POSTGRES_URL
+
+
+@pytest.fixture
 def run_id() -> str:
     """A run id unique across tests (the Postgres database is shared)."""
     return f"test-{uuid.uuid4().hex[:12]}"

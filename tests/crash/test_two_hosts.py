@@ -35,22 +35,12 @@ from batchor_core import (
 )
 from batchor_core.packing import chunk_key, parse_custom_id
 from batchor_core.ports import ChunkState
-from tests.conftest import POSTGRES_URL
 from tests.crash.worker import items, job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
 
 N_ITEMS = 40
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def postgres_url() -> str:
-    if not POSTGRES_URL:
-        if os.environ.get("BATCHOR_REQUIRE_POSTGRES") == "1":
-            pytest.fail("BATCHOR_REQUIRE_POSTGRES=1 but BATCHOR_TEST_POSTGRES_URL is not set")
-        pytest.skip("BATCHOR_TEST_POSTGRES_URL not set")
-    return POSTGRES_URL
 
 
 def _host(tmp_path: Path, name: str) -> tuple[Path, dict[str, str]]:
