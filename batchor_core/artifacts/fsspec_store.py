@@ -165,6 +165,29 @@ class _FsspecWriter:
             raise ArtifactError(f"cannot stage {self._key!r} locally: {exc}") from exc
 
 
+class _ObjectReader(io.RawIOBase):
+    """An fsspec file read through ``readinto``, its failures as :class:`ArtifactError`."""
+
+    def __init__(self, raw: Any, what: str) -> None:
+        self._raw = raw
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return int(self._raw.readinto(buffer))
+        except Exception as exc:  # a dropped connection or an expired credential mid-read
+            raise ArtifactError(f"cannot read {self._what}: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._raw.close()
+        super().close()
+
+
 class FsspecArtifactStore:
     """Artifact store on any fsspec filesystem, for runs carried by several hosts.
 
@@ -523,7 +546,7 @@ class FsspecArtifactStore:
             if not isinstance(raw, AbstractBufferedFile):
                 return raw  # type: ignore[no-any-return]  # a local file: already buffered
             # fsspec's readline reads a whole block per line; BufferedReader does not.
-            return io.BufferedReader(raw, buffer_size=_COPY)
+            return io.BufferedReader(_ObjectReader(raw, self.url_for(key)), buffer_size=_COPY)
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` is published."""

@@ -226,3 +226,13 @@ def test_32_mib_files_stream_through_bounded_memory(s3_bucket: str) -> None:
     # A few 5 MiB parts in flight, never the file.
     assert streamed < 24 * 2**20, f"peak memory grew by {streamed / 2**20:.0f} MiB"
     assert whole > 32 * 2**20  # the measurement does see a file held whole
+
+
+def test_an_object_replaced_mid_read_is_an_artifact_error(s3_bucket: str) -> None:
+    store = FsspecArtifactStore(f"s3://{s3_bucket}/p")
+    store.write_stream("out", iter([b"a" * (12 * 2**20)]))
+    with store.open_read("out") as fh:
+        assert fh.read(2**20) == b"a" * 2**20
+        store.write_stream("out", iter([b"b" * (12 * 2**20)]))  # overwritten meanwhile
+        with pytest.raises(ArtifactError, match="cannot read"):
+            fh.read()  # never a file mixing both versions
