@@ -373,10 +373,11 @@ class FsspecArtifactStore:
     # ------------------------------------------------------------------ local copies
 
     def _scratch_dir(self) -> Path:
-        if self._scratch is None:
-            self._scratch = Path(tempfile.mkdtemp(prefix="batchor-staging-"))
-            weakref.finalize(self, shutil.rmtree, str(self._scratch), True)
-        return self._scratch
+        with self._lock:
+            if self._scratch is None:
+                self._scratch = Path(tempfile.mkdtemp(prefix="batchor-staging-"))
+                weakref.finalize(self, shutil.rmtree, str(self._scratch), True)
+            return self._scratch
 
     def _drop_staged(self, key: str) -> None:
         with self._lock:
@@ -384,16 +385,25 @@ class FsspecArtifactStore:
         if staged is not None:
             staged.path.unlink(missing_ok=True)
 
-    def _current(self, key: str, chain: list[_Segment], segments: list[_Segment]) -> _Staged | None:
-        """This process's local copy, if nobody opened the file since it did."""
+    def _current(
+        self, key: str, chain: list[_Segment], segments: list[_Segment], size: int | None = None
+    ) -> _Staged | None:
+        """This process's local copy, if nobody opened the file since it did (no listed
+        part is newer) and it holds the first ``size`` bytes (default: all it uploaded).
+
+        Parts past the copy's end can only be an older holder's leftovers: they are
+        ignored here, and cut by the next :meth:`open_append`.
+        """
         with self._lock:
             staged = self._staged.get(key)
-        if staged is None:
+        if staged is None or not staged.path.exists():
             return None
         newest = max((s.rank for s in segments), default=(0, ""))
-        end = chain[-1].end if chain else 0
-        ours = newest <= (staged.gen, staged.token) and end == staged.synced
-        return staged if ours and staged.path.exists() else None
+        if newest > (staged.gen, staged.token):
+            return None
+        if staged.synced not in {0, *(s.end for s in chain)}:
+            return None
+        return staged if size is None or size <= staged.synced else None
 
     # ------------------------------------------------------------------ port
 
@@ -415,7 +425,7 @@ class FsspecArtifactStore:
                     "to it: its parts were deleted while the run was being prepared. Restore "
                     "them, or cancel the run and start it again under a new run id."
                 )
-            staged = self._current(key, chain, segments)
+            staged = self._current(key, chain, segments, size)
             if staged is None:
                 path = self._scratch_dir() / uuid.uuid4().hex
                 self._download(chain, path, size)
@@ -492,7 +502,7 @@ class FsspecArtifactStore:
                     return self.sha256(key)  # published before a crash
                 raise ArtifactError(f"nothing to publish for {self.url_for(key)}")
             source = (
-                self._checked_local(staged.path, chain)
+                self._checked_local(staged.path, [s for s in chain if s.end <= staged.synced])
                 if staged is not None
                 else self._checked_chain(chain)
             )

@@ -236,3 +236,28 @@ def test_an_object_replaced_mid_read_is_an_artifact_error(s3_bucket: str) -> Non
         store.write_stream("out", iter([b"b" * (12 * 2**20)]))  # overwritten meanwhile
         with pytest.raises(ArtifactError, match="cannot read"):
             fh.read()  # never a file mixing both versions
+
+
+@pytest.mark.parametrize("kind", ["memory", "s3"])
+def test_parts_a_stale_holder_uploads_late_never_reach_the_published_file(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    if kind == "s3":
+        url = f"s3://{request.getfixturevalue('s3_bucket')}/p"
+    else:
+        url = f"memory://stale-{uuid.uuid4().hex[:8]}"
+    stale, holder = FsspecArtifactStore(url), FsspecArtifactStore(url)
+    committed = _build(stale, KEY, b"committed\n")
+    zombie = stale.open_append(KEY, truncate_to=committed)
+    zombie.write(b"AAAAAA")  # as long as the next holder's lines: parts line up
+    zombie.sync()
+    # The stale holder's lease expired; the next holder cuts back to the committed size,
+    # writes its own lines and prepares to publish...
+    size = _build(holder, KEY, b"BBBBB\n", truncate_to=committed)
+    _build(holder, KEY, truncate_to=size)
+    # ...when the stale holder wakes up and uploads one more part, right at that end.
+    zombie.write(b"ZZZZZ")
+    zombie.sync()
+    zombie.close()
+    holder.publish(KEY)
+    assert _read(holder, KEY) == b"committed\nBBBBB\n"
