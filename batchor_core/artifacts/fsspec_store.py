@@ -3,23 +3,23 @@
 
 Object stores cannot append, and a run started on one host may be resumed on another, so
 a request file being built never lives only on the builder's disk. It is kept in the
-bucket as a chain of immutable *segments* under ``<root>/.staging/<key>/``: every
-:meth:`ArtifactWriter.sync` uploads the bytes written since the last one as a segment
+bucket as a chain of immutable *parts* under ``<root>/.staging/<key>/``: every
+:meth:`ArtifactWriter.sync` uploads the bytes written since the last one as a part
 named ``<start>-<generation>-<token>-<end>-<sha256>``. Whoever opens the file next (this
 process, or another one on another host holding the run's lease) rebuilds it from the
 chain, cut to the size committed in the control-plane store. The writer also keeps a
 private local copy, so the process that built a file publishes it without reading the
-segments back.
+parts back.
 
-Publishing streams the file (each segment's bytes checked against the sha256 in its
-name) into one object under its final key and only then deletes the segments: on S3,
+Publishing streams the file (each part's bytes checked against the sha256 in its
+name) into one object under its final key and only then deletes the parts: on S3,
 GCS and Azure an object becomes visible only when its upload completes, and elsewhere
 it is written under a temporary name and renamed, so no half-written object is ever
-read as complete. Each open writer takes a new generation, higher than every segment
-listed; at each offset the chain follows the newest generation, so segments a dead
+read as complete. Each open writer takes a new generation, higher than every part
+listed; at each offset the chain follows the newest generation, so parts a dead
 holder left beyond the committed size are never part of the published file.
 
-Keys are mapped exactly as :class:`LocalArtifactStore` maps them (sanitised segments,
+Keys are mapped exactly as :class:`LocalArtifactStore` maps them (sanitised path segments,
 injective per run id); no key can reach ``.staging`` or ``.tmp``. Credentials come from
 the provider's standard environment or ``storage_options``, never from the store, and
 are masked in ``repr``. fsspec and the protocol's library (s3fs, gcsfs, adlfs) are
@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import io
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -44,9 +43,20 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from batchor_core.artifacts.local import safe_segment
+from batchor_core.artifacts.parts import (
+    CallerError,
+    ObjectReader,
+    Part,
+    mask_url,
+    masked,
+    parse_part,
+    part_name,
+    passing,
+)
+from batchor_core.artifacts.parts import chain as chain_of
 from batchor_core.errors import ArtifactError, BatchorError, ConfigurationError
 
-__all__ = ["FsspecArtifactStore", "mask_url"]
+__all__ = ["FsspecArtifactStore"]
 
 # Protocols whose objects appear only when their upload completes (write in place).
 _OBJECT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
@@ -64,59 +74,6 @@ _STAGING = ".staging"
 _TMP = ".tmp"
 _BLOCK = 5 * 2**20  # the smallest S3 part; memory per open file is a few times this
 _COPY = 1024 * 1024
-_SEGMENT = re.compile(r"^(\d{15})-(\d{8})-([0-9a-f]{8})-(\d{15})-([0-9a-f]{64})$")
-# Option names whose values are shown in repr; every other value is masked.
-_SHOWN_OPTIONS = frozenset(
-    {"endpoint_url", "region_name", "anon", "use_ssl", "version_aware", "project", "account_name"}
-)
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any ``user:password@`` part replaced by ``***@``."""
-    return _USERINFO.sub("***@", url)
-
-
-def _masked(value: Any, name: str = "") -> Any:
-    if isinstance(value, Mapping):
-        return {k: _masked(v, str(k)) for k, v in value.items()}
-    if name in _SHOWN_OPTIONS:
-        return mask_url(value) if isinstance(value, str) else value
-    return "***"
-
-
-class _CallerError(Exception):
-    """An exception raised by the caller's chunk iterator: re-raised as it was."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(str(original))
-        self.original = original
-
-
-def _passing(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    iterator = iter(chunks)
-    while True:
-        try:
-            chunk = next(iterator)
-        except StopIteration:
-            return
-        except Exception as exc:
-            raise _CallerError(exc) from exc
-        yield chunk
-
-
-@dataclass(frozen=True, slots=True)
-class _Segment:
-    start: int
-    gen: int
-    token: str
-    end: int
-    sha256: str
-    path: str
-
-    @property
-    def rank(self) -> tuple[int, str]:
-        return self.gen, self.token
 
 
 @dataclass(slots=True)
@@ -163,29 +120,6 @@ class _FsspecWriter:
             self._fh.close()
         except OSError as exc:
             raise ArtifactError(f"cannot stage {self._key!r} locally: {exc}") from exc
-
-
-class _ObjectReader(io.RawIOBase):
-    """An fsspec file read through ``readinto``, its failures as :class:`ArtifactError`."""
-
-    def __init__(self, raw: Any, what: str) -> None:
-        self._raw = raw
-        self._what = what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        try:
-            return int(self._raw.readinto(buffer))
-        except Exception as exc:  # a dropped connection or an expired credential mid-read
-            raise ArtifactError(f"cannot read {self._what}: {type(exc).__name__}: {exc}") from exc
-
-    def close(self) -> None:
-        if not self.closed:
-            with contextlib.suppress(Exception):
-                self._raw.close()
-        super().close()
 
 
 class FsspecArtifactStore:
@@ -239,7 +173,7 @@ class FsspecArtifactStore:
                 self._fs.makedirs(self._root or "/", exist_ok=True)
 
     def __repr__(self) -> str:
-        options = f", storage_options={_masked(self._options)!r}" if self._options else ""
+        options = f", storage_options={masked(self._options)!r}" if self._options else ""
         return f"FsspecArtifactStore({mask_url(self.url)!r}{options})"
 
     # ------------------------------------------------------------------ paths
@@ -272,7 +206,7 @@ class FsspecArtifactStore:
             yield
         except BatchorError:
             raise  # ours, or the caller's (a ProviderError from a download)
-        except _CallerError as exc:
+        except CallerError as exc:
             raise exc.original from None
         except FileNotFoundError as exc:
             raise ArtifactError(
@@ -324,35 +258,15 @@ class FsspecArtifactStore:
             while block := fh.read(_COPY):
                 yield block
 
-    def _segments(self, key: str) -> list[_Segment]:
+    def _segments(self, key: str) -> list[Part]:
         directory = self._staging_dir(key)
         self._fs.invalidate_cache(directory)
         try:
             names = self._fs.ls(directory, detail=False)
         except FileNotFoundError:
             return []
-        found = []
-        for name in names:
-            match = _SEGMENT.match(str(name).rstrip("/").rsplit("/", 1)[-1])
-            if match:
-                start, gen, token, end, sha = match.groups()
-                path = f"{directory}/{match.group(0)}"
-                found.append(_Segment(int(start), int(gen), token, int(end), sha, path))
-        return found
-
-    @staticmethod
-    def _chain(segments: list[_Segment]) -> list[_Segment]:
-        """The file's segments in order: from offset 0, always the newest generation."""
-        best: dict[int, _Segment] = {}
-        for seg in segments:
-            if seg.end > seg.start and (seg.start not in best or seg.rank > best[seg.start].rank):
-                best[seg.start] = seg
-        chain: list[_Segment] = []
-        position = 0
-        while position in best:
-            chain.append(best[position])
-            position = best[position].end
-        return chain
+        found = (parse_part(directory, str(name)) for name in names)
+        return [part for part in found if part is not None]
 
     def _upload_segment(self, key: str, staged: _Staged, start: int, end: int) -> None:
         def blocks() -> Iterator[bytes]:
@@ -366,7 +280,7 @@ class FsspecArtifactStore:
         digest = hashlib.sha256()
         for block in blocks():
             digest.update(block)
-        name = f"{start:015d}-{staged.gen:08d}-{staged.token}-{end:015d}-{digest.hexdigest()}"
+        name = part_name(start, staged.gen, staged.token, end, digest.hexdigest())
         with self._translating("upload", f"part of {key!r}"):
             self._write_object(f"{self._staging_dir(key)}/{name}", blocks())
 
@@ -386,7 +300,7 @@ class FsspecArtifactStore:
             staged.path.unlink(missing_ok=True)
 
     def _current(
-        self, key: str, chain: list[_Segment], segments: list[_Segment], size: int | None = None
+        self, key: str, chain: list[Part], segments: list[Part], size: int | None = None
     ) -> _Staged | None:
         """This process's local copy, if nobody opened the file since it did (no listed
         part is newer) and it holds the first ``size`` bytes (default: all it uploaded).
@@ -416,7 +330,7 @@ class FsspecArtifactStore:
         """
         with self._translating("open", f"{key!r} for writing"):
             segments = self._segments(key)
-            chain = self._chain(segments)
+            chain = chain_of(segments)
             end = chain[-1].end if chain else 0
             size = end if truncate_to is None else truncate_to
             if size > end:
@@ -444,7 +358,7 @@ class FsspecArtifactStore:
                 self._cut(key, staged, chain, segments, size)
         return _FsspecWriter(self, key, staged)
 
-    def _download(self, chain: list[_Segment], path: Path, size: int) -> None:
+    def _download(self, chain: list[Part], path: Path, size: int) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             for seg in chain:
@@ -463,8 +377,8 @@ class FsspecArtifactStore:
         self,
         key: str,
         staged: _Staged,
-        chain: list[_Segment],
-        segments: list[_Segment],
+        chain: list[Part],
+        segments: list[Part],
         size: int,
     ) -> None:
         """Make a truncation durable: re-upload the part of the segment it cuts, then
@@ -480,7 +394,7 @@ class FsspecArtifactStore:
             self._fs.rm(doomed)
 
     @staticmethod
-    def _check(seg: _Segment, digest: str) -> None:
+    def _check(seg: Part, digest: str) -> None:
         if digest != seg.sha256:
             raise ArtifactError(
                 f"part {seg.path} is corrupt (sha256 {digest[:12]} != {seg.sha256[:12]}); "
@@ -495,7 +409,7 @@ class FsspecArtifactStore:
         path = self._path(key)
         with self._translating("publish", self.url_for(key)):
             segments = self._segments(key)
-            chain = self._chain(segments)
+            chain = chain_of(segments)
             staged = self._current(key, chain, segments)
             if staged is None and not chain:
                 if self._fs.exists(path):
@@ -513,7 +427,7 @@ class FsspecArtifactStore:
                 self._fs.rm([s.path for s in segments])
         return digest
 
-    def _checked_local(self, path: Path, chain: list[_Segment]) -> Iterator[bytes]:
+    def _checked_local(self, path: Path, chain: list[Part]) -> Iterator[bytes]:
         """The local copy's bytes; those that were uploaded are checked against their parts."""
         with open(path, "rb") as fh:
             for seg in chain:
@@ -527,7 +441,7 @@ class FsspecArtifactStore:
             while block := fh.read(_COPY):
                 yield block
 
-    def _checked_chain(self, chain: list[_Segment]) -> Iterator[bytes]:
+    def _checked_chain(self, chain: list[Part]) -> Iterator[bytes]:
         for seg in chain:
             digest = hashlib.sha256()
             for block in self._read_blocks(seg.path):
@@ -539,7 +453,7 @@ class FsspecArtifactStore:
         """Write ``key`` from ``chunks`` as one object, all-or-nothing; return its size."""
         path = self._path(key)
         with self._translating("write", self.url_for(key)):
-            size, digest = self._write_object(path, _passing(chunks))
+            size, digest = self._write_object(path, passing(chunks))
             self._remember(path, digest)
         return size
 
@@ -556,7 +470,7 @@ class FsspecArtifactStore:
             if not isinstance(raw, AbstractBufferedFile):
                 return raw  # type: ignore[no-any-return]  # a local file: already buffered
             # fsspec's readline reads a whole block per line; BufferedReader does not.
-            return io.BufferedReader(_ObjectReader(raw, self.url_for(key)), buffer_size=_COPY)
+            return io.BufferedReader(ObjectReader(raw, self.url_for(key)), buffer_size=_COPY)
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` is published."""
