@@ -76,6 +76,10 @@ def test_artifact_locations_become_stores_in_one_place(
     assert open_artifacts(remote, storage) is remote
     runner = BatchRunner(storage=storage, artifacts="memory://unit-artifacts")
     assert isinstance(runner.artifacts, FsspecArtifactStore)
+    with BatchRunner.from_settings(store="memory", artifacts="memory://unit-artifacts") as made:
+        assert isinstance(made.artifacts, FsspecArtifactStore)
+    with pytest.raises(ConfigurationError, match="artifacts URL"):
+        BatchRunner.from_settings(store="memory", artifact_options={"key": "k"})
     for bad in ("", "ftp://host/x", "http://host/x"):
         with pytest.raises(ConfigurationError):
             open_artifacts(bad, storage)
@@ -106,3 +110,12 @@ def test_object_store_credentials_never_show_in_reprs() -> None:
     ):
         assert secret not in shown, shown
     assert "127.0.0.1:9" in shown and "eu-west-1" in shown and "bucket/prefix" in shown
+
+
+def test_a_missing_filesystem_library_names_the_extra() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
+    with pytest.raises(ConfigurationError, match=r"batchor\[gcs\]"):
+        FsspecArtifactStore("gs://bucket/prefix")
