@@ -10,7 +10,7 @@ The main names::
 
 from typing import TYPE_CHECKING
 
-from batchor_core.artifacts import LocalArtifactStore
+from batchor_core.artifacts import FsspecArtifactStore, LocalArtifactStore
 from batchor_core.clock import FakeClock, SystemClock
 from batchor_core.errors import (
     ArtifactError,
@@ -96,6 +96,7 @@ __all__ = [
     "EnqueueLimit",
     "ExportReport",
     "FakeClock",
+    "FsspecArtifactStore",
     "IngestIncompleteError",
     "InvalidItemError",
     "ItemError",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from batchor_core.providers.openai import OpenAIBatchProvider
 
 __all__ = [
+    "artifacts_target",
     "as_provider",
     "default_artifacts",
     "default_clock",
@@ -94,11 +96,64 @@ def open_storage(location: str | os.PathLike[str] | None) -> StateStore:
     return SQLiteStorage(target)
 
 
-def open_artifacts(location: str | os.PathLike[str] | None, storage: StateStore) -> ArtifactStore:
-    """An artifact store from a directory (``None``: beside the SQLite file)."""
+_FSSPEC_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "file", "memory")
+
+
+def artifacts_target(location: str | os.PathLike[str]) -> tuple[str, str]:
+    """What an artifacts location names: ``("local", directory)`` or ``("fsspec", url)``
+    (``s3://``, ``gs://``, ``az://``, ``abfs://``, ``file://``, ``memory://``).
+
+    Raises:
+        ConfigurationError: The location is empty or has a scheme batchor cannot use.
+    """
+    text = os.fspath(location).strip()
+    if not text:
+        raise ConfigurationError("the artifacts location is empty; give a directory or a URL")
+    if "://" not in text:
+        return "local", str(Path(text).expanduser())
+    scheme = text.split("://", 1)[0].lower()
+    if scheme not in _FSSPEC_SCHEMES:
+        raise ConfigurationError(
+            f"unsupported artifacts URL scheme {scheme!r}; use a directory, s3://bucket/prefix, "
+            "gs://bucket/prefix, az://container/prefix, file:///path or memory://name"
+        )
+    return "fsspec", text
+
+
+def open_artifacts(
+    location: str | os.PathLike[str] | ArtifactStore | None,
+    storage: StateStore,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ArtifactStore:
+    """An artifact store from a directory or URL (``None``: beside the SQLite file); an
+    :class:`ArtifactStore` is returned as is.
+
+    Args:
+        location: A directory, an object-store URL (see :func:`artifacts_target`) or a store.
+        storage: The control-plane store (the default artifacts live beside its file).
+        storage_options: fsspec options for a URL (credentials, endpoint); for a directory
+            they are refused.
+
+    Raises:
+        ConfigurationError: The location cannot be used, or its library is not installed.
+    """
     if location is None:
+        if storage_options:
+            raise ConfigurationError("artifact storage_options need an artifacts URL")
         return default_artifacts(storage)
-    return LocalArtifactStore(Path(location).expanduser())
+    if not isinstance(location, str | os.PathLike):
+        return location
+    kind, target = artifacts_target(location)
+    if kind == "local":
+        if storage_options:
+            raise ConfigurationError(
+                "artifact storage_options apply to an object-store URL, not a directory"
+            )
+        return LocalArtifactStore(target)
+    from batchor_core.artifacts.fsspec_store import FsspecArtifactStore
+
+    return FsspecArtifactStore(target, storage_options=storage_options)
 
 
 def default_clock() -> Clock:

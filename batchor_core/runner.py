@@ -63,7 +63,9 @@ class BatchRunner:
     Args:
         storage: Control-plane store (:class:`SQLiteStorage`, :class:`PostgresStorage`,
             :class:`MemoryStateStore`).
-        artifacts: Where request files and raw outputs go.
+        artifacts: Where request files and raw outputs go: an :class:`ArtifactStore`, a
+            directory, or an object-store URL such as ``"s3://bucket/prefix"`` (see
+            :class:`FsspecArtifactStore`; credentials from the provider's environment).
         provider: An :class:`OpenAIProviderConfig` or any :class:`BatchProvider`.
         clock: Time source (tests pass a fake one).
         ingest_slice_size: Items committed per ingest transaction.
@@ -90,7 +92,7 @@ class BatchRunner:
         self,
         *,
         storage: StateStore | None = None,
-        artifacts: ArtifactStore | None = None,
+        artifacts: ArtifactStore | str | os.PathLike[str] | None = None,
         provider: Any = None,
         clock: Clock | None = None,
         ingest_slice_size: int = 10_000,
@@ -108,9 +110,7 @@ class BatchRunner:
         if ingest_slice_size < 1:
             raise ConfigurationError("ingest_slice_size must be at least 1")
         self.storage: StateStore = storage if storage is not None else defaults.default_storage()
-        self.artifacts: ArtifactStore = (
-            artifacts if artifacts is not None else defaults.default_artifacts(self.storage)
-        )
+        self.artifacts: ArtifactStore = defaults.open_artifacts(artifacts, self.storage)
         self.provider: BatchProvider = defaults.as_provider(provider)
         self.clock: Clock = clock if clock is not None else defaults.default_clock()
         self.owner_id = owner_id or new_owner_id()
@@ -150,6 +150,7 @@ class BatchRunner:
         *,
         store: str | os.PathLike[str] | None = None,
         artifacts: str | os.PathLike[str] | None = None,
+        artifact_options: Mapping[str, Any] | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
         enqueue_limits: Mapping[str, int] | None = None,
@@ -160,7 +161,11 @@ class BatchRunner:
         Args:
             store: A SQLite path, ``sqlite:///path``, ``postgresql://...`` or ``"memory"``
                 (default: ``./.batchor/batchor.sqlite3``).
-            artifacts: Artifact directory (default: beside the SQLite file).
+            artifacts: Artifact directory or object-store URL (``s3://bucket/prefix``,
+                ``gs://...``, ``az://...``, ``file://...``, ``memory://...``; default: beside
+                the SQLite file).
+            artifact_options: fsspec ``storage_options`` for an artifacts URL (endpoint,
+                credentials); by default they come from the provider's environment.
             api_key: OpenAI API key (default: ``OPENAI_API_KEY``).
             base_url: OpenAI base URL (default: ``OPENAI_BASE_URL`` or the real service).
             enqueue_limits: Enqueued-token limit per model, in tokens.
@@ -171,7 +176,9 @@ class BatchRunner:
 
         storage = defaults.open_storage(store)
         try:
-            artifact_store = defaults.open_artifacts(artifacts, storage)
+            artifact_store = defaults.open_artifacts(
+                artifacts, storage, storage_options=artifact_options
+            )
             provider = OpenAIProviderConfig(
                 api_key=api_key,
                 base_url=base_url,

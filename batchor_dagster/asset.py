@@ -15,6 +15,7 @@ between Dagster runs and requests the collecting run when one finishes.
 # function's annotations when it is decorated, to inject the context and the config.
 
 import logging
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -496,6 +497,17 @@ def _failed_without_materializing(
 def _export(resource: BatchorResource, run: Run, key: dg.AssetKey, fmt: str | None) -> str | None:
     if fmt is None:
         return None
-    directory = Path(resource.export_dir()) / asset_slug(key.path)
-    report = run.export(directory / f"{tag_value(run.run_id)}.{fmt}", format=fmt)
-    return str(report.path)
+    name = f"{tag_value(run.run_id)}.{fmt}"
+    artifacts = resource.get_runner().artifacts
+    url_for = getattr(artifacts, "url_for", None)
+    if getattr(artifacts, "root", None) is not None or url_for is None:
+        directory = Path(resource.export_dir()) / asset_slug(key.path)
+        return str(run.export(directory / name, format=fmt).path)
+    # Object-store artifacts: this collect run may be a short-lived pod, so the export
+    # goes beside the artifacts (written locally first: Parquet needs a seekable file).
+    artifact_key = f"exports/{asset_slug(key.path)}/{name}"
+    with tempfile.TemporaryDirectory(prefix="batchor-export-") as scratch:
+        report = run.export(Path(scratch) / name, format=fmt)
+        with open(report.path, "rb") as fh:
+            artifacts.write_stream(artifact_key, iter(lambda: fh.read(1024 * 1024), b""))
+    return str(url_for(artifact_key))

@@ -91,7 +91,7 @@ class BatchorBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         max_attempts: Attempts per item.
         group_name: Asset group.
         storage_url: batchor store (SQLite path or Postgres URL).
-        artifact_root: batchor artifact directory.
+        artifact_root: batchor artifact directory or object-store URL (``s3://...``).
         openai_base_url: OpenAI-compatible base URL (for example the bundled emulator).
         resource_key: Key of the batchor resource (default ``batchor_<asset_name>``, so
             several components load side by side).

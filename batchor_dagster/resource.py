@@ -23,8 +23,12 @@ class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         storage_url: A SQLite path (``~`` is expanded), ``sqlite:///path`` or
             ``postgresql://user:pw@host/db``. Not ``memory``: each Dagster run builds its
             own runner, so the state must outlive it.
-        artifact_root: Directory for request files, raw outputs and exported results
-            (default: beside the SQLite file, else ``./.batchor/artifacts``).
+        artifact_root: Directory or object-store URL (``s3://bucket/prefix``,
+            ``gs://...``, ``az://...``) for request files, raw outputs and exported
+            results (default: beside the SQLite file, else ``./.batchor/artifacts``). When
+            sensors and collect runs run on different hosts, use a URL: credentials and
+            endpoint come from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``,
+            ...), never from this config.
         openai_api_key: The OpenAI key; pass ``dg.EnvVar("OPENAI_API_KEY")`` so the value
             never shows in Dagster's UI. ``None`` lets batchor read ``OPENAI_API_KEY``.
         openai_base_url: An OpenAI-compatible base URL (for example the bundled emulator);
@@ -94,7 +98,8 @@ class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             raise dg.Failure(description=f"batchor resource: {exc.message}") from None
 
     def export_dir(self) -> str:
-        """Where exported results of materializations go."""
+        """Where exported results of materializations go (with local artifacts; with an
+        object-store URL they go to ``<url>/exports/`` instead)."""
         from pathlib import Path
 
         runner = self.get_runner()

@@ -7,12 +7,20 @@ process's peak RSS. Run by hand:
     .venv/bin/python bench/bench_e2e.py --items 100000
     .venv/bin/python bench/bench_e2e.py --items 1000000
     .venv/bin/python bench/bench_e2e.py --store postgresql+psycopg://user:pw@host/db
+    .venv/bin/python bench/bench_e2e.py --store postgresql+psycopg://... \
+        --artifacts s3://bench/run --local-s3   # S3 artifacts on a local moto server
+
+``--local-s3`` starts an S3-compatible server (moto, from the dev extra) in its own
+process on 127.0.0.1, points the AWS environment variables at it and creates the
+artifacts URL's bucket.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -67,13 +75,51 @@ def _start_emulator(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
+def _start_local_s3(artifacts: str) -> subprocess.Popen[bytes]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit("the local S3 server did not start") from None
+            time.sleep(0.1)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench-secret",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    import s3fs  # type: ignore[import-untyped]
+
+    s3fs.S3FileSystem().mkdir(artifacts.removeprefix("s3://").split("/", 1)[0])
+    return proc
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--store", default=None, help="a store URL (default: a SQLite file)")
+    parser.add_argument(
+        "--artifacts", default=None, help="an artifacts URL, e.g. s3://bucket/prefix"
+    )
+    parser.add_argument(
+        "--local-s3", action="store_true", help="serve the s3:// artifacts URL locally (moto)"
+    )
     args = parser.parse_args()
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="batchor-bench-"))
+    s3 = _start_local_s3(args.artifacts) if args.local_s3 and args.artifacts else None
     emu, url = _start_emulator(workdir / "emulator")
     try:
         runner = BatchRunner(
@@ -82,7 +128,7 @@ def main() -> None:
                 if args.store
                 else SQLiteStorage(workdir / "runs.sqlite3")
             ),
-            artifacts=LocalArtifactStore(workdir / "artifacts"),
+            artifacts=args.artifacts or LocalArtifactStore(workdir / "artifacts"),
             provider=OpenAIProviderConfig(api_key="sk-bench", base_url=url),
         )
         job = BatchJob(
@@ -103,6 +149,9 @@ def main() -> None:
     finally:
         emu.terminate()
         emu.wait(timeout=30)
+        if s3 is not None:
+            s3.terminate()
+            s3.wait(timeout=30)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     total = finished - started
     print(
@@ -114,6 +163,7 @@ def main() -> None:
     print(f"end to end:       {total:.2f}s = {summary.total_items / total:,.0f} items/s")
     print(f"read results:     {read} in {read_done - finished:.2f}s")
     print(f"peak RSS (runner process): {peak_mb:.0f} MB")
+    print(f"store: {runner.storage!r}  artifacts: {runner.artifacts!r}")
 
 
 if __name__ == "__main__":

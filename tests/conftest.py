@@ -51,6 +51,16 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLStateSt
 
 
 @pytest.fixture
+def postgres_url() -> str:
+    """The test Postgres URL (skips without one, fails if Postgres is required)."""
+    if not POSTGRES_URL:
+        if REQUIRE_POSTGRES:
+            pytest.fail("BATCHOR_REQUIRE_POSTGRES=1 but BATCHOR_TEST_POSTGRES_URL is not set")
+        pytest.skip("BATCHOR_TEST_POSTGRES_URL not set")
+    return POSTGRES_URL
+
+
+@pytest.fixture
 def run_id() -> str:
     """A run id unique across tests (the Postgres database is shared)."""
     return f"test-{uuid.uuid4().hex[:12]}"
@@ -89,3 +99,49 @@ def make_runner(tmp_path: Path, emulator: Any) -> Iterator[Callable[..., BatchRu
     yield factory
     for runner in made:
         runner.close()
+
+
+# ---------------------------------------------------------------------------- object storage
+
+_AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """One S3-compatible server (moto) on 127.0.0.1 for the session, reached through the
+    standard AWS environment variables (subprocesses inherit them)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {name: os.environ.get(name) for name in _AWS_ENV}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="batchor-test-key",
+        AWS_SECRET_ACCESS_KEY="batchor-test-secret",
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    try:
+        yield endpoint
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh, empty bucket on the session's S3 server."""
+    import s3fs
+
+    name = f"batchor-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem().mkdir(name)
+    return name

@@ -43,7 +43,8 @@ class Settings:
 
     Attributes:
         store: A SQLite file path, ``sqlite:///path`` or ``postgresql://...``.
-        artifacts: Directory for request files and raw outputs.
+        artifacts: Directory or object-store URL (``s3://bucket/prefix``, ...) for
+            request files and raw outputs.
         base_url: OpenAI API root (``OPENAI_BASE_URL`` when not given).
     """
 
@@ -91,15 +92,12 @@ def open_storage(store: str | None, *, must_exist: bool) -> StateStore:
 def open_runner(settings: Settings, *, must_exist: bool = True) -> Iterator[BatchRunner]:
     """A runner on the configured store, artifacts and provider, closed afterwards."""
     from batchor_core import defaults
-    from batchor_core.artifacts import LocalArtifactStore
     from batchor_core.providers.openai import OpenAIProviderConfig
 
     storage = open_storage(settings.store, must_exist=must_exist)
     try:
-        directory = settings.artifacts or os.environ.get(ARTIFACTS_ENV)
-        artifacts = (
-            LocalArtifactStore(directory) if directory else defaults.default_artifacts(storage)
-        )
+        location = settings.artifacts or os.environ.get(ARTIFACTS_ENV) or None
+        artifacts = defaults.open_artifacts(location, storage)
         provider = OpenAIProviderConfig(base_url=settings.base_url)
         runner = BatchRunner(storage=storage, artifacts=artifacts, provider=provider)
     except BaseException:

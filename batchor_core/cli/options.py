@@ -33,7 +33,8 @@ ArtifactsOpt = Annotated[
     typer.Option(
         "--artifacts",
         envvar=ARTIFACTS_ENV,
-        help="Directory for request files and raw outputs [default: beside the SQLite file]",
+        help="Directory or URL (s3://bucket/prefix, gs://..., az://...) for request files "
+        "and raw outputs [default: beside the SQLite file]",
         show_default=False,
     ),
 ]

@@ -93,3 +93,22 @@ def test_a_postgres_store_url(
     assert cli(["list", "--store", url, "--json", "--status", "completed"]) == 0
     listed = [json.loads(line)["run_id"] for line in capsys.readouterr().out.splitlines()]
     assert run_id in listed
+
+
+def test_an_object_store_artifacts_url(
+    tmp_path: Path,
+    cli_env: dict[str, str],
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import s3fs
+
+    write_csv(tmp_path / "in.csv", 10)
+    monkeypatch.setenv("BATCHOR_ARTIFACTS", f"s3://{s3_bucket}/cli")
+    assert cli([*START, "--run-id", "on-s3", "--wait", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["completed_items"] == 10
+    assert s3fs.S3FileSystem().find(f"{s3_bucket}/cli/runs/on-s3/requests")
+    assert not (tmp_path / "state" / "artifacts").exists()
+    assert cli(["status", "on-s3", "--artifacts", "ftp://nowhere/x"]) == ExitCode.USAGE
+    assert "unsupported artifacts URL scheme 'ftp'" in capsys.readouterr().err

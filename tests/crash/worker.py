@@ -1,6 +1,7 @@
 """A batchor process the crash tests start, SIGKILL (via BATCHOR_CRASH_AT) and restart.
 
 Usage: python -m tests.crash.worker DB ARTIFACTS BASE_URL RUN_ID N_ITEMS
+ARTIFACTS is a directory or an object-store URL (``s3://bucket/prefix``).
 Prints one JSON summary line when the run finishes.
 """
 
@@ -51,7 +52,7 @@ def main() -> None:
     store_url = os.environ.get("BATCHOR_TEST_STORE_URL")
     runner = BatchRunner(
         storage=PostgresStorage(store_url) if store_url else SQLiteStorage(db),
-        artifacts=LocalArtifactStore(artifacts),
+        artifacts=artifacts if "://" in artifacts else LocalArtifactStore(artifacts),
         provider=OpenAIProviderConfig(api_key="sk-test", base_url=base_url, max_retries=0),
         ingest_slice_size=5,
         transient_backoff_seconds=0.0,

@@ -1,8 +1,9 @@
 """`import batchor_core` must not pull in the heavy libraries: they load where first used.
 
 A CLI call, a Dagster code location and every worker subprocess pay this import, so the
-SDK (openai), the store (SQLAlchemy), Arrow, pandas, Dagster, Alembic and the CLI's
-libraries stay out of it. Runs in a fresh interpreter so other tests' imports don't count.
+SDK (openai), the store (SQLAlchemy), object storage (fsspec, s3fs, ...), Arrow, pandas,
+Dagster, Alembic and the CLI's libraries stay out of it. Runs in a fresh interpreter so
+other tests' imports don't count.
 """
 
 from __future__ import annotations
@@ -15,8 +16,14 @@ from pathlib import Path
 import pytest
 
 HEAVY = (
+    "adlfs",
+    "aiobotocore",
     "alembic",
+    "boto3",
+    "botocore",
     "dagster",
+    "fsspec",
+    "gcsfs",
     "httpx",
     "httpx2",
     "numpy",
@@ -25,6 +32,7 @@ HEAVY = (
     "psycopg",
     "pyarrow",
     "rich",
+    "s3fs",
     "sqlalchemy",
     "tiktoken",
     "typer",

@@ -26,6 +26,7 @@ EXPECTED_CORE = {
     "Endpoint",
     "ExportReport",
     "FakeClock",
+    "FsspecArtifactStore",
     "IngestIncompleteError",
     "InvalidItemError",
     "ItemError",

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from batchor_core import ConfigurationError, MemoryStateStore, SQLiteStorage
-from batchor_core.defaults import open_storage, store_target
+from batchor_core import (
+    BatchRunner,
+    ConfigurationError,
+    FsspecArtifactStore,
+    LocalArtifactStore,
+    MemoryStateStore,
+    SQLiteStorage,
+)
+from batchor_core.defaults import artifacts_target, open_artifacts, open_storage, store_target
 
 
 @pytest.mark.parametrize(
@@ -39,3 +46,76 @@ def test_home_is_expanded_and_bad_locations_are_refused(
     for bad in ("", "   ", "mysql://u:p@h/db"):
         with pytest.raises(ConfigurationError):
             store_target(bad)
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("runs/artifacts", ("local", "runs/artifacts")),
+        ("s3://bucket/prefix", ("fsspec", "s3://bucket/prefix")),
+        ("gs://bucket", ("fsspec", "gs://bucket")),
+        ("az://container/p", ("fsspec", "az://container/p")),
+        ("abfs://container/p", ("fsspec", "abfs://container/p")),
+        ("file:///srv/artifacts", ("fsspec", "file:///srv/artifacts")),
+        ("memory://x", ("fsspec", "memory://x")),
+    ],
+)
+def test_artifact_targets(location: str, expected: tuple[str, str]) -> None:
+    assert artifacts_target(location) == expected
+
+
+def test_artifact_locations_become_stores_in_one_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = MemoryStateStore()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    local = open_artifacts("~/art", storage)
+    assert isinstance(local, LocalArtifactStore) and local.root == (tmp_path / "art").resolve()
+    remote = open_artifacts("memory://unit-artifacts", storage)
+    assert isinstance(remote, FsspecArtifactStore)
+    assert open_artifacts(remote, storage) is remote
+    runner = BatchRunner(storage=storage, artifacts="memory://unit-artifacts")
+    assert isinstance(runner.artifacts, FsspecArtifactStore)
+    with BatchRunner.from_settings(store="memory", artifacts="memory://unit-artifacts") as made:
+        assert isinstance(made.artifacts, FsspecArtifactStore)
+    with pytest.raises(ConfigurationError, match="artifacts URL"):
+        BatchRunner.from_settings(store="memory", artifact_options={"key": "k"})
+    for bad in ("", "ftp://host/x", "http://host/x"):
+        with pytest.raises(ConfigurationError):
+            open_artifacts(bad, storage)
+    with pytest.raises(ConfigurationError, match="object-store URL"):
+        open_artifacts(tmp_path, storage, storage_options={"key": "k"})
+
+
+def test_object_store_credentials_never_show_in_reprs() -> None:
+    store = FsspecArtifactStore(
+        "s3://AKIDSECRETUSER:pw-in-url@bucket/prefix",
+        storage_options={
+            "key": "AKIDVERYSECRET",
+            "secret": "s3cr3t-value",
+            "endpoint_url": "http://minio-user:minio-pass@127.0.0.1:9",
+            "client_kwargs": {"aws_session_token": "tok-secret", "region_name": "eu-west-1"},
+        },
+    )
+    runner = BatchRunner(storage=MemoryStateStore(), artifacts=store)
+    shown = repr(store) + repr(runner) + store.url_for("runs/r/x.jsonl")
+    for secret in (
+        "AKIDSECRETUSER",
+        "pw-in-url",
+        "AKIDVERYSECRET",
+        "s3cr3t",
+        "minio-pass",
+        "minio-user",
+        "tok-secret",
+    ):
+        assert secret not in shown, shown
+    assert "127.0.0.1:9" in shown and "eu-west-1" in shown and "bucket/prefix" in shown
+
+
+def test_a_missing_filesystem_library_names_the_extra() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
+    with pytest.raises(ConfigurationError, match=r"batchor\[gcs\]"):
+        FsspecArtifactStore("gs://bucket/prefix")

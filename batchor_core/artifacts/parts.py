@@ -1,0 +1,138 @@
+"""Helpers of :mod:`batchor_core.artifacts.fsspec_store`: part names and chains, masking,
+and the translation of errors met while streaming.
+
+A part of a file being built is named ``<start>-<generation>-<token>-<end>-<sha256>``
+(offsets zero-padded to 15 digits). The file is the chain of parts from offset 0 that
+always follows the newest ``(generation, token)`` starting at the current offset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from batchor_core.errors import ArtifactError
+
+__all__ = [
+    "CallerError",
+    "ObjectReader",
+    "Part",
+    "chain",
+    "mask_url",
+    "masked",
+    "parse_part",
+    "passing",
+]
+
+_PART = re.compile(r"^(\d{15})-(\d{8})-([0-9a-f]{8})-(\d{15})-([0-9a-f]{64})$")
+# Option names whose values are shown in repr; every other value is masked.
+_SHOWN_OPTIONS = frozenset(
+    {"endpoint_url", "region_name", "anon", "use_ssl", "version_aware", "project", "account_name"}
+)
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any ``user:password@`` part replaced by ``***@``."""
+    return _USERINFO.sub("***@", url)
+
+
+def masked(value: Any, name: str = "") -> Any:
+    if isinstance(value, Mapping):
+        return {k: masked(v, str(k)) for k, v in value.items()}
+    if name in _SHOWN_OPTIONS:
+        return mask_url(value) if isinstance(value, str) else value
+    return "***"
+
+
+class CallerError(Exception):
+    """An exception raised by the caller's chunk iterator: re-raised as it was."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def passing(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks``, with what they raise wrapped in :class:`CallerError`."""
+    iterator = iter(chunks)
+    while True:
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise CallerError(exc) from exc
+        yield chunk
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One uploaded part of a file being built."""
+
+    start: int
+    gen: int
+    token: str
+    end: int
+    sha256: str
+    path: str
+
+    @property
+    def rank(self) -> tuple[int, str]:
+        """What decides between two parts starting at one offset: the newer wins."""
+        return self.gen, self.token
+
+
+def part_name(start: int, gen: int, token: str, end: int, sha256: str) -> str:
+    """The object name of a part."""
+    return f"{start:015d}-{gen:08d}-{token}-{end:015d}-{sha256}"
+
+
+def parse_part(directory: str, name: str) -> Part | None:
+    """The part an object name in ``directory`` denotes, or None for anything else."""
+    match = _PART.match(name.rstrip("/").rsplit("/", 1)[-1])
+    if match is None:
+        return None
+    start, gen, token, end, sha = match.groups()
+    return Part(int(start), int(gen), token, int(end), sha, f"{directory}/{match.group(0)}")
+
+
+def chain(parts: list[Part]) -> list[Part]:
+    """The file's parts in order: from offset 0, always the newest generation."""
+    best: dict[int, Part] = {}
+    for part in parts:
+        if part.end > part.start and (part.start not in best or part.rank > best[part.start].rank):
+            best[part.start] = part
+    found: list[Part] = []
+    position = 0
+    while position in best:
+        found.append(best[position])
+        position = best[position].end
+    return found
+
+
+class ObjectReader(io.RawIOBase):
+    """An fsspec file read through ``readinto``, its failures as :class:`ArtifactError`."""
+
+    def __init__(self, raw: Any, what: str) -> None:
+        self._raw = raw
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return int(self._raw.readinto(buffer))
+        except Exception as exc:  # a dropped connection or an expired credential mid-read
+            raise ArtifactError(f"cannot read {self._what}: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._raw.close()
+        super().close()
