@@ -267,3 +267,43 @@ def test_corrupt_line_message_is_bounded(provider: OpenAIBatchProvider) -> None:
 def test_unknown_endpoint(provider: OpenAIBatchProvider) -> None:
     with pytest.raises(ConfigurationError):
         provider.parse_line("/v1/embeddings", line(response=ok({})))
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        # Negative counts would lower a run's totals and its cost.
+        (
+            {
+                "prompt_tokens": -5,
+                "completion_tokens": 3,
+                "prompt_tokens_details": {"cached_tokens": -1},
+            },
+            Usage(0, 3, 0, 0),
+        ),
+        # Counts past a 32-bit column (per item) or whose sums overflow 64 bits (per run)
+        # would make recording the batch fail on every step: the run could never go on.
+        ({"prompt_tokens": 3_000_000_000, "completion_tokens": 2**62}, Usage(0, 0, 0, 0)),
+        # Strings, floats and booleans are not token counts.
+        (
+            {"prompt_tokens": "12", "completion_tokens": 5.0, "completion_tokens_details": True},
+            Usage(0, 0, 0, 0),
+        ),
+        (
+            {
+                "prompt_tokens": 12,
+                "completion_tokens": 5,
+                "prompt_tokens_details": {"cached_tokens": 4},
+                "completion_tokens_details": {"reasoning_tokens": 2},
+            },
+            Usage(12, 5, 4, 2),
+        ),
+    ],
+)
+def test_usage_keeps_only_plausible_token_counts(
+    provider: OpenAIBatchProvider, usage: dict[str, Any], expected: Usage
+) -> None:
+    body = chat_body()
+    body["usage"] = usage
+    parsed = provider.parse_line("/v1/chat/completions", line(response=ok(body)))
+    assert parsed.usage == expected

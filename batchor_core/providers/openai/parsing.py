@@ -201,6 +201,9 @@ def _code_and_message(error: JSONObject) -> str:
     return f"{code}: {message}" if code else str(message)
 
 
+_MAX_COUNT = 2**31
+
+
 def _usage(raw: object, input_key: str, output_key: str) -> Usage | None:
     """Usage from a chat (``prompt_tokens``, ``*_tokens_details``) or responses body."""
     if type(raw) is not dict:
@@ -210,8 +213,8 @@ def _usage(raw: object, input_key: str, output_key: str) -> Usage | None:
     prefix = "prompt" if input_key == "prompt_tokens" else "input"
     out_prefix = "completion" if output_key == "completion_tokens" else "output"
     return Usage(
-        input_tokens=inp if type(inp) is int else 0,
-        output_tokens=out if type(out) is int else 0,
+        input_tokens=_count(inp),
+        output_tokens=_count(out),
         cached_input_tokens=_detail(raw, f"{prefix}_tokens_details", "cached_tokens"),
         reasoning_tokens=_detail(raw, f"{out_prefix}_tokens_details", "reasoning_tokens"),
     )
@@ -219,8 +222,17 @@ def _usage(raw: object, input_key: str, output_key: str) -> Usage | None:
 
 def _detail(raw: JSONObject, group: str, key: str) -> int:
     details = raw.get(group)
-    value = details.get(key) if type(details) is dict else None
-    return value if type(value) is int else 0
+    return _count(details.get(key) if type(details) is dict else None)
+
+
+def _count(value: object) -> int:
+    """A token count as the provider reports it, or 0 when it is not a plausible one.
+
+    Negative counts would lower a run's totals and cost; counts past 2**31 (no request
+    comes near that) would not fit the per-item columns, and recording the batch would
+    then fail on every step, so the run could never go on.
+    """
+    return value if type(value) is int and 0 <= value < _MAX_COUNT else 0
 
 
 def _snippet(line: bytes) -> str:
