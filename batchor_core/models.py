@@ -6,6 +6,7 @@ layer can import it freely.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -167,6 +168,20 @@ class EnqueueLimit:
             raise ConfigurationError("EnqueueLimit.tokens must be a positive integer")
 
 
+def is_amount(value: object) -> bool:
+    """Whether ``value`` is a non-negative finite number (a rate or a sum of USD).
+
+    Booleans are not amounts, and neither are NaN or infinity: a NaN cap never stops a
+    run, an infinite one is not JSON, and either as a price makes every cost meaningless.
+    """
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Price:
     """What a model costs, in USD per one million tokens, at standard (non-batch) rates.
@@ -185,9 +200,11 @@ class Price:
     batch_discount: float = 0.5
 
     def __post_init__(self) -> None:
-        rates = (self.input, self.output, self.cached_input or 0.0)
-        if any(not isinstance(r, int | float) or r < 0 for r in rates):
-            raise ConfigurationError("Price rates must be non-negative numbers (USD per 1M)")
+        rates = (self.input, self.output, 0.0 if self.cached_input is None else self.cached_input)
+        if not all(is_amount(r) for r in rates):
+            raise ConfigurationError(
+                "Price rates must be non-negative finite numbers (USD per 1M tokens)"
+            )
         if not 0.0 <= self.batch_discount < 1.0:
             raise ConfigurationError("Price.batch_discount must be in [0, 1)")
 
@@ -248,10 +265,10 @@ class BatchJob:
     max_cost_usd: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_cost_usd is not None and not (
-            isinstance(self.max_cost_usd, int | float) and self.max_cost_usd >= 0
-        ):
-            raise ConfigurationError("BatchJob.max_cost_usd must be a non-negative number")
+        if self.max_cost_usd is not None and not is_amount(self.max_cost_usd):
+            raise ConfigurationError(
+                "BatchJob.max_cost_usd must be a non-negative finite number of USD (or None)"
+            )
         if not self.model:
             raise ConfigurationError("BatchJob.model must be a non-empty model name")
         if self.endpoint not in {e.value for e in Endpoint}:

@@ -27,6 +27,7 @@ from batchor_core.models import (
     Price,
     RunStatus,
     RunSummary,
+    is_amount,
 )
 from batchor_core.packing import chunk_key, output_key
 from batchor_core.ports import ChunkState, ChunkStats, ResultRow, RunRecord
@@ -402,8 +403,8 @@ class Run:
         paused at it; then :meth:`resume` it (or pass ``max_cost_usd=`` to ``resume``).
         """
         self._require_live("set the cost cap of")
-        if usd is not None and not (isinstance(usd, int | float) and usd >= 0):
-            raise ConfigurationError("max_cost_usd must be a non-negative number or None")
+        if usd is not None and not is_amount(usd):
+            raise ConfigurationError("max_cost_usd must be a non-negative finite number or None")
         limits = dict(self._record().limits or {})
         if usd is None:
             limits.pop("max_cost_usd", None)

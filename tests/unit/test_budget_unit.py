@@ -174,3 +174,20 @@ def test_tiktoken_is_asked_only_once_its_cache_file_is_there(
     assert counter is not None and counter("a b c") == 3 and asked == ["o200k_base"]
     assert tok.line_estimator()(b"one two") == 2
     assert tok.tiktoken_counter("o200k_base") is counter and asked == ["o200k_base"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, "1"])
+def test_a_cost_cap_or_price_that_is_not_a_finite_number_is_refused(
+    runner: BatchRunner, bad: object
+) -> None:
+    # An infinite cap is stored as JSON `Infinity` (not JSON: `status --json` emitted it),
+    # True read as a cap of 1 USD, and a NaN or infinite price made every cost NaN or inf.
+    with pytest.raises(ConfigurationError, match="finite"):
+        _job(max_cost_usd=bad)
+    run = runner.start(_job(), items=_items(2), run_id="bad-cap")
+    with pytest.raises(ConfigurationError, match="finite"):
+        run.set_max_cost(bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="finite"):
+        Price(input=bad, output=1.0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="finite"):
+        Price(input=1.0, output=1.0, cached_input=bad)  # type: ignore[arg-type]
