@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from batchor_core.budget import (
     MAX_TOKEN_LIMIT_STRIKES,
@@ -18,6 +18,7 @@ from batchor_core.budget import (
 from batchor_core.errors import ConfigurationError
 from batchor_core.ports import (
     BatchProvider,
+    BudgetHolder,
     ChunkRecord,
     ChunkState,
     ProviderBatch,
@@ -116,7 +117,8 @@ class SubmissionGate:
         in_flight = in_flight_of(chunk.model)
         if in_flight + chunk.est_tokens <= limit or (in_flight == 0 and chunk.est_tokens <= full):
             return None
-        return waiting_message(chunk, in_flight, limit, full)
+        holders = self.store.budget_holders(chunk.model)
+        return waiting_message(chunk, in_flight, limit, full, holders=holders, run_id=run.run_id)
 
     def over_cost_cap(self, run: RunRecord, chunk: ChunkRecord) -> bool:
         """Pause the run (and say so) when submitting ``chunk`` could take the run's cost
@@ -183,11 +185,46 @@ class SubmissionGate:
             )
 
 
-def waiting_message(chunk: ChunkRecord, in_flight: int, limit: int, full: int) -> str:
-    """The ``waiting_reason`` of a run whose next batch does not fit the budget."""
+_SHOWN_HOLDERS = 3
+
+
+def waiting_message(
+    chunk: ChunkRecord,
+    in_flight: int,
+    limit: int,
+    full: int,
+    *,
+    holders: Sequence[BudgetHolder] = (),
+    run_id: str | None = None,
+) -> str:
+    """The ``waiting_reason`` of a run whose next batch does not fit the budget.
+
+    It names the runs holding the budget: a batch's tokens are released only when its
+    run collects it, so a run that no process advances (its process is gone, or it is
+    paused and nothing waits on it) holds its share even after the provider finished
+    the batch, until it is waited on or resumed (or 25 h pass). Saying so is what keeps
+    that wait from being silent.
+    """
     shrunk = f" (shrunk from {full} after token_limit_exceeded)" if limit != full else ""
-    return (
+    text = (
         f"waiting for enqueued-token budget: batch {chunk.chunk_id} needs ~{chunk.est_tokens} "
         f"tokens, {in_flight} of {limit}{shrunk} are in flight for {chunk.model} across runs "
-        "in this store; it goes out as batches finish"
+        "in this store"
     )
+    parts = []
+    for holder in holders[:_SHOWN_HOLDERS]:
+        who = "this run" if holder.run_id == run_id else f"run {holder.run_id!r}"
+        batches = f"{holder.batches} batch{'es' if holder.batches != 1 else ''}"
+        idle = "" if holder.advanced else ", no process is advancing it"
+        parts.append(f"{who}: ~{holder.tokens} in {batches}, {holder.status}{idle}")
+    if len(holders) > _SHOWN_HOLDERS:
+        parts.append(f"{len(holders) - _SHOWN_HOLDERS} more runs")
+    if parts:
+        text += f" ({'; '.join(parts)})"
+    text += "; it goes out as those batches are collected"
+    if any(not h.advanced and h.run_id != run_id for h in holders):
+        text += (
+            ". A run no process advances releases its share only once it is waited on "
+            "or resumed (run.wait(), batchor wait RUN_ID), or 25 h after its batch last changed"
+        )
+    return text

@@ -14,6 +14,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 from batchor_core.models import JSONObject, Price, RunStatus
 from batchor_core.records import (
     UNSUBMITTED_CHUNK_STATES,
+    BudgetHolder,
     ChunkRecord,
     ChunkState,
     ChunkStats,
@@ -38,6 +39,7 @@ __all__ = [
     "ArtifactStore",
     "ArtifactWriter",
     "BatchProvider",
+    "BudgetHolder",
     "ChunkRecord",
     "ChunkState",
     "ChunkStats",
@@ -312,6 +314,11 @@ class StateStore(Protocol):
     def in_flight_tokens(self, model: str) -> int:
         """Estimated tokens of ``model``'s chunks in ``submitting`` or ``submitted``, over
         every run in the store."""
+        ...
+
+    def budget_holders(self, model: str) -> list[BudgetHolder]:
+        """The runs whose chunks make up :meth:`in_flight_tokens` of ``model``, most
+        tokens first."""
         ...
 
     def reserve_submit(

@@ -15,6 +15,7 @@ from batchor_core.models import BatchItem, ItemError, ItemStatus, JSONObject, Ru
 
 __all__ = [
     "UNSUBMITTED_CHUNK_STATES",
+    "BudgetHolder",
     "ChunkRecord",
     "ChunkState",
     "ChunkStats",
@@ -152,6 +153,26 @@ class ChunkRecord:
     """Estimated input tokens of the chunk's requests (see :mod:`batchor_core.tokens`)."""
     model: str | None = None
     """The model of the chunk's requests (the key of the enqueued-token budget)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetHolder:
+    """A run whose batches in flight hold part of a model's enqueued-token budget.
+
+    Attributes:
+        run_id: The run.
+        status: Its status (``running``, ``paused``, ``cancelling`` ...).
+        tokens: Estimated tokens of its batches in flight for the model.
+        batches: How many of its batches are in flight.
+        advanced: Whether a process holds its lease now (only a process advancing the
+            run collects its batches, which is what releases their tokens).
+    """
+
+    run_id: str
+    status: str
+    tokens: int
+    batches: int
+    advanced: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,14 +11,14 @@ Postgres takes a transaction-scoped advisory lock keyed by the model, so two pro
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import ColumnElement, Connection, func, select, text, update
 
 from batchor_core.models import JSONObject
-from batchor_core.ports import ChunkRecord, ChunkState, Reservation
-from batchor_core.storage.base import dump_json, utc_now
+from batchor_core.ports import BudgetHolder, ChunkRecord, ChunkState, Reservation
+from batchor_core.storage.base import aware_utc, dump_json, utc_now
 from batchor_core.storage.schema import chunks, runs
 
 __all__ = ["BudgetOps"]
@@ -47,6 +47,39 @@ class BudgetOps:
         """Estimated tokens of the model's chunks in flight, over every run."""
         with self._tx() as conn:
             return _in_flight(conn, model)
+
+    def budget_holders(self, model: str) -> list[BudgetHolder]:
+        """The runs whose chunks make up :meth:`in_flight_tokens` of ``model``, most
+        tokens first."""
+        tokens = func.coalesce(func.sum(chunks.c.est_tokens), 0)
+        now = utc_now()
+        query = (
+            select(
+                runs.c.run_id,
+                runs.c.status,
+                runs.c.lease_owner,
+                runs.c.lease_expires_at,
+                tokens.label("tokens"),
+                func.count().label("batches"),
+            )
+            .join(runs, runs.c.run_id == chunks.c.run_id)
+            .where(*_held(model, now))
+            .group_by(runs.c.run_id, runs.c.status, runs.c.lease_owner, runs.c.lease_expires_at)
+            .order_by(tokens.desc(), runs.c.run_id)
+        )
+        with self._tx() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            BudgetHolder(
+                run_id=row["run_id"],
+                status=row["status"],
+                tokens=int(row["tokens"]),
+                batches=int(row["batches"]),
+                advanced=row["lease_owner"] is not None
+                and (aware_utc(row["lease_expires_at"]) or now) > now,
+            )
+            for row in rows
+        ]
 
     def reserve_submit(
         self,
@@ -107,12 +140,17 @@ class BudgetOps:
             )
 
 
+def _held(model: str, now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """The chunks that hold ``model``'s budget."""
+    return (
+        chunks.c.model == model,
+        chunks.c.state.in_(_IN_FLIGHT),
+        chunks.c.updated_at > now - _HELD_FOR,
+    )
+
+
 def _in_flight(conn: Connection, model: str) -> int:
     total = conn.execute(
-        select(func.coalesce(func.sum(chunks.c.est_tokens), 0)).where(
-            chunks.c.model == model,
-            chunks.c.state.in_(_IN_FLIGHT),
-            chunks.c.updated_at > utc_now() - _HELD_FOR,
-        )
+        select(func.coalesce(func.sum(chunks.c.est_tokens), 0)).where(*_held(model, utc_now()))
     ).scalar_one()
     return int(total)

@@ -58,6 +58,11 @@ def test_the_budget_spans_runs_and_frees_on_collection(store: SQLStateStore, run
     )
     assert store.in_flight_tokens(model) == 40
     assert store.reserve_submit(_submitting(b), expected=ChunkState.UPLOADED, limit=100).granted
+    # Who holds the budget: per run, most tokens first, with its status, and no lease.
+    holders = store.budget_holders(model)
+    assert [(h.run_id, h.tokens, h.batches, h.advanced) for h in holders] == [(other, 90, 2, False)]
+    assert holders[0].status == "ingesting"
+    assert store.budget_holders(model + "-other") == []
 
 
 def test_a_chunk_alone_may_use_the_full_limit_when_the_effective_one_shrank(

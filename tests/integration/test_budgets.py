@@ -201,6 +201,35 @@ def test_two_runs_in_two_processes_share_the_budget(
     assert sum(_batch_tokens(stepwise, b) for b in batches) > 2 * LIMIT
 
 
+def test_a_run_waiting_on_a_run_no_process_advances_names_it(
+    tmp_path: Path, stepwise: OpenAIEmulator
+) -> None:
+    # Run A's batch holds the budget until A collects it. When A's process is gone (or A
+    # was paused and nothing waits on it), the batch may be long finished at the
+    # provider while B waits for up to 25 h: B's reason must say who holds the budget
+    # and what releases it, or the wait is silent.
+    limits = {MODEL: EnqueueLimit(tokens=LIMIT)}
+    with _runner(tmp_path, stepwise, enqueue_limits=limits) as gone:
+        gone.start(_job(), items=_items(8, "a"), run_id="holder")
+    with _runner(tmp_path, stepwise, enqueue_limits=limits) as runner:
+        waiter = runner.start(_job(), items=_items(8, "b"), run_id="waiter")
+        reason = waiter.refresh().waiting_reason
+        assert reason is not None and "waiting for enqueued-token budget" in reason
+        assert "run 'holder'" in reason and "no process is advancing it" in reason
+        assert "running" in reason
+        runner.get_run("holder").pause()
+        reason = waiter.refresh().waiting_reason
+        assert reason is not None and "run 'holder'" in reason and "paused" in reason
+        assert "waited on or resumed" in reason
+        # Doing what the reason says releases the budget (a paused run's batches in
+        # flight are still collected; here that finishes its only items).
+        held = runner.get_run("holder").wait(timeout=60, poll_interval=0.01)
+        assert held.batches_in_flight == 0
+        summary = _wait(waiter)
+    assert summary.status is RunStatus.COMPLETED and summary.waiting_reason is None
+    assert _rejected(stepwise) == []
+
+
 # --------------------------------------------------------------------------- rejections
 
 
