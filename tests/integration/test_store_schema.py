@@ -385,3 +385,80 @@ def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
     path.write_text("not a database, just some notes that are long enough to look like one\n" * 3)
     with pytest.raises(ConfigurationError, match="not a batchor store"):
         SQLiteStorage(path)
+
+
+# Columns and index revision 0003 added (issue 11), to take a store back to 0002.
+_REV_0003 = {
+    "batchor_runs": [
+        "cached_input_tokens",
+        "reasoning_tokens",
+        "limits",
+        "waiting_reason",
+        "token_limit_strikes",
+    ],
+    "batchor_chunks": ["est_tokens", "model"],
+    "batchor_items": ["cached_input_tokens", "reasoning_tokens"],
+}
+
+
+def test_a_0002_store_with_a_run_in_flight_is_upgraded_and_the_run_finishes(
+    fresh_url: str, tmp_path: Path
+) -> None:
+    from batchor_core import ChunkPolicy, EnqueueLimit
+    from batchor_core.testing import OpenAIEmulator
+
+    job = BatchJob(
+        model="gpt-4o-mini",
+        build_prompt=lambda item: f"t: {item.payload['t']}",
+        chunk_policy=ChunkPolicy(max_requests=3),
+    )
+    items = [BatchItem(f"i{n}", {"t": n}) for n in range(9)]
+    with OpenAIEmulator(processing="stepwise", in_progress_polls=2, seed=5) as emu:
+
+        def runner(**config: Any) -> BatchRunner:
+            return BatchRunner(
+                storage=_open(fresh_url),
+                artifacts=LocalArtifactStore(tmp_path / "artifacts"),
+                provider=OpenAIProviderConfig(api_key="sk-test", base_url=emu.base_url, **config),
+                create_grace_seconds=0.0,
+            )
+
+        with runner() as old:  # batches in flight, some results already recorded
+            run = old.start(job, items=items, run_id="live")
+            while run.summary().completed_items == 0:
+                run.refresh()
+            before = run.summary()
+        assert before.status is RunStatus.RUNNING and before.batches_in_flight > 0
+        # Take the store back to what batchor wrote at revision 0002.
+        engine = create_engine(fresh_url)
+        with engine.begin() as conn:
+            conn.execute(text("DROP INDEX ix_batchor_chunks_model_state"))
+            for table, columns in _REV_0003.items():
+                for column in columns:
+                    conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+            conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0002'"))
+        engine.dispose()
+        # Opened by this batchor (with a budget for the model now): upgraded on open.
+        with runner(enqueue_limits={"gpt-4o-mini": EnqueueLimit(tokens=10_000)}) as new:
+            assert new.storage.schema_revision == MIGRATIONS_HEAD
+            run = new.get_run("live")
+            after = run.summary()
+            assert (after.status, after.total_items, after.completed_items) == (
+                before.status,
+                9,
+                before.completed_items,
+            )
+            assert after.usage.input_tokens == before.usage.input_tokens > 0
+            assert after.usage.output_tokens == before.usage.output_tokens
+            assert (after.usage.cached_input_tokens, after.usage.reasoning_tokens) == (0, 0)
+            assert after.max_cost_usd is None and after.waiting_reason is None
+            assert after.batch_ids == before.batch_ids
+            old_chunks = new.storage.list_chunks("live")
+            assert all(c.est_tokens == 0 and c.model is None for c in old_chunks)
+            done = [r for r in run.results() if r.usage is not None]
+            assert done and all(r.usage.cached_input_tokens == 0 for r in done if r.usage)
+            # The run goes on: its old batches (no estimate: outside the budget) are
+            # collected, and it finishes.
+            final = run.wait(timeout=60, poll_interval=0.01)
+            assert final.status is RunStatus.COMPLETED and final.completed_items == 9
+            assert new.storage.in_flight_tokens("gpt-4o-mini") == 0
