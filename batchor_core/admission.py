@@ -25,7 +25,7 @@ from batchor_core.ports import (
     RunRecord,
     StateStore,
 )
-from batchor_core.pricing import cost_of
+from batchor_core.pricing import cost_of, format_usd
 
 __all__ = ["SubmissionGate"]
 
@@ -140,12 +140,14 @@ class SubmissionGate:
         this = chunk_cost_estimate([chunk], price, per_request) or 0.0
         if actual + flying + this <= float(cap):
             return False
+        usd = format_usd
         self._pause_run(
             run,
-            f"max_cost_usd {float(cap):.4f} USD reached: cost so far {actual:.4f} USD, batches "
-            f"in flight ~{flying:.4f} USD, next batch ({chunk.chunk_id}, "
-            f"{chunk.request_count} requests) ~{this:.4f} USD. Raise it with "
-            "run.set_max_cost(usd) or runner.resume(run_id, max_cost_usd=usd) to go on.",
+            f"the next batch would exceed max_cost_usd {usd(float(cap))} USD: cost so far "
+            f"{usd(actual)} USD + batches in flight ~{usd(flying)} USD + next batch "
+            f"({chunk.chunk_id}, {chunk.request_count} requests) ~{usd(this)} USD = "
+            f"~{usd(actual + flying + this)} USD. Raise it with run.set_max_cost(usd) or "
+            "runner.resume(run_id, max_cost_usd=usd) to go on.",
         )
         return True
 

@@ -12,11 +12,12 @@ have been priced differently.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from batchor_core.models import Price, Usage
 
-__all__ = ["PRICES", "PRICES_SOURCE", "PRICES_TAKEN_ON", "cost_of", "price_for"]
+__all__ = ["PRICES", "PRICES_SOURCE", "PRICES_TAKEN_ON", "cost_of", "format_usd", "price_for"]
 
 PRICES_TAKEN_ON = "2025-08-07"
 """The date the table was transcribed."""
@@ -73,3 +74,15 @@ def price_for(model: str, overrides: Mapping[str, Price] | None = None) -> tuple
 def cost_of(usage: Usage, price: Price | None) -> float | None:
     """The batch cost of ``usage`` in USD, or None without a price."""
     return None if price is None else round(price.cost(usage), 10)
+
+
+def format_usd(amount: float) -> str:
+    """``amount`` in USD for people: cents to 4 decimals, smaller sums to 3 significant
+    digits (a batch of a few requests costs fractions of a cent; rounding those to
+    ``0.0000`` would hide the very numbers a cost cap's reason is there to give)."""
+    if amount == 0:
+        return "0"
+    if not math.isfinite(amount) or abs(amount) >= 0.01:
+        return f"{amount:.4f}"
+    digits = 2 - math.floor(math.log10(abs(amount)))
+    return f"{amount:.{digits}f}".rstrip("0")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING
 
 from batchor_core.models import ItemResult, JSONObject, RunSummary
+from batchor_core.pricing import format_usd
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -283,11 +284,11 @@ def _tokens_text(summary: RunSummary) -> str:
 def _cost_text(summary: RunSummary) -> str:
     if summary.cost is None:
         return summary.cost_note or "unknown"
-    text = f"{summary.cost:.4f} USD so far"
+    text = f"{format_usd(summary.cost)} USD so far"
     if summary.estimated_cost is not None:
-        text += f", ~{summary.estimated_cost:.4f} USD in all"
+        text += f", ~{format_usd(summary.estimated_cost)} USD in all"
     if summary.max_cost_usd is not None:
-        text += f" (cap {summary.max_cost_usd:.4f} USD)"
+        text += f" (cap {format_usd(summary.max_cost_usd)} USD)"
     return text
 
 

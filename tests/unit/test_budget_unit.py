@@ -4,6 +4,7 @@ memory store with the fake provider (no sockets)."""
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 import time
 import types
@@ -191,3 +192,15 @@ def test_a_cost_cap_or_price_that_is_not_a_finite_number_is_refused(
         Price(input=bad, output=1.0)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="finite"):
         Price(input=1.0, output=1.0, cached_input=bad)  # type: ignore[arg-type]
+
+
+def test_the_cost_cap_reason_shows_small_amounts_as_they_are(runner: BatchRunner) -> None:
+    # A cap of 0.000001 USD read "max_cost_usd 0.0000 USD reached: cost so far 0.0000
+    # USD": the numbers the reason is there to give were all rounded away.
+    run = runner.start(_job(max_cost_usd=0.000001), items=_items(2), run_id="tiny")
+    summary = run.refresh()
+    assert summary.status is RunStatus.PAUSED and summary.status_reason is not None
+    assert "max_cost_usd 0.000001 USD" in summary.status_reason
+    assert "0.0000 " not in summary.status_reason
+    assert "the next batch would exceed" in summary.status_reason
+    assert re.search(r"requests\) ~0\.0*[1-9]", summary.status_reason)  # not rounded to 0
