@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from batchor_core.budget import (
     MAX_TOKEN_LIMIT_STRIKES,
@@ -17,6 +18,7 @@ from batchor_core.budget import (
 )
 from batchor_core.errors import ConfigurationError
 from batchor_core.ports import (
+    ArtifactStore,
     BatchProvider,
     BudgetHolder,
     ChunkRecord,
@@ -26,6 +28,7 @@ from batchor_core.ports import (
     StateStore,
 )
 from batchor_core.pricing import cost_of, format_usd
+from batchor_core.retries import unpack_oversized
 
 __all__ = ["SubmissionGate"]
 
@@ -39,6 +42,7 @@ class SubmissionGate:
         store: Control-plane store (its reservation makes the budget atomic).
         provider: Gives the configured enqueued-token limits and prices.
         pause: Pauses a run with a reason.
+        artifacts: Request files (to repack a chunk that no longer fits the limit).
     """
 
     def __init__(
@@ -47,9 +51,11 @@ class SubmissionGate:
         store: StateStore,
         provider: BatchProvider,
         pause: Callable[[RunRecord, str], None],
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.store = store
         self.provider = provider
+        self.artifacts = artifacts
         self._pause_run = pause
 
     def token_limits(self, run: RunRecord) -> tuple[int, int] | None:
@@ -88,6 +94,29 @@ class SubmissionGate:
             "(expected uploaded); is another process working on this run?",
             run_id=intent.run_id,
         )
+
+    def unpack_if_oversized(self, run: RunRecord, chunk: ChunkRecord, now: datetime) -> bool:
+        """Give up an unsent chunk that is over the run's whole enqueued-token limit (it
+        was packed for a higher limit, since lowered), so its items are repacked; it
+        would otherwise wait for budget forever. Return whether it did."""
+        limits = self.token_limits(run)
+        if (
+            limits is None
+            or chunk.model is None
+            or chunk.est_tokens <= limits[1]
+            or self.artifacts is None
+            or chunk.state not in (ChunkState.SEALED, ChunkState.UPLOADED)
+        ):
+            return False
+        unpack_oversized(
+            store=self.store,
+            artifacts=self.artifacts,
+            provider=self.provider,
+            now=now,
+            chunk=chunk,
+            limit=limits[1],
+        )
+        return True
 
     def note_waiting(self, run: RunRecord, waiting: str | None) -> None:
         """Record why the run waits for budget (or that it no longer does), on change."""

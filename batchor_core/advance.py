@@ -85,7 +85,10 @@ class RunStepper:
         self.stalls = stalls if stalls is not None else StallPolicy()
         self.token_limit_backoff_seconds = token_limit_backoff_seconds
         self.create_grace_seconds = create_grace_seconds
-        self.gate = SubmissionGate(store=store, provider=provider, pause=self._pause)
+        gate = SubmissionGate(
+            store=store, provider=provider, pause=self._pause, artifacts=artifacts
+        )
+        self.gate = gate
 
     # ------------------------------------------------------------------ step
 
@@ -130,11 +133,8 @@ class RunStepper:
             return self._submit(run)
 
     def clear_stalls(self, run_id: str) -> None:
-        """Forget every chunk's error streak and backoff (on resume: retry now, fresh budget).
-
-        A submitting chunk keeps its not_before: it is the grace period of an ambiguous
-        create, not a backoff.
-        """
+        """Forget every chunk's error streak and backoff (on resume: retry now, fresh
+        budget); a submitting chunk keeps its not_before (an ambiguous create's grace)."""
         for chunk in self.store.list_chunks(run_id):
             if chunk.first_error_at is None or chunk.state is ChunkState.COLLECTED:
                 continue
@@ -226,6 +226,9 @@ class RunStepper:
                 break
             if chunk.not_before is not None and chunk.not_before > now:
                 break  # batches go out in order: later chunks wait behind a deferred one
+            if self.gate.unpack_if_oversized(run, chunk, now):
+                progress = True
+                continue
             if self.gate.over_cost_cap(run, chunk):
                 break
             waiting = self.gate.upload_wait(run, chunk)
@@ -274,9 +277,8 @@ class RunStepper:
     def _create(self, run: RunRecord, chunk: ChunkRecord) -> str | None:
         """Create the chunk's batch, or return why it waits for budget (None: created)."""
         self.lease.renew(run.run_id)  # before the side effect; raises if the lease was lost
-        # not_before on a submitting chunk is the end of the grace period during which a
-        # batch that cannot be found is not yet concluded "not created" (durable, so a
-        # crash right after the create does not shorten it).
+        # A submitting chunk's not_before ends the grace period in which a batch not found
+        # is not yet "not created" (durable: a crash after the create cannot shorten it).
         grace_until = self.clock.now() + timedelta(seconds=self.create_grace_seconds)
         chunk = dataclasses.replace(chunk, state=ChunkState.SUBMITTING, not_before=grace_until)
         waiting = self.gate.reserve(run, chunk)
@@ -540,10 +542,8 @@ class RunStepper:
         )
 
     def _reload(self, chunk: ChunkRecord) -> ChunkRecord:
-        for current in self.store.list_chunks(chunk.run_id):
-            if current.chunk_id == chunk.chunk_id:
-                return current
-        return chunk
+        found = (c for c in self.store.list_chunks(chunk.run_id) if c.chunk_id == chunk.chunk_id)
+        return next(found, chunk)
 
     def _stall(self, run: RunRecord, chunk: ChunkRecord, exc: ProviderError, what: str) -> float:
         """Charge a provider error to ``chunk``: back off, or pause the run when its

@@ -352,9 +352,15 @@ class StateStore(Protocol):
         ...
 
     def record_outcomes(
-        self, run_id: str, chunk: ChunkRecord, outcomes: Sequence[ItemOutcome]
+        self,
+        run_id: str,
+        chunk: ChunkRecord,
+        outcomes: Sequence[ItemOutcome],
+        *,
+        expected: ChunkState = ChunkState.SUBMITTED,
     ) -> int:
-        """Apply outcomes of a collected chunk and mark it collected; return rows changed."""
+        """Apply outcomes of a chunk in state ``expected`` and mark it collected (one
+        transaction); return rows changed."""
         ...
 
     def existing_item_ids(self, run_id: str, item_ids: Sequence[str]) -> set[str]:

@@ -7,16 +7,30 @@ chunk policy, and it is committed (items moved into it) before it is sealed.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections import defaultdict
 from datetime import datetime
 
 from batchor_core import failpoints
+from batchor_core.errors import ProviderError
 from batchor_core.jobspec import chunk_policy
+from batchor_core.models import ItemError, ItemStatus
 from batchor_core.packing import ChunkPacker, chunk_key, custom_id, parse_custom_id, swap_custom_id
-from batchor_core.ports import ArtifactStore, ChunkState, RunRecord, StateStore
+from batchor_core.ports import (
+    ArtifactStore,
+    BatchProvider,
+    ChunkRecord,
+    ChunkState,
+    ItemOutcome,
+    RunRecord,
+    StateStore,
+)
 from batchor_core.tokens import line_estimator
 
-__all__ = ["build_retry_chunk"]
+__all__ = ["build_retry_chunk", "unpack_oversized"]
+
+log = logging.getLogger("batchor.run")
 
 
 def build_retry_chunk(
@@ -80,6 +94,75 @@ def build_retry_chunk(
         packer.abandon()
         raise
     return len(rows)
+
+
+def unpack_oversized(
+    *,
+    store: StateStore,
+    artifacts: ArtifactStore,
+    provider: BatchProvider,
+    now: datetime,
+    chunk: ChunkRecord,
+    limit: int,
+) -> int:
+    """Give up an unsent chunk that holds more estimated tokens than the whole
+    enqueued-token ``limit`` (it was packed for a higher one, since lowered): it could
+    never go out. Its items are queued again without spending an attempt, so the next
+    retry chunks repack them within the limit; an item whose request alone is over the
+    limit fails with ``request_too_large``, as it would have at ingest. Returns how many
+    items changed.
+    """
+    estimate = line_estimator()
+    queued = {q.seq: q.submission for q in store.queued_items(chunk.run_id, chunk.chunk_id)}
+    outcomes: list[ItemOutcome] = []
+    with artifacts.open_read(chunk_key(chunk.run_id, chunk.chunk_id)) as fh:
+        for line in fh:
+            ids = parse_custom_id(_line_custom_id(line))
+            if ids is None or queued.get(ids[0]) != ids[1]:
+                continue
+            tokens = estimate(line)
+            if tokens > limit:
+                error = ItemError(
+                    "request_too_large",
+                    f"request is about {tokens} tokens, more than the enqueued-token limit "
+                    f"of {limit} for {chunk.model}",
+                )
+                outcomes.append(ItemOutcome(ids[0], ids[1], ItemStatus.FAILED, error=error))
+            else:
+                error = ItemError(
+                    "repacked",
+                    f"batch {chunk.chunk_id} (~{chunk.est_tokens} tokens) no longer fits the "
+                    f"enqueued-token limit of {limit}; repacked",
+                )
+                outcomes.append(
+                    ItemOutcome(
+                        ids[0],
+                        ids[1],
+                        ItemStatus.PENDING,
+                        error=error,
+                        spend_attempt=False,
+                        retry_not_before=now,
+                    )
+                )
+    done = dataclasses.replace(
+        chunk, state=ChunkState.COLLECTED, provider_status="repacked", not_before=None
+    )
+    changed = store.record_outcomes(chunk.run_id, done, outcomes, expected=chunk.state)
+    if changed and chunk.file_id:
+        try:  # the uploaded file will never be used; an orphan is only clutter
+            provider.delete_file(chunk.file_id)
+        except ProviderError as exc:
+            log.info("run %s: deleting unused file %s: %s", chunk.run_id, chunk.file_id, exc)
+    log.warning(
+        "run %s: batch %s (~%d tokens) is over the enqueued-token limit %d (lowered since "
+        "it was packed): its %d requests are repacked",
+        chunk.run_id,
+        chunk.chunk_id,
+        chunk.est_tokens,
+        limit,
+        len(outcomes),
+    )
+    return changed
 
 
 def _line_custom_id(line: bytes) -> str:

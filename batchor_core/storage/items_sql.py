@@ -169,12 +169,18 @@ class ItemOps(ResultOps):
     # ------------------------------------------------------------------ results
 
     def record_outcomes(
-        self, run_id: str, chunk: ChunkRecord, outcomes: Sequence[ItemOutcome]
+        self,
+        run_id: str,
+        chunk: ChunkRecord,
+        outcomes: Sequence[ItemOutcome],
+        *,
+        expected: ChunkState = ChunkState.SUBMITTED,
     ) -> int:
         """Apply a collected chunk's outcomes and mark it collected, in one transaction.
 
         Only items still queued in this chunk with the same submission number change,
-        so a replay after a crash (or a second collector) is a no-op.
+        so a replay after a crash (or a second collector) is a no-op. ``expected`` is
+        the chunk's state before (``sealed``/``uploaded`` for a chunk given up unsent).
         """
         with self._tx() as conn:
             # Claim the chunk first: only one collection of a submitted chunk can commit.
@@ -185,7 +191,7 @@ class ItemOps(ResultOps):
                 .where(
                     chunks.c.run_id == run_id,
                     chunks.c.chunk_id == chunk.chunk_id,
-                    chunks.c.state == ChunkState.SUBMITTED.value,
+                    chunks.c.state == expected.value,
                 )
                 .values(**self._chunk_values(chunk))
             )

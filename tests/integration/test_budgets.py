@@ -230,6 +230,45 @@ def test_a_run_waiting_on_a_run_no_process_advances_names_it(
     assert _rejected(stepwise) == []
 
 
+def test_batches_packed_for_a_higher_limit_are_repacked_when_it_is_lowered(
+    tmp_path: Path, stepwise: OpenAIEmulator
+) -> None:
+    # What the pause after repeated token_limit_exceeded tells users to do: lower
+    # EnqueueLimit, then resume. Batches already packed for the old limit can never fit
+    # the new one; they must not wait for budget forever.
+    with _runner(tmp_path, stepwise, enqueue_limits={MODEL: EnqueueLimit(tokens=LIMIT)}) as old:
+        run = old.start(_job(), items=_items(24), run_id="lowered")
+        packed = [c for c in old.storage.list_chunks("lowered") if c.batch_id is None]
+        assert packed and max(c.est_tokens for c in packed) > LIMIT // 2
+    lower = {MODEL: EnqueueLimit(tokens=LIMIT // 2)}
+    with _runner(tmp_path, stepwise, enqueue_limits=lower) as runner:
+        run = runner.get_run("lowered")
+        summary = run.wait(timeout=30, poll_interval=0.01)
+        assert summary.status is RunStatus.COMPLETED and summary.completed_items == 24
+        # No attempt was spent on the repacking.
+        assert all(r.attempts == 1 for r in run.results())
+    created_later = stepwise.batches()[1:]
+    assert created_later and all(_batch_tokens(stepwise, b) <= LIMIT // 2 for b in created_later)
+    assert _rejected(stepwise) == []
+
+
+def test_a_request_over_a_lowered_limit_fails_instead_of_being_repacked_forever(
+    tmp_path: Path, stepwise: OpenAIEmulator
+) -> None:
+    with _runner(tmp_path, stepwise, enqueue_limits={MODEL: EnqueueLimit(tokens=LIMIT)}) as old:
+        old.start(_job(), items=_items(24), run_id="too-low")
+    one_request = 50  # each request line is about 70 tokens
+    lower = {MODEL: EnqueueLimit(tokens=one_request)}
+    with _runner(tmp_path, stepwise, enqueue_limits=lower) as runner:
+        run = runner.get_run("too-low")
+        summary = run.wait(timeout=30, poll_interval=0.01)
+        assert summary.status is RunStatus.COMPLETED
+        failed = [r for r in run.results() if r.status is ItemStatus.FAILED]
+    assert summary.completed_items + summary.failed_items == 24 and failed
+    assert all(r.error is not None and r.error.code == "request_too_large" for r in failed)
+    assert len(stepwise.batches()) <= 1 + summary.completed_items  # no loop of batches
+
+
 # --------------------------------------------------------------------------- rejections
 
 
