@@ -40,6 +40,8 @@ def observation_metadata(summary: RunSummary, *, note: str | None = None) -> dic
     }
     if summary.status_reason:
         metadata["batchor/status_reason"] = dg.MetadataValue.text(summary.status_reason)
+    if summary.waiting_reason:
+        metadata["batchor/waiting_reason"] = dg.MetadataValue.text(summary.waiting_reason)
     if summary.last_error:
         metadata["batchor/last_error"] = dg.MetadataValue.text(summary.last_error)
         metadata["batchor/stalled_chunks"] = summary.stalled_chunks

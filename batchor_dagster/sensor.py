@@ -356,6 +356,10 @@ class _Tick:
         if paused:
             first = paused[0]
             parts.append(f"{len(paused)} paused (e.g. {first.run_id!r}: {first.status_reason})")
+        budget = [s for s in live if s.waiting_reason]
+        if budget:
+            first = budget[0]
+            parts.append(f"{len(budget)} waiting (e.g. {first.run_id!r}: {first.waiting_reason})")
         waiting = len(runs) - len(live) - sum(1 for g in given_up if "finished but" in g)
         if waiting > 0:
             parts.append(f"{waiting} finished, collecting runs under way")

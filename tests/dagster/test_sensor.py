@@ -361,3 +361,42 @@ def test_a_collecting_run_that_never_ends_is_reported(
     eager = _tick(build_batchor_sensor([asset], slow_collect_seconds=0.0), instance, resource)
     assert eager.run_requests == [] and eager.skip_reason is not None
     assert "1 finished runs need attention" in (eager.skip_reason.skip_message or "")
+
+
+def test_a_run_waiting_for_budget_says_so_in_observations_and_skip_reasons(
+    instance: dg.DagsterInstance, tmp_path: Any, emulator: Any
+) -> None:
+    # A budget wait is not an error and not a pause: without saying so, the sensor only
+    # ever showed "1 batches at the provider" while the rest of the run sat unsent.
+    probe = BatchorResource(
+        storage_url=str(tmp_path / "probe.sqlite3"),
+        artifact_root=str(tmp_path / "probe"),
+        openai_api_key="sk-test",
+        openai_base_url=emulator.base_url,
+    )
+    one = probe.get_runner().estimate(review_job(), review_items(1)).input_tokens
+    resource = BatchorResource(
+        storage_url=str(tmp_path / "budget.sqlite3"),
+        artifact_root=str(tmp_path / "artifacts"),
+        openai_api_key="sk-test",
+        openai_base_url=emulator.base_url,
+        enqueue_token_limits={"gpt-4o-mini": one * 3 // 2},  # one request at a time
+    )
+    resources = {"batchor": resource}
+    asset = batchor_asset(
+        name="reviews", build_job=review_job, build_items=lambda c: review_items(3)
+    )
+    sensor = build_batchor_sensor([asset])
+    emulator.faults.hold_batches()
+    dg.materialize([asset], resources=resources, instance=instance)
+    result = _tick(sensor, instance, resource)
+    assert result.run_requests == [] and result.skip_reason is not None
+    assert "waiting for enqueued-token budget" in (result.skip_reason.skip_message or "")
+    again = dg.materialize([asset], resources=resources, instance=instance)
+    (observed,) = [e for e in again.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+    meta = {
+        k: getattr(v, "value", v)
+        for k, v in observed.event_specific_data.asset_observation.metadata.items()
+    }
+    assert meta["batchor/status"] == "running"
+    assert "waiting for enqueued-token budget" in meta["batchor/waiting_reason"]
