@@ -136,9 +136,10 @@ class Run:
             # that keeps failing with no backoff records a new error each time).
             left = None if timeout is None else timeout - (clock.now() - started).total_seconds()
             if left is not None and left <= 0:
+                why = f"; {summary.waiting_reason}" if summary.waiting_reason else ""
                 raise RunTimeoutError(
                     f"run {self._run_id!r} not finished after {timeout:g}s "
-                    f"({summary.pending_items} items pending); it continues in the "
+                    f"({summary.pending_items} items pending{why}); it continues in the "
                     "background of the provider, call wait() again later",
                     run_id=self._run_id,
                 )

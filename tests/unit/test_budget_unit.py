@@ -25,6 +25,7 @@ from batchor_core import (
     MemoryStateStore,
     Price,
     RunStatus,
+    RunTimeoutError,
     Usage,
 )
 from batchor_core import tokens as tok
@@ -204,3 +205,9 @@ def test_the_cost_cap_reason_shows_small_amounts_as_they_are(runner: BatchRunner
     assert "0.0000 " not in summary.status_reason
     assert "the next batch would exceed" in summary.status_reason
     assert re.search(r"requests\) ~0\.0*[1-9]", summary.status_reason)  # not rounded to 0
+
+
+def test_a_wait_that_times_out_while_waiting_for_budget_says_why(runner: BatchRunner) -> None:
+    run = runner.start(_job(chunk_policy=ChunkPolicy(max_requests=3)), items=_items(12), run_id="t")
+    with pytest.raises(RunTimeoutError, match="waiting for enqueued-token budget"):
+        run.wait(timeout=5, poll_interval=1.0)
