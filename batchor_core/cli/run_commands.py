@@ -20,7 +20,7 @@ from batchor_core.cli.options import (
     settings,
 )
 from batchor_core.cli.render import WaitProgress, dump_json, summary_dict
-from batchor_core.models import BatchJob, Endpoint, RunStatus, RunSummary
+from batchor_core.models import BatchJob, Endpoint, EnqueueLimit, RunStatus, RunSummary
 from batchor_core.run import Run
 
 __all__ = ["EndpointChoice", "exit_code_of", "follow", "start", "wait"]
@@ -100,6 +100,23 @@ def start(
             show_default=False,
         ),
     ] = None,
+    max_cost_usd: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cost-usd",
+            help="Pause the run before a batch would take its cost above this (USD).",
+            show_default=False,
+        ),
+    ] = None,
+    enqueue_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--enqueue-limit",
+            help="Enqueued-token limit of the model: batches in flight over every run in "
+            "the store stay within it.",
+            show_default=False,
+        ),
+    ] = None,
     follow_run: Annotated[
         bool, typer.Option("--wait", help="Follow the run until it finishes (like batchor wait).")
     ] = False,
@@ -123,6 +140,8 @@ def start(
             endpoint=builder.endpoint,
             build_request=builder,
             output_model=load_output_model(output_model) if output_model else None,
+            max_cost_usd=max_cost_usd,
+            enqueue_limit=None if enqueue_limit is None else EnqueueLimit(tokens=enqueue_limit),
         )
     except ValueError as exc:  # BatchJob's own argument checks
         raise CliError(str(exc), ExitCode.USAGE) from exc

@@ -112,3 +112,26 @@ def test_an_object_store_artifacts_url(
     assert not (tmp_path / "state" / "artifacts").exists()
     assert cli(["status", "on-s3", "--artifacts", "ftp://nowhere/x"]) == ExitCode.USAGE
     assert "unsupported artifacts URL scheme 'ftp'" in capsys.readouterr().err
+
+
+def test_start_takes_a_cost_cap_and_an_enqueued_token_limit(
+    tmp_path: Path, cli_env: dict[str, str], emulator: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Without them a CLI user could only set a cap on a run already paused, and never a
+    # budget: a run from the CLI spent before its first chance to cap it.
+    write_csv(tmp_path / "in.csv", 10)
+    assert cli([*START, "--run-id", "capped", "--max-cost-usd", "0", "--json"]) == 0
+    capped = json.loads(capsys.readouterr().out)
+    assert capped["max_cost_usd"] == 0.0
+    assert cli(["wait", "capped", "--poll-interval", "0.01"]) == ExitCode.PAUSED
+    assert "would exceed max_cost_usd 0 USD" in capsys.readouterr().err
+    assert emulator.batch_create_count == 0
+    assert cli(["resume", "capped", "--max-cost-usd", "1"]) == 0
+    capsys.readouterr()
+    assert cli(["wait", "capped", "--poll-interval", "0.01"]) == 0
+    args = [*START, "--run-id", "budget", "--enqueue-limit", "60", "--wait", "--json"]
+    assert cli([*args, "--poll-interval", "0.01"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["completed_items"] == 10
+    assert emulator.batch_create_count > 2  # one batch of 10 requests is over 60 tokens
+    for bad in (["--enqueue-limit", "0"], ["--max-cost-usd", "-1"], ["--max-cost-usd", "inf"]):
+        assert cli([*START, "--run-id", "bad", *bad]) == ExitCode.USAGE
