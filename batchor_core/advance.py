@@ -47,6 +47,7 @@ __all__ = ["RunStepper"]
 
 log = logging.getLogger("batchor.run")
 _STOPPING = frozenset({"cancelling", "cancelled", "completed", "failed", "expired"})
+_AT_PROVIDER = (ChunkState.SUBMITTING, ChunkState.SUBMITTED)  # a batch may exist for these
 
 
 class RunStepper:
@@ -147,9 +148,7 @@ class RunStepper:
     def next_wake(self, run_id: str) -> datetime | None:
         """Earliest time a backoff in this run ends (for callers deciding how long to wait)."""
         times = [c.not_before for c in self.store.list_chunks(run_id) if c.not_before]
-        retry_at = self.store.next_retry_time(run_id)
-        if retry_at is not None:
-            times.append(retry_at)
+        times += [t for t in (self.store.next_retry_time(run_id),) if t is not None]
         return min(times) if times else None
 
     # ------------------------------------------------------------------ recovery
@@ -483,7 +482,7 @@ class RunStepper:
 
     def _finish_cancel(self, run: RunRecord) -> bool:
         chunks = self.store.list_chunks(run.run_id)
-        if any(c.state is ChunkState.SUBMITTED for c in chunks):
+        if any(c.state in _AT_PROVIDER for c in chunks):  # an unresolved create too
             return False
         for chunk in chunks:
             if chunk.state in UNSUBMITTED_CHUNK_STATES or chunk.state is ChunkState.BUILDING:
@@ -554,9 +553,9 @@ class RunStepper:
         decision = self.stalls.decide(exc, first_error_at=chunk.first_error_at, now=now, what=what)
         self._defer(chunk, exc, decision.delay_seconds, first_error_at=started)
         if decision.pause_reason is not None:
-            if run.status is RunStatus.CANCELLING and chunk.state is ChunkState.SUBMITTED:
-                # A run being cancelled cannot pause: it would never finish cancelling.
-                # Give the unreadable batch up; its items are cancelled with the rest.
+            if run.status is RunStatus.CANCELLING and chunk.state in _AT_PROVIDER:
+                # A run being cancelled cannot pause: it would never finish cancelling. Give
+                # the batch (unreadable, or not found) up; its items are cancelled too.
                 self._abandon(chunk, decision.pause_reason)
             else:
                 self._pause(run, decision.pause_reason)
@@ -564,11 +563,11 @@ class RunStepper:
 
     def _abandon(self, chunk: ChunkRecord, reason: str) -> None:
         current = self._reload(chunk)
-        if self.store.save_chunk(
+        if current.state in _AT_PROVIDER and self.store.save_chunk(
             dataclasses.replace(
                 current, state=ChunkState.COLLECTED, provider_status="abandoned", not_before=None
             ),
-            expected=ChunkState.SUBMITTED,
+            expected=current.state,
         ):
             log.warning(
                 "run %s: gave up batch %s while cancelling: %s",

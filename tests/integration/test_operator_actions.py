@@ -124,3 +124,25 @@ def test_resuming_an_ingest_with_different_leading_items_is_refused() -> None:
         list(changed.read_slices(piece.checkpoint, slice_size=2))
     resumed = list(IterableSource(_items(4)).read_slices(piece.checkpoint, slice_size=2))
     assert [it.item_id for it in resumed[0].items] == ["r2", "r3"]
+
+
+def test_cancel_does_not_give_up_a_batch_whose_create_is_unresolved(
+    make_runner: Callable[..., BatchRunner], emulator: Any
+) -> None:
+    # The create committed but answered 500, and the provider's list (how the runner
+    # looks for it) fails too: the chunk stays "submitting". Cancelling used to settle
+    # it as never submitted, so the batch ran and was billed, never cancelled nor
+    # collected, and its tokens left the budget while still enqueued.
+    emulator.faults.hold_batches(True)
+    emulator.faults.commit_then_fail(count=1)
+    emulator.faults.http_error(method="GET", path="/v1/batches", status=500, count=2)
+    runner = make_runner()
+    runner.start(_job(), items=_items(4), run_id="unresolved")
+    (chunk,) = runner.storage.list_chunks("unresolved")
+    assert chunk.state.value == "submitting" and chunk.batch_id is None
+    assert runner.cancel("unresolved").status is RunStatus.CANCELLING
+    summary = runner.get_run("unresolved").wait(timeout=30, poll_interval=0.01)
+    assert summary.status is RunStatus.CANCELLED
+    (batch,) = emulator.batches()
+    assert batch["status"] in ("cancelling", "cancelled")  # found, and cancelled
+    assert summary.batch_ids == (batch["id"],)
