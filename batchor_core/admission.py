@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 
 from batchor_core.budget import (
     MAX_TOKEN_LIMIT_STRIKES,
@@ -43,6 +43,8 @@ class SubmissionGate:
         provider: Gives the configured enqueued-token limits and prices.
         pause: Pauses a run with a reason.
         artifacts: Request files (to repack a chunk that no longer fits the limit).
+        idle: Seconds after which a run holding budget that no process advances (the
+            lease TTL) is named as such in the waiting reason.
     """
 
     def __init__(
@@ -52,10 +54,12 @@ class SubmissionGate:
         provider: BatchProvider,
         pause: Callable[[RunRecord, str], None],
         artifacts: ArtifactStore | None = None,
+        idle: float = 120.0,
     ) -> None:
         self.store = store
         self.provider = provider
         self.artifacts = artifacts
+        self._idle_after = timedelta(seconds=idle)
         self._pause_run = pause
 
     def token_limits(self, run: RunRecord) -> tuple[int, int] | None:
@@ -147,7 +151,17 @@ class SubmissionGate:
         if in_flight + chunk.est_tokens <= limit or (in_flight == 0 and chunk.est_tokens <= full):
             return None
         holders = self.store.budget_holders(chunk.model)
-        return waiting_message(chunk, in_flight, limit, full, holders=holders, run_id=run.run_id)
+        now = datetime.now(UTC)
+        idle = {
+            h.run_id: None if h.last_advanced is None else now - h.last_advanced
+            for h in holders
+            if not h.advancing
+            and h.run_id != run.run_id
+            and (h.last_advanced is None or now - h.last_advanced > self._idle_after)
+        }
+        return waiting_message(
+            chunk, in_flight, limit, full, holders=holders, idle=idle, run_id=run.run_id
+        )
 
     def over_cost_cap(self, run: RunRecord, chunk: ChunkRecord) -> bool:
         """Pause the run (and say so) when submitting ``chunk`` could take the run's cost
@@ -226,16 +240,19 @@ def waiting_message(
     full: int,
     *,
     holders: Sequence[BudgetHolder] = (),
+    idle: Mapping[str, timedelta | None] | None = None,
     run_id: str | None = None,
 ) -> str:
     """The ``waiting_reason`` of a run whose next batch does not fit the budget.
 
-    It names the runs holding the budget: a batch's tokens are released only when its
+    It names the runs holding the budget. A batch's tokens are released only when its
     run collects it, so a run that no process advances (its process is gone, or it is
     paused and nothing waits on it) holds its share even after the provider finished
-    the batch, until it is waited on or resumed (or 25 h pass). Saying so is what keeps
-    that wait from being silent.
+    the batch, until it is waited on or resumed (or 25 h pass): ``idle`` holds those
+    runs (how long since a process last advanced them; None: not known), and saying so
+    is what keeps that wait from being silent.
     """
+    idle = idle or {}
     shrunk = f" (shrunk from {full} after token_limit_exceeded)" if limit != full else ""
     text = (
         f"waiting for enqueued-token budget: batch {chunk.chunk_id} needs ~{chunk.est_tokens} "
@@ -246,14 +263,19 @@ def waiting_message(
     for holder in holders[:_SHOWN_HOLDERS]:
         who = "this run" if holder.run_id == run_id else f"run {holder.run_id!r}"
         batches = f"{holder.batches} batch{'es' if holder.batches != 1 else ''}"
-        idle = "" if holder.advanced else ", no process is advancing it"
-        parts.append(f"{who}: ~{holder.tokens} in {batches}, {holder.status}{idle}")
+        part = f"{who}: ~{holder.tokens} in {batches}, {holder.status}"
+        if holder.run_id in idle:
+            since = idle[holder.run_id]
+            part += ", no process is advancing it" + (
+                f" (last advanced {int(since.total_seconds()) // 60} min ago)" if since else ""
+            )
+        parts.append(part)
     if len(holders) > _SHOWN_HOLDERS:
         parts.append(f"{len(holders) - _SHOWN_HOLDERS} more runs")
     if parts:
         text += f" ({'; '.join(parts)})"
     text += "; it goes out as those batches are collected"
-    if any(not h.advanced and h.run_id != run_id for h in holders):
+    if idle:
         text += (
             ". A run no process advances releases its share only once it is waited on "
             "or resumed (run.wait(), batchor wait RUN_ID), or 25 h after its batch last changed"

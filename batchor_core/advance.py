@@ -86,10 +86,10 @@ class RunStepper:
         self.stalls = stalls if stalls is not None else StallPolicy()
         self.token_limit_backoff_seconds = token_limit_backoff_seconds
         self.create_grace_seconds = create_grace_seconds
-        gate = SubmissionGate(
-            store=store, provider=provider, pause=self._pause, artifacts=artifacts
+        idle = lease.ttl_seconds  # a run whose lease lapsed this long is not being advanced
+        self.gate = SubmissionGate(
+            store=store, provider=provider, pause=self._pause, artifacts=artifacts, idle=idle
         )
-        self.gate = gate
 
     # ------------------------------------------------------------------ step
 
@@ -318,9 +318,8 @@ class RunStepper:
         if isinstance(exc, RateLimitedError):
             # A 429 is about the account, not this chunk: hold back every unsubmitted
             # chunk of the run for as long as the provider asked (without charging them).
-            for other in self.store.list_chunks(
-                run.run_id, [ChunkState.SEALED, ChunkState.UPLOADED]
-            ):
+            unsent = [ChunkState.SEALED, ChunkState.UPLOADED]
+            for other in self.store.list_chunks(run.run_id, unsent):
                 if other.chunk_id != current.chunk_id:
                     self._defer(other, exc, delay, first_error_at=other.first_error_at)
         return True

@@ -164,15 +164,18 @@ class BudgetHolder:
         status: Its status (``running``, ``paused``, ``cancelling`` ...).
         tokens: Estimated tokens of its batches in flight for the model.
         batches: How many of its batches are in flight.
-        advanced: Whether a process holds its lease now (only a process advancing the
+        advancing: Whether a process holds its lease now (only a process advancing the
             run collects its batches, which is what releases their tokens).
+        last_advanced: When a process last gave its lease up (None: unknown, or it is
+            advancing now).
     """
 
     run_id: str
     status: str
     tokens: int
     batches: int
-    advanced: bool
+    advancing: bool
+    last_advanced: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,17 +69,21 @@ class BudgetOps:
         )
         with self._tx() as conn:
             rows = conn.execute(query).mappings().all()
-        return [
-            BudgetHolder(
-                run_id=row["run_id"],
-                status=row["status"],
-                tokens=int(row["tokens"]),
-                batches=int(row["batches"]),
-                advanced=row["lease_owner"] is not None
-                and (aware_utc(row["lease_expires_at"]) or now) > now,
+        holders = []
+        for row in rows:
+            until = aware_utc(row["lease_expires_at"])
+            advancing = row["lease_owner"] is not None and until is not None and until > now
+            holders.append(
+                BudgetHolder(
+                    run_id=row["run_id"],
+                    status=row["status"],
+                    tokens=int(row["tokens"]),
+                    batches=int(row["batches"]),
+                    advancing=advancing,
+                    last_advanced=None if advancing else until,
+                )
             )
-            for row in rows
-        ]
+        return holders
 
     def reserve_submit(
         self,

@@ -347,13 +347,18 @@ class SQLStateStore(BudgetOps, ItemOps):
         return LeaseGrant(token=None, holder=f"{holder[0]} (until {aware_utc(holder[1])})")
 
     def release_lease(self, run_id: str, owner: str) -> None:
-        """Give the lease up if ``owner`` holds it (the row first, then the lock)."""
+        """Give the lease up if ``owner`` holds it (the row first, then the lock).
+
+        A free lease keeps the time it was given up in ``lease_expires_at``: when a
+        process last advanced the run (the budget's waiting reason tells a run no process
+        advances any more from one stepped between polls).
+        """
         try:
             with self._tx() as conn:
                 conn.execute(
                     update(runs)
                     .where(runs.c.run_id == run_id, runs.c.lease_owner == owner)
-                    .values(lease_owner=None, lease_expires_at=None)
+                    .values(lease_owner=None, lease_expires_at=utc_now())
                 )
         finally:
             if self._liveness is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -26,6 +27,10 @@ def _uploaded(
     )
     store.save_chunk(chunk, expected=None)
     return chunk
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _submitting(chunk: ChunkRecord) -> ChunkRecord:
@@ -60,8 +65,16 @@ def test_the_budget_spans_runs_and_frees_on_collection(store: SQLStateStore, run
     assert store.reserve_submit(_submitting(b), expected=ChunkState.UPLOADED, limit=100).granted
     # Who holds the budget: per run, most tokens first, with its status, and no lease.
     holders = store.budget_holders(model)
-    assert [(h.run_id, h.tokens, h.batches, h.advanced) for h in holders] == [(other, 90, 2, False)]
-    assert holders[0].status == "ingesting"
+    assert [(h.run_id, h.tokens, h.batches, h.advancing) for h in holders] == [
+        (other, 90, 2, False)
+    ]
+    assert holders[0].status == "ingesting" and holders[0].last_advanced is None
+    # A lease held: advancing; given up: when it was, so a reader can tell how long ago.
+    assert store.acquire_lease(other, "me", now=_now(), ttl_seconds=60).token is not None
+    assert store.budget_holders(model)[0].advancing
+    store.release_lease(other, "me")
+    (released,) = store.budget_holders(model)
+    assert not released.advancing and released.last_advanced is not None
     assert store.budget_holders(model + "-other") == []
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -211,16 +212,29 @@ def test_a_run_waiting_on_a_run_no_process_advances_names_it(
     limits = {MODEL: EnqueueLimit(tokens=LIMIT)}
     with _runner(tmp_path, stepwise, enqueue_limits=limits) as gone:
         gone.start(_job(), items=_items(8, "a"), run_id="holder")
-    with _runner(tmp_path, stepwise, enqueue_limits=limits) as runner:
+    ttl = 0.3  # a run whose lease lapsed longer than this is not being advanced
+    with BatchRunner(
+        storage=SQLiteStorage(tmp_path / "runs.sqlite3"),
+        artifacts=LocalArtifactStore(tmp_path / "artifacts"),
+        provider=OpenAIProviderConfig(
+            api_key="sk-test", base_url=stepwise.base_url, enqueue_limits=limits
+        ),
+        create_grace_seconds=0.0,
+        lease_ttl_seconds=ttl,
+    ) as runner:
         waiter = runner.start(_job(), items=_items(8, "b"), run_id="waiter")
         reason = waiter.refresh().waiting_reason
         assert reason is not None and "waiting for enqueued-token budget" in reason
-        assert "run 'holder'" in reason and "no process is advancing it" in reason
-        assert "running" in reason
+        assert "run 'holder': ~" in reason and "running" in reason
+        # Just stepped (as between the polls of a live wait()): not flagged.
+        assert "no process is advancing it" not in reason
+        time.sleep(ttl * 2)
+        reason = waiter.refresh().waiting_reason
+        assert reason is not None and "no process is advancing it" in reason
+        assert "waited on or resumed" in reason
         runner.get_run("holder").pause()
         reason = waiter.refresh().waiting_reason
         assert reason is not None and "run 'holder'" in reason and "paused" in reason
-        assert "waited on or resumed" in reason
         # Doing what the reason says releases the budget (a paused run's batches in
         # flight are still collected; here that finishes its only items).
         held = runner.get_run("holder").wait(timeout=60, poll_interval=0.01)
