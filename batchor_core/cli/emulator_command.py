@@ -82,7 +82,7 @@ def emulator(
         int | None,
         typer.Option(
             "--enqueued-token-limit",
-            help="Fail batches past this many enqueued tokens.",
+            help="Fail batches past this many enqueued tokens per model.",
             show_default=False,
         ),
     ] = None,

@@ -283,6 +283,31 @@ def test_a_request_over_a_lowered_limit_fails_instead_of_being_repacked_forever(
     assert len(stepwise.batches()) <= 1 + summary.completed_items  # no loop of batches
 
 
+def test_runs_of_different_models_in_one_store_do_not_share_a_budget(
+    tmp_path: Path, stepwise: OpenAIEmulator
+) -> None:
+    # OpenAI's enqueued-token limit is per model; so is batchor's budget, and so must be
+    # the emulator's (it counted every model's batches against one limit).
+    other = "gpt-4.1-mini"
+    limits = {MODEL: EnqueueLimit(tokens=LIMIT), other: EnqueueLimit(tokens=LIMIT)}
+    with _runner(tmp_path, stepwise, enqueue_limits=limits) as runner:
+        first = runner.start(_job(), items=_items(8, "a"), run_id="mini")
+        second = runner.start(
+            BatchJob(
+                model=other,
+                build_prompt=lambda item: f"summarise item {item.item_id} " + "words " * 20,
+            ),
+            items=_items(8, "b"),
+            run_id="other",
+        )
+        assert first.summary().batches_in_flight == 1
+        assert second.refresh().batches_in_flight == 1  # not held back by the other model
+        assert second.summary().waiting_reason is None
+        done = [_wait(first), _wait(second)]
+    assert all(s.status is RunStatus.COMPLETED for s in done)
+    assert _rejected(stepwise) == []
+
+
 # --------------------------------------------------------------------------- rejections
 
 

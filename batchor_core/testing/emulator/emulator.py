@@ -40,7 +40,7 @@ class OpenAIEmulator:
         api_key: If set, requests must carry ``Authorization: Bearer <api_key>``; if not,
             any non-empty bearer token is accepted.
         enqueued_token_limit: If set, a batch whose estimated input tokens (input bytes / 4)
-            plus those of other in-flight batches exceed it ends ``failed`` with
+            plus those of in-flight batches of the same model exceed it ends ``failed`` with
             ``token_limit_exceeded``.
         shuffle_output: Emit output lines in a seeded order that differs from input order.
         max_requests_per_file: Requests allowed in one input file.

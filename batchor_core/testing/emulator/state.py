@@ -244,11 +244,14 @@ class Store:
             return [b for b in self._batches.values() if b.input_file_id == file_id]
 
     def in_flight_tokens(self, *, excluding: BatchRecord) -> int:
-        """Enqueued-token estimate of every other batch that is still being worked on."""
+        """Enqueued-token estimate of every other batch of the same model that is still
+        being worked on (OpenAI's limit is per model)."""
         with self.lock:
             others: Iterable[BatchRecord] = list(self._batches.values())
         return sum(
-            b.enqueued_tokens for b in others if b is not excluding and b.status in IN_FLIGHT
+            b.enqueued_tokens
+            for b in others
+            if b is not excluding and b.status in IN_FLIGHT and b.model == excluding.model
         )
 
     # -- counters ----------------------------------------------------------------------------
