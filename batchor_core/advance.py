@@ -520,6 +520,7 @@ class RunStepper:
     def _move(self, chunk: ChunkRecord, expected: ChunkState, **changes: object) -> ChunkRecord:
         updated = dataclasses.replace(chunk, **changes)  # type: ignore[arg-type]
         if not self.store.save_chunk(updated, expected=expected):
+            self.lease.renew(chunk.run_id)  # a lost lease is a RunLeasedError, not a bug
             raise ConfigurationError(
                 f"chunk {chunk.chunk_id} of run {chunk.run_id} changed under us "
                 f"(expected {expected.value}); is another process working on this run?",

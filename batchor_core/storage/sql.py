@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    and_,
     case,
     delete,
     func,
@@ -103,6 +104,8 @@ class SQLStateStore(BudgetOps, ItemOps):
                         next_finished_seq=1,
                         owner=dump_json(record.owner),
                         lease_token=0,
+                        # Free, as if just released (a NULL expiry marks a broken lease).
+                        lease_expires_at=record.created_at,
                         created_at=record.created_at,
                         updated_at=record.updated_at,
                     )
@@ -302,21 +305,31 @@ class SQLStateStore(BudgetOps, ItemOps):
         if liveness is not None:
             had_lock = liveness.holds(run_id, owner)
             alive_check = liveness.try_hold(run_id, owner)
-        free = [
-            runs.c.lease_owner.is_(None),
-            runs.c.lease_owner == owner,
-            runs.c.lease_expires_at < now,
-        ]
-        if alive_check is True and liveness is not None:
-            # Nobody else holds the liveness lock, so the row's holder is dead; with a
+        free: list[Any] = [runs.c.lease_owner == owner]
+        if alive_check is False:
+            # Another live process holds the run's lock, so it is taking the lease or
+            # giving it up right now (the lock is held a moment longer than the row on
+            # both ends): a row that looks free is not. Only a holder whose TTL ran out
+            # (hung, or unseen on another host) is taken over, and one an operator broke
+            # (``break_lease`` leaves no expiry).
+            free += [
+                and_(runs.c.lease_owner.is_not(None), runs.c.lease_expires_at < now),
+                and_(runs.c.lease_owner.is_(None), runs.c.lease_expires_at.is_(None)),
+            ]
+        else:
+            free += [runs.c.lease_owner.is_(None), runs.c.lease_expires_at < now]
+        if alive_check is True and not had_lock and liveness is not None:
+            # Nobody else held the liveness lock, so the row's holder is dead; with a
             # per-host lock that is only known for holders on this host.
             if liveness.across_hosts:
                 free.append(runs.c.lease_owner.is_not(None))
             else:
                 free.append(runs.c.lease_owner.startswith(_host_of(owner) + ":", autoescape=True))
         grant = self._grant(run_id, owner, expires, now, free)
-        if grant.token is None and liveness is not None and alive_check is True and not had_lock:
-            liveness.drop(run_id, owner)  # hold the lock only while holding the lease
+        if grant.token is None and liveness is not None and alive_check is True:
+            # Hold the lock only while holding the lease (also when the lease was lost
+            # to a TTL takeover: keeping the lock would make the new holder look dead).
+            liveness.drop(run_id, owner)
         return grant
 
     def _grant(

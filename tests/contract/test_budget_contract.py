@@ -68,7 +68,10 @@ def test_the_budget_spans_runs_and_frees_on_collection(store: SQLStateStore, run
     assert [(h.run_id, h.tokens, h.batches, h.advancing) for h in holders] == [
         (other, 90, 2, False)
     ]
-    assert holders[0].status == "ingesting" and holders[0].last_advanced is None
+    # Never leased: free since it was created.
+    assert holders[0].status == "ingesting" and not holders[0].advancing
+    created = store.load_run(other)
+    assert created is not None and holders[0].last_advanced == created.created_at
     # A lease held: advancing; given up: when it was, so a reader can tell how long ago.
     assert store.acquire_lease(other, "me", now=_now(), ttl_seconds=60).token is not None
     assert store.budget_holders(model)[0].advancing

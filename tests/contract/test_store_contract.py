@@ -10,6 +10,7 @@ import pytest
 from batchor_core import InvalidItemError, ItemError, ItemStatus, RunStatus, Usage
 from batchor_core.ports import ChunkRecord, ChunkState, ItemOutcome, NewItem, RunRecord
 from batchor_core.storage import SQLStateStore
+from batchor_core.storage.schema import runs
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -229,6 +230,45 @@ def test_rejected_rows_are_kept_as_failed_items(store: SQLStateStore, run_id: st
     assert run is not None and (run.total_items, run.failed_items) == (1, 1)
     (row,) = store.read_results(run_id, after=0, limit=5)
     assert row.error == ItemError("invalid_input", "a.csv:3: ragged row")
+
+
+def test_a_free_row_is_not_taken_while_another_live_holder_has_the_runs_lock(
+    store: SQLStateStore, run_id: str
+) -> None:
+    """The window between a holder's lock and its lease row, on both ends.
+
+    A holder takes the liveness lock before the row and gives the row up before the lock.
+    A process arriving in between used to take the free row without the lock; the next
+    one then found the lock free, took the "dead" holder's lease and fenced out a live
+    process mid-step (seen as "chunk changed under us" in the three-process test).
+    """
+    liveness = getattr(store, "_liveness", None)
+    if liveness is None:
+        pytest.skip("the memory store has no liveness lock")
+    store.create_run(_run(run_id))
+    now = datetime.now(UTC)
+    assert liveness.try_hold(run_id, "thishost:1:a") is True  # a: lock taken, row next
+    early = store.acquire_lease(run_id, "thishost:2:b", now=now, ttl_seconds=120)
+    assert early.token is None
+    first = store.acquire_lease(run_id, "thishost:1:a", now=now, ttl_seconds=120)
+    assert first.token is not None
+    # a gives the row up but still holds the lock for a moment.
+    with store._tx() as conn:
+        conn.execute(runs.update().where(runs.c.run_id == run_id).values(lease_owner=None))
+    late = store.acquire_lease(run_id, "thishost:2:b", now=now, ttl_seconds=120)
+    assert late.token is None
+    liveness.drop(run_id, "thishost:1:a")
+    taken = store.acquire_lease(run_id, "thishost:2:b", now=now, ttl_seconds=120)
+    assert taken.token is not None and taken.token != first.token
+    # A holder whose TTL ran out while it still holds the lock (hung) is taken over.
+    assert liveness.holds(run_id, "thishost:2:b")
+    later = now + timedelta(seconds=121)
+    over = store.acquire_lease(run_id, "thishost:3:c", now=later, ttl_seconds=120)
+    assert over.token is not None and over.token != taken.token
+    # The hung holder, back, finds its lease gone and lets go of the lock.
+    back = store.acquire_lease(run_id, "thishost:2:b", now=later, ttl_seconds=120)
+    assert back.token is None and not liveness.holds(run_id, "thishost:2:b")
+    store.release_lease(run_id, "thishost:3:c")
 
 
 def test_a_lease_excludes_other_owners_even_through_the_same_store(
