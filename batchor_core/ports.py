@@ -300,9 +300,21 @@ class StateStore(Protocol):
         ...
 
     def record_outcomes(
-        self, run_id: str, chunk: ChunkRecord, outcomes: Sequence[ItemOutcome]
+        self,
+        run_id: str,
+        chunk: ChunkRecord,
+        outcomes: Sequence[ItemOutcome],
+        *,
+        final: bool = True,
+        lease_owner: str | None = None,
     ) -> int:
-        """Apply outcomes of a collected chunk and mark it collected; return rows changed."""
+        """Apply outcomes of a submitted chunk; return rows changed.
+
+        With ``final`` the chunk is saved as given (collected) in the same transaction;
+        without, it must still be submitted. Either way nothing changes (0) when the
+        chunk is no longer submitted. With ``lease_owner``, refuse (``RunLeasedError``)
+        unless that owner holds the run's lease.
+        """
         ...
 
     def existing_item_ids(self, run_id: str, item_ids: Sequence[str]) -> set[str]:

@@ -169,17 +169,29 @@ class ItemOps(ResultOps):
     # ------------------------------------------------------------------ results
 
     def record_outcomes(
-        self, run_id: str, chunk: ChunkRecord, outcomes: Sequence[ItemOutcome]
+        self,
+        run_id: str,
+        chunk: ChunkRecord,
+        outcomes: Sequence[ItemOutcome],
+        *,
+        final: bool = True,
+        lease_owner: str | None = None,
     ) -> int:
-        """Apply a collected chunk's outcomes and mark it collected, in one transaction.
+        """Apply outcomes of a submitted chunk in one transaction; ``final`` also marks
+        it collected.
 
         Only items still queued in this chunk with the same submission number change,
-        so a replay after a crash (or a second collector) is a no-op.
+        so a replay after a crash (or a second collector) is a no-op. A chunk collected
+        in several parts stays submitted until its last part, so an interrupted
+        collection is done again and changes only what it had not changed yet. With
+        ``lease_owner`` the transaction rolls back with :class:`RunLeasedError` unless
+        that owner still holds the run's lease.
         """
         with self._tx() as conn:
             # Claim the chunk first: only one collection of a submitted chunk can commit.
             # (SQLite serialises writers; on Postgres the row lock makes a concurrent
-            # collector wait here and then find the chunk already collected.)
+            # collector wait here and then find the chunk already collected.) A part
+            # before the last only touches the chunk, which takes the same lock.
             claimed = conn.execute(
                 update(chunks)
                 .where(
@@ -187,7 +199,7 @@ class ItemOps(ResultOps):
                     chunks.c.chunk_id == chunk.chunk_id,
                     chunks.c.state == ChunkState.SUBMITTED.value,
                 )
-                .values(**self._chunk_values(chunk))
+                .values(**self._chunk_values(chunk) if final else {"updated_at": utc_now()})
             )
             if claimed.rowcount == 0:
                 return 0
@@ -243,16 +255,23 @@ class ItemOps(ResultOps):
                 if n == len(retry):
                     tokens_in += sum(o.usage.input_tokens for o in retry if o.usage)
                     tokens_out += sum(o.usage.output_tokens for o in retry if o.usage)
-            conn.execute(
-                update(runs)
-                .where(runs.c.run_id == run_id)
-                .values(
+            fenced = update(runs).where(runs.c.run_id == run_id)
+            if lease_owner is not None:
+                fenced = fenced.where(runs.c.lease_owner == lease_owner)
+            applied_run = conn.execute(
+                fenced.values(
                     input_tokens=runs.c.input_tokens + tokens_in,
                     output_tokens=runs.c.output_tokens + tokens_out,
                     updated_at=utc_now(),
                     **counters,
                 )
             )
+            if applied_run.rowcount == 0:
+                raise RunLeasedError(
+                    f"run {run_id!r} is no longer leased by this process; another process "
+                    f"took it over, so outcomes of chunk {chunk.chunk_id} were not recorded",
+                    run_id=run_id,
+                )
         return changed
 
     @staticmethod
