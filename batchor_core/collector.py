@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 
 from pydantic import BaseModel
 
@@ -41,7 +42,7 @@ __all__ = ["ChunkCollector"]
 log = logging.getLogger("batchor.run")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Part:
     """What every part of one chunk's collection shares."""
 
@@ -50,6 +51,7 @@ class _Part:
     batch: ProviderBatch
     policy: RetryPolicy
     cancelling: bool
+    renewed_at: datetime
 
 
 class ChunkCollector:
@@ -60,7 +62,7 @@ class ChunkCollector:
         artifacts: Where the downloaded files are kept.
         provider: Batch provider (downloads, line parsing).
         clock: Time source.
-        lease: The lease keeper (renewed while a file is downloaded and read).
+        lease: The lease keeper (renewed while a file is downloaded and recorded).
         token_limit_backoff_seconds: Wait before resubmitting items of a batch that hit
             the enqueued-token limit.
         record_batch: Outcomes recorded per transaction.
@@ -114,7 +116,7 @@ class ChunkCollector:
             output_model=output_model,
             output_schema=output_schema,
         )
-        part = _Part(run, chunk, batch, retry_policy(spec), cancelling)
+        part = _Part(run, chunk, batch, retry_policy(spec), cancelling, self.clock.now())
         for kind, file_id in (("output", batch.output_file_id), ("error", batch.error_file_id)):
             if not file_id:
                 continue
@@ -124,7 +126,7 @@ class ChunkCollector:
                 self.artifacts.write_stream(key, stream)
                 failpoints.reach("collect.downloaded")
             with self.artifacts.open_read(key) as fh:
-                for raw in self.lease.renewing(run.run_id, iter(fh)):
+                for raw in fh:
                     # Record in parts, checked before adding a line so that at least
                     # one outcome is left for the last part: the items of a chunk never
                     # all finish before the chunk is marked collected.
@@ -175,11 +177,16 @@ class ChunkCollector:
         """Record one part of a chunk's outcomes; ``done`` (the last part) also marks the
         chunk collected. Fenced by the lease: a process that lost it commits nothing."""
         run_id = part.run.run_id
+        now = self.clock.now()
+        if (now - part.renewed_at).total_seconds() >= self.lease.ttl_seconds / 3:
+            # A long collection must not outlive the lease (the parts are fenced on it).
+            self.lease.renew(run_id)
+            part.renewed_at = now
         needs = [f[0] for f in failures] + [m[0] for m in missing]
         builder = OutcomeBuilder(
             policy=part.policy,
             attempts=self.store.item_attempts(run_id, needs) if needs else {},
-            now=self.clock.now(),
+            now=now,
             cancelling=part.cancelling,
         )
         outcomes = successes

@@ -1,8 +1,11 @@
 """End-to-end throughput and memory: N items through the runner against the emulator.
 
 The emulator runs in its own process (like the real provider, it is not our memory);
-the runner uses a real SQLite file and local artifacts. Prints items/s and the runner
-process's peak RSS. Run by hand:
+the runner uses a real SQLite file and local artifacts. Prints items/s, the runner
+process's peak RSS, and the runner's own time: wall time minus the CPU time the emulator
+process spent (the runner waits on the emulator's answers; on a loaded machine the
+emulator's wall time is longer than its CPU time, so this still overstates our share a
+little). Also prints the store and artifact bytes per item. Run by hand:
 
     .venv/bin/python bench/bench_e2e.py --items 100000
     .venv/bin/python bench/bench_e2e.py --items 1000000
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -103,7 +107,10 @@ def main() -> None:
     finally:
         emu.terminate()
         emu.wait(timeout=30)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    emu_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    emu_cpu = emu_usage.ru_utime + emu_usage.ru_stime
+    peak_mb = own.ru_maxrss / 1024
     total = finished - started
     print(
         f"items:            {summary.total_items} ({summary.completed_items} completed, "
@@ -113,7 +120,28 @@ def main() -> None:
     print(f"wait (poll+collect):   {finished - ingested:.2f}s")
     print(f"end to end:       {total:.2f}s = {summary.total_items / total:,.0f} items/s")
     print(f"read results:     {read} in {read_done - finished:.2f}s")
+    print(
+        f"emulator CPU:     {emu_cpu:.2f}s; runner CPU {own.ru_utime + own.ru_stime:.2f}s; "
+        f"runner's own time (end to end + read - emulator CPU): "
+        f"{total + read_done - finished - emu_cpu:.2f}s"
+    )
     print(f"peak RSS (runner process): {peak_mb:.0f} MB")
+    n = max(summary.total_items, 1)
+    artifacts = _bytes((workdir / "artifacts").rglob("*"))
+    requests = _bytes((workdir / "artifacts").rglob("requests/*"))
+    if not args.store:
+        store = _bytes(workdir.glob("runs.sqlite3*"))
+        print(
+            f"store:            {store / n:.0f} B/item (SQLite file); artifacts "
+            f"{artifacts / n:.0f} B/item ({requests / n:.0f} requests + "
+            f"{(artifacts - requests) / n:.0f} outputs); store / artifacts = "
+            f"{store / artifacts:.2f}"
+        )
+
+
+def _bytes(paths: Iterable[Path]) -> int:
+    """Total size of the files among ``paths``."""
+    return sum(p.stat().st_size for p in paths if p.is_file())
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ class ItemOps(ResultOps):
         :class:`RunLeasedError` unless that owner still holds the run's lease.
         """
         now = utc_now()
-        rows = [
+        # A generator: the driver takes the rows one by one, so a slice's rows are never
+        # all built at once.
+        rows = (
             {
                 "run_id": run_id,
                 "seq": it.seq,
@@ -89,12 +91,11 @@ class ItemOps(ResultOps):
                 "error_message": it.error.message if it.error else None,
             }
             for it in new_items
-        ]
+        )
         rejected = sum(1 for it in new_items if it.status is ItemStatus.FAILED)
         try:
             with self._tx() as conn:
-                if rows:
-                    executemany(conn, _ITEM_INSERT, rows)
+                executemany(conn, _ITEM_INSERT, rows)
                 if rejected:
                     self._assign_finished_seqs(
                         conn, run_id, [it.seq for it in new_items if it.status is ItemStatus.FAILED]
@@ -102,7 +103,7 @@ class ItemOps(ResultOps):
                 for chunk in chunks:
                     self._upsert_chunk(conn, chunk)
                 values: dict[str, Any] = {
-                    "total_items": runs.c.total_items + len(rows),
+                    "total_items": runs.c.total_items + len(new_items),
                     "failed_items": runs.c.failed_items + rejected,
                     "updated_at": now,
                 }
@@ -220,10 +221,10 @@ class ItemOps(ResultOps):
                     n += executemany(
                         conn,
                         _DONE_UPDATE,
-                        [
+                        (
                             _outcome_params(run_id, o, finished=start + i)
                             for i, o in group[part : part + BULK]
-                        ],
+                        ),
                     )
                 changed += n
                 counters[column] = runs.c[column] + n
@@ -247,7 +248,7 @@ class ItemOps(ResultOps):
                     executemany(
                         conn,
                         _RETRY_UPDATE,
-                        [_outcome_params(run_id, o) for o in retry[part : part + BULK]],
+                        (_outcome_params(run_id, o) for o in retry[part : part + BULK]),
                     )
                     for part in range(0, len(retry), BULK)
                 )
