@@ -13,6 +13,7 @@ submission change).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -112,7 +113,8 @@ class ChunkCollector:
         # resume and wait work in any process.
         output_schema = spec.get("output_schema") if output_model is None else None
         sorter = LineSorter(
-            parse=lambda raw: self.provider.parse_line(spec["endpoint"], raw),
+            # Bound once: this runs for every line of files of up to 50,000 lines.
+            parse=functools.partial(self.provider.parse_line, spec["endpoint"]),
             output_model=output_model,
             output_schema=output_schema,
         )
