@@ -10,11 +10,14 @@ little). Also prints the store and artifact bytes per item. Run by hand:
     .venv/bin/python bench/bench_e2e.py --items 100000
     .venv/bin/python bench/bench_e2e.py --items 1000000
     .venv/bin/python bench/bench_e2e.py --store postgresql+psycopg://user:pw@host/db
+    .venv/bin/python bench/bench_e2e.py --store postgresql+psycopg://... --vs-sqlite
+        # then the same on a SQLite file, and Postgres / SQLite throughput
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import resource
 import subprocess
 import sys
@@ -76,7 +79,18 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--store", default=None, help="a store URL (default: a SQLite file)")
+    parser.add_argument(
+        "--vs-sqlite", action="store_true", help="with --store: also run on SQLite, print the ratio"
+    )
     args = parser.parse_args()
+    if args.vs_sqlite and args.store:
+        ours = _run_self(["--items", str(args.items), "--store", args.store])
+        sqlite = _run_self(["--items", str(args.items)])
+        print(
+            f"{args.store.split('://')[0]} / SQLite end-to-end throughput: "
+            f"{ours / sqlite:.2f} ({ours:,.0f} vs {sqlite:,.0f} items/s)"
+        )
+        return
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="batchor-bench-"))
     emu, url = _start_emulator(workdir / "emulator")
     try:
@@ -137,6 +151,17 @@ def main() -> None:
             f"{(artifacts - requests) / n:.0f} outputs); store / artifacts = "
             f"{store / artifacts:.2f}"
         )
+
+
+def _run_self(argv: list[str]) -> float:
+    """Run this benchmark in a fresh process; print its output, return its items/s."""
+    out = subprocess.run(
+        [sys.executable, __file__, *argv], check=True, capture_output=True, text=True
+    ).stdout
+    print(out, end="")
+    found = re.search(r"end to end:.*= ([0-9,]+) items/s", out)
+    assert found, out
+    return float(found.group(1).replace(",", ""))
 
 
 def _bytes(paths: Iterable[Path]) -> int:
