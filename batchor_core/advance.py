@@ -17,15 +17,15 @@ from pydantic import BaseModel
 
 from batchor_core import failpoints
 from batchor_core.admission import SubmissionGate
-from batchor_core.collect import LineSorter, OutcomeBuilder
+from batchor_core.collect import RECORD_BATCH
+from batchor_core.collector import ChunkCollector
 from batchor_core.errors import ConfigurationError, ProviderError, RateLimitedError
-from batchor_core.jobspec import chunk_policy, retry_policy
+from batchor_core.jobspec import chunk_policy
 from batchor_core.lease import LeaseKeeper
 from batchor_core.models import RunStatus
 from batchor_core.packing import (
     batch_metadata,
     chunk_key,
-    output_key,
     seal_chunk,
     upload_name,
 )
@@ -64,6 +64,7 @@ class RunStepper:
             enqueued-token limit.
         create_grace_seconds: After an ambiguous batch create, how long a missing batch
             is looked for again before it is concluded "not created".
+        record_batch: Outcomes recorded per transaction while a chunk is collected.
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class RunStepper:
         stalls: StallPolicy | None = None,
         token_limit_backoff_seconds: float = 60.0,
         create_grace_seconds: float = 60.0,
+        record_batch: int = RECORD_BATCH,
     ) -> None:
         self.lease = lease
         self.store = store
@@ -89,6 +91,15 @@ class RunStepper:
         idle = lease.ttl_seconds  # a run whose lease lapsed this long is not being advanced
         self.gate = SubmissionGate(
             store=store, provider=provider, pause=self._pause, artifacts=artifacts, idle=idle
+        )
+        self.collector = ChunkCollector(
+            store=store,
+            artifacts=artifacts,
+            provider=provider,
+            clock=clock,
+            lease=lease,
+            token_limit_backoff_seconds=token_limit_backoff_seconds,
+            record_batch=record_batch,
         )
 
     # ------------------------------------------------------------------ step
@@ -364,91 +375,14 @@ class RunStepper:
                     progress = True
                 continue
             try:
-                self._collect(run, chunk, batch, output_model, cancelling=cancelling)
+                self.collector.collect(run, chunk, batch, output_model, cancelling=cancelling)
+                self.gate.count_token_limit_strikes(run.run_id, batch)
             except ProviderError as exc:
                 self._stall(run, chunk, exc, f"collecting batch {batch.batch_id}")
                 continue
             collected += 1
             progress = True
         return progress
-
-    def _collect(
-        self,
-        run: RunRecord,
-        chunk: ChunkRecord,
-        batch: ProviderBatch,
-        output_model: type[BaseModel] | None,
-        *,
-        cancelling: bool,
-    ) -> None:
-        spec = run.job_spec
-        # Without the output model (an operator's shell, a model defined in the starting
-        # script) outputs are checked against the stored strict schema instead: cancel,
-        # resume and wait work in any process.
-        output_schema = spec.get("output_schema") if output_model is None else None
-        sorter = LineSorter(
-            parse=lambda raw: self.provider.parse_line(spec["endpoint"], raw),
-            output_model=output_model,
-            output_schema=output_schema,
-        )
-        for kind, file_id in (("output", batch.output_file_id), ("error", batch.error_file_id)):
-            if not file_id:
-                continue
-            key = output_key(run.run_id, chunk.chunk_id, batch.batch_id, kind)
-            if not self.artifacts.exists(key):
-                stream = self.lease.renewing(run.run_id, self.provider.download_file(file_id))
-                self.artifacts.write_stream(key, stream)
-                failpoints.reach("collect.downloaded")
-            with self.artifacts.open_read(key) as fh:
-                for raw in fh:
-                    sorter.add(raw)
-        if sorter.corrupt_lines:
-            log.warning("run %s: %s", run.run_id, sorter.corrupt_lines[-1])
-        successes, failures, seen = sorter.successes, sorter.failures, sorter.seen
-        missing: list[tuple[int, int]] = []
-        if len(seen) < chunk.request_count:
-            missing = [
-                (q.seq, q.submission)
-                for q in self.store.queued_items(run.run_id, chunk.chunk_id)
-                if q.seq not in seen
-            ]
-        needs = [f[0] for f in failures] + [m[0] for m in missing]
-        builder = OutcomeBuilder(
-            policy=retry_policy(spec),
-            attempts=self.store.item_attempts(run.run_id, needs) if needs else {},
-            now=self.clock.now(),
-            cancelling=cancelling,
-        )
-        outcomes = successes
-        outcomes.extend(
-            builder.from_error(seq, sub, err, usage) for seq, sub, err, usage in failures
-        )
-        outcomes.extend(
-            builder.for_missing(
-                missing,
-                batch.status,
-                batch.errors,
-                token_limit_backoff_seconds=self.token_limit_backoff_seconds,
-            )
-        )
-        done = dataclasses.replace(
-            chunk,
-            state=ChunkState.COLLECTED,
-            provider_status=batch.status,
-            not_before=None,
-            first_error_at=None,
-        )
-        self.store.record_outcomes(run.run_id, done, outcomes)
-        failpoints.reach("collect.recorded")
-        self.gate.count_token_limit_strikes(run.run_id, batch)
-        log.info(
-            "run %s: collected %s (%s): %d lines, %d without a line",
-            run.run_id,
-            batch.batch_id,
-            batch.status,
-            len(seen),
-            len(missing),
-        )
 
     # ------------------------------------------------------------------ retries
 

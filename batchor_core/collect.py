@@ -8,6 +8,12 @@ Rules (the same for every batch):
   all from an expired or cancelled batch, or a batch that hit the enqueued token limit)
   is resubmitted without spending an attempt, at most ``max_free_resubmits`` times;
 - a batch that failed validation spends an attempt for every item in it.
+
+A chunk's output file (up to 50,000 lines) is read line by line and its outcomes are
+recorded in parts of :data:`RECORD_BATCH`, so memory does not grow with the chunk. Each
+part is its own transaction and only changes items still queued with the same
+submission, so a collection interrupted between parts is simply done again; the last
+part marks the chunk collected.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ from batchor_core.packing import parse_custom_id
 from batchor_core.ports import ItemOutcome, ParsedLine
 from batchor_core.schemacheck import schema_errors
 
-__all__ = ["LineSorter", "OutcomeBuilder", "validate_output"]
+__all__ = ["RECORD_BATCH", "LineSorter", "OutcomeBuilder", "validate_output"]
 
+RECORD_BATCH = 2_000
+"""Outcomes recorded per transaction while a chunk is collected (bounds its memory)."""
 NEVER_RAN_CODES = frozenset({"batch_expired", "batch_cancelled"})
 _NO_OUTPUT = ItemError("empty_output", "no output")
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"([^"\\]{1,200})"')
@@ -68,11 +76,14 @@ def validate_output(
 class LineSorter:
     """Sorts the lines of a batch's output and error files into successes and failures.
 
-    Successes (the common case) need nothing from the store; the store's conditional
-    update ignores lines of stale submissions. Failures need the items' attempt counts,
-    which the caller fetches only for them. A corrupt line fails its own item when its
-    custom id can still be read, never the whole batch; an unreadable one leaves its
-    item without a line (retried as missing).
+    Lines accumulate until :meth:`take` hands them over (the caller records them in
+    parts). Successes (the common case) need nothing from the store; the store's
+    conditional update ignores lines of stale submissions. Failures need the items'
+    attempt counts, which the caller fetches only for them. A corrupt line fails its own
+    item when its custom id can still be read, never the whole batch; an unreadable one
+    leaves its item without a line (retried as missing). A line repeated within a part
+    is skipped here; one repeated in a later part changes nothing in the store, because
+    its item is no longer queued.
 
     Args:
         parse: The provider's line parser for the batch's endpoint.
@@ -92,8 +103,26 @@ class LineSorter:
         self._schema = output_schema
         self.successes: list[ItemOutcome] = []
         self.failures: list[tuple[int, int, ItemError, Usage | None]] = []
-        self.seen: set[int] = set()
-        self.corrupt_lines: list[str] = []
+        self._seen: set[int] = set()
+        self.lines = 0
+        self.corrupt_lines = 0
+        self.last_corrupt: str | None = None
+
+    @property
+    def pending(self) -> int:
+        """Lines sorted since the last :meth:`take`."""
+        return len(self._seen)
+
+    def pending_seqs(self) -> set[int]:
+        """Items with a line sorted since the last :meth:`take`."""
+        return set(self._seen)
+
+    def take(self) -> tuple[list[ItemOutcome], list[tuple[int, int, ItemError, Usage | None]]]:
+        """Hand over the successes and failures sorted so far, and start a new part."""
+        taken = self.successes, self.failures
+        self.successes, self.failures = [], []
+        self._seen = set()
+        return taken
 
     def add(self, raw: bytes) -> None:
         """Sort one raw line (blank lines, other runs' and repeated lines are skipped)."""
@@ -102,17 +131,20 @@ class LineSorter:
         try:
             parsed = self._parse(raw)
         except ProviderError as exc:
-            self.corrupt_lines.append(exc.message)
+            self.corrupt_lines += 1
+            self.last_corrupt = exc.message
             found = _CUSTOM_ID.search(raw)
             ids = parse_custom_id(found.group(1).decode("ascii", "replace")) if found else None
-            if ids is not None and ids[0] not in self.seen:
-                self.seen.add(ids[0])
+            if ids is not None and ids[0] not in self._seen:
+                self._seen.add(ids[0])
+                self.lines += 1
                 self.failures.append((*ids, ItemError("invalid_line", exc.message[:2000]), None))
             return
         ids = parse_custom_id(parsed.custom_id)
-        if ids is None or ids[0] in self.seen:
+        if ids is None or ids[0] in self._seen:
             return  # not ours, or a repeated line
-        self.seen.add(ids[0])
+        self._seen.add(ids[0])
+        self.lines += 1
         seq, sub = ids
         if parsed.error is not None:
             self.failures.append((seq, sub, parsed.error, parsed.usage))

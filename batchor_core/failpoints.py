@@ -20,6 +20,7 @@ POINTS = (
     "submit.uploaded",  # file uploaded, file id not recorded
     "submit.created",  # batch created at the provider, batch id not recorded
     "collect.downloaded",  # output file stored, outcomes not recorded
+    "collect.part_recorded",  # some of a chunk's outcomes recorded, chunk not collected
     "collect.recorded",  # outcomes recorded
     "retry.written",  # retry chunk written, items not yet moved into it
 )

@@ -358,9 +358,16 @@ class StateStore(Protocol):
         outcomes: Sequence[ItemOutcome],
         *,
         expected: ChunkState = ChunkState.SUBMITTED,
+        final: bool = True,
+        lease_owner: str | None = None,
     ) -> int:
-        """Apply outcomes of a chunk in state ``expected`` and mark it collected (one
-        transaction); return rows changed."""
+        """Apply outcomes of a chunk in state ``expected``; return rows changed.
+
+        With ``final`` the chunk is saved as given (collected) in the same transaction;
+        without, it must still be in ``expected``. Either way nothing changes (0) when the
+        chunk is no longer in ``expected``. With ``lease_owner``, refuse
+        (``RunLeasedError``) unless that owner holds the run's lease.
+        """
         ...
 
     def existing_item_ids(self, run_id: str, item_ids: Sequence[str]) -> set[str]:

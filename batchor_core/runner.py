@@ -68,7 +68,8 @@ class BatchRunner:
             :class:`FsspecArtifactStore`; credentials from the provider's environment).
         provider: An :class:`OpenAIProviderConfig` or any :class:`BatchProvider`.
         clock: Time source (tests pass a fake one).
-        ingest_slice_size: Items committed per ingest transaction.
+        ingest_slice_size: Items committed per ingest transaction (bounds the memory
+            of an ingest: a slice is held while it is written).
         transient_backoff_seconds: Wait after a retryable provider error.
         token_limit_backoff_seconds: Wait before resubmitting a batch that hit the
             provider's enqueued-token limit.
@@ -95,7 +96,7 @@ class BatchRunner:
         artifacts: ArtifactStore | str | os.PathLike[str] | None = None,
         provider: Any = None,
         clock: Clock | None = None,
-        ingest_slice_size: int = 10_000,
+        ingest_slice_size: int = 5_000,
         transient_backoff_seconds: float = 5.0,
         token_limit_backoff_seconds: float = 60.0,
         transient_error_budget_seconds: float = 1800.0,

@@ -1,30 +1,37 @@
 """End-to-end throughput and memory: N items through the runner against the emulator.
 
 The emulator runs in its own process (like the real provider, it is not our memory);
-the runner uses a real SQLite file and local artifacts. Prints items/s and the runner
-process's peak RSS. Run by hand:
+the runner uses a real SQLite file and local artifacts. Prints items/s, the runner
+process's peak RSS, and the runner's own time: wall time minus the CPU time the emulator
+process spent (the runner waits on the emulator's answers; on a loaded machine the
+emulator's wall time is longer than its CPU time, so this still overstates our share a
+little). Also prints the store and artifact bytes per item. Run by hand:
 
     .venv/bin/python bench/bench_e2e.py --items 100000
     .venv/bin/python bench/bench_e2e.py --items 1000000
     .venv/bin/python bench/bench_e2e.py --store postgresql+psycopg://user:pw@host/db
+    .venv/bin/python bench/bench_e2e.py --store postgresql+psycopg://... --vs-sqlite
+        # then the same on a SQLite file, and Postgres / SQLite throughput
     .venv/bin/python bench/bench_e2e.py --store postgresql+psycopg://... \
         --artifacts s3://bench/run --local-s3   # S3 artifacts on a local moto server
 
 ``--local-s3`` starts an S3-compatible server (moto, from the dev extra) in its own
 process on 127.0.0.1, points the AWS environment variables at it and creates the
-artifacts URL's bucket.
+artifacts URL's bucket (its CPU time then counts with the emulator's).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -117,8 +124,32 @@ def main() -> None:
     parser.add_argument(
         "--local-s3", action="store_true", help="serve the s3:// artifacts URL locally (moto)"
     )
+    parser.add_argument(
+        "--vs-sqlite", action="store_true", help="with --store: also run on SQLite, print the ratio"
+    )
     args = parser.parse_args()
-    workdir = args.dir or Path(tempfile.mkdtemp(prefix="batchor-bench-"))
+    if args.vs_sqlite and args.store:
+        extra = ["--artifacts", args.artifacts] if args.artifacts else []
+        extra += ["--local-s3"] if args.local_s3 else []
+        ours = _run_self(["--items", str(args.items), "--store", args.store, *extra])
+        sqlite = _run_self(["--items", str(args.items)])
+        setup = args.store.split("://")[0]
+        if args.artifacts:
+            setup += " + " + args.artifacts.split("://")[0]
+        print(
+            f"{setup} / SQLite + local files end-to-end throughput: "
+            f"{ours / sqlite:.2f} ({ours:,.0f} vs {sqlite:,.0f} items/s)"
+        )
+        return
+    if args.dir is not None:
+        _bench(args, args.dir)
+    else:  # a 1M run leaves 2 GB behind: remove it unless --dir asked to keep it
+        with tempfile.TemporaryDirectory(prefix="batchor-bench-") as tmp:
+            _bench(args, Path(tmp))
+
+
+def _bench(args: argparse.Namespace, workdir: Path) -> None:
+    """Run the benchmark in ``workdir`` and print its numbers."""
     s3 = _start_local_s3(args.artifacts) if args.local_s3 and args.artifacts else None
     emu, url = _start_emulator(workdir / "emulator")
     try:
@@ -152,7 +183,10 @@ def main() -> None:
         if s3 is not None:
             s3.terminate()
             s3.wait(timeout=30)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    emu_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    emu_cpu = emu_usage.ru_utime + emu_usage.ru_stime
+    peak_mb = own.ru_maxrss / 1024
     total = finished - started
     print(
         f"items:            {summary.total_items} ({summary.completed_items} completed, "
@@ -162,8 +196,40 @@ def main() -> None:
     print(f"wait (poll+collect):   {finished - ingested:.2f}s")
     print(f"end to end:       {total:.2f}s = {summary.total_items / total:,.0f} items/s")
     print(f"read results:     {read} in {read_done - finished:.2f}s")
+    print(
+        f"emulator CPU:     {emu_cpu:.2f}s; runner CPU {own.ru_utime + own.ru_stime:.2f}s; "
+        f"runner's own time (end to end + read - emulator CPU): "
+        f"{total + read_done - finished - emu_cpu:.2f}s"
+    )
     print(f"peak RSS (runner process): {peak_mb:.0f} MB")
+    n = max(summary.total_items, 1)
+    artifacts = _bytes((workdir / "artifacts").rglob("*"))
+    requests = _bytes((workdir / "artifacts").rglob("requests/*"))
     print(f"store: {runner.storage!r}  artifacts: {runner.artifacts!r}")
+    if not args.store and not args.artifacts:
+        store = _bytes(workdir.glob("runs.sqlite3*"))
+        print(
+            f"store:            {store / n:.0f} B/item (SQLite file); artifacts "
+            f"{artifacts / n:.0f} B/item ({requests / n:.0f} requests + "
+            f"{(artifacts - requests) / n:.0f} outputs); store / artifacts = "
+            f"{store / artifacts:.2f}"
+        )
+
+
+def _run_self(argv: list[str]) -> float:
+    """Run this benchmark in a fresh process; print its output, return its items/s."""
+    out = subprocess.run(
+        [sys.executable, __file__, *argv], check=True, capture_output=True, text=True
+    ).stdout
+    print(out, end="")
+    found = re.search(r"end to end:.*= ([0-9,]+) items/s", out)
+    assert found, out
+    return float(found.group(1).replace(",", ""))
+
+
+def _bytes(paths: Iterable[Path]) -> int:
+    """Total size of the files among ``paths``."""
+    return sum(p.stat().st_size for p in paths if p.is_file())
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -24,10 +25,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.dml import Insert, UpdateBase
 from sqlalchemy.sql.selectable import Select
 
-__all__ = ["executemany", "fetch_tuples", "make_engine", "values_in"]
+__all__ = ["executemany", "fetch_tuples", "insert_rows", "make_engine", "values_in"]
 
 
 def make_engine(url: str) -> Engine:
@@ -69,7 +70,9 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA temp_store=MEMORY")
-        cursor.execute("PRAGMA cache_size=-16000")
+        # 4 MB of page cache per connection (SQLite's default is 2 MB). More did not make
+        # a 100k run faster here but cost 12 MB of peak RSS; the OS caches the file too.
+        cursor.execute("PRAGMA cache_size=-4000")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -77,47 +80,94 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def executemany(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> int:
+def executemany(conn: Connection, stmt: UpdateBase, rows: Iterable[Mapping[str, Any]]) -> int:
     """Run ``stmt`` once per row through the driver's own executemany.
 
     SQLAlchemy's generic executemany path builds parameters row by row in Python, which
     dominates bulk ingest and collection; here the statement is compiled once and the
-    rows go straight to the driver (as tuples for positional drivers such as sqlite3,
-    picked out with a C-level itemgetter). Bind type processors are applied so values
-    are stored exactly as SQLAlchemy would store them. Returns the rows changed.
+    rows stream to the driver's cursor (as tuples for positional drivers such as
+    sqlite3, picked out with a C-level itemgetter), so a generator of rows is never
+    held as a list. Bind type processors are applied so values are stored exactly as
+    SQLAlchemy would store them. Driver errors are raised as SQLAlchemy's
+    ``DBAPIError`` subclasses (``IntegrityError``, ...), like any other statement's.
+    Returns the rows changed.
     """
-    if not rows:
+    iterator = iter(rows)
+    first = next(iterator, None)
+    if first is None:
         return 0
     dialect = conn.dialect
     compiled = stmt.compile(dialect=dialect)
     assert isinstance(compiled, SQLCompiler)
-    first = rows[0]
     extra = {k: v for k, v in compiled.params.items() if k not in first}
     processors = {}
     for name, bind in compiled.binds.items():
         proc = bind.type.bind_processor(dialect)
         if proc is not None:
             processors[name] = proc
-    prepared: Sequence[Mapping[str, Any]] = rows
+    prepared: Iterator[Mapping[str, Any]] = itertools.chain((first,), iterator)
     if extra or processors:
-        merged_rows = []
-        for row in rows:
+
+        def merge(row: Mapping[str, Any]) -> Mapping[str, Any]:
             merged = {**extra, **row} if extra else dict(row)
             for name, proc in processors.items():
                 if name in merged:
                     merged[name] = proc(merged[name])
-            merged_rows.append(merged)
-        prepared = merged_rows
-    params: list[Any]
+            return merged
+
+        prepared = map(merge, prepared)
+    params: Iterator[Any]
     if compiled.positional:
         order = list(compiled.positiontup or [])
         getter = operator.itemgetter(*order)
-        params = (
-            [getter(r) for r in prepared] if len(order) > 1 else [(getter(r),) for r in prepared]
-        )
+        params = map(getter, prepared) if len(order) > 1 else ((getter(r),) for r in prepared)
     else:
-        params = list(prepared)
-    return int(conn.exec_driver_sql(compiled.string, params).rowcount)
+        params = prepared
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(compiled.string, params)  # type: ignore[arg-type]  # any iterable
+        return int(cursor.rowcount)
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(compiled.string, None, exc, dialect.loaded_dbapi.Error) from exc
+    finally:
+        cursor.close()
+
+
+def insert_rows(conn: Connection, stmt: Insert, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Insert rows keyed by column name: ``COPY`` on Postgres, else :func:`executemany`.
+
+    ``stmt`` is the table's insert with one bind per column, named like the column (the
+    form executemany needs). Postgres loads the rows with ``COPY ... FROM STDIN``, about
+    three times faster than executemany for ingest slices; its errors (a duplicate key)
+    are raised as SQLAlchemy's ``DBAPIError`` subclasses (``IntegrityError``) like any
+    other statement's. Returns the rows inserted.
+    """
+    if conn.dialect.name != "postgresql":
+        return executemany(conn, stmt, rows)
+    iterator = iter(rows)
+    first = next(iterator, None)
+    if first is None:
+        return 0
+    table = stmt.table
+    names = list(first)
+    dialect = conn.dialect
+    procs = [table.c[n].type.bind_processor(dialect) for n in names]
+    quote = dialect.identifier_preparer.quote
+    sql = f"COPY {quote(table.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    count = 0
+    try:
+        with cursor.copy(sql) as copy:
+            for row in itertools.chain((first,), iterator):
+                copy.write_row(
+                    [row[n] if p is None else p(row[n]) for n, p in zip(names, procs, strict=True)]
+                )
+                count += 1
+        return count
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error) from exc
+    finally:
+        cursor.close()
 
 
 def values_in(conn: Connection, column: ColumnElement[Any], values: Sequence[str]) -> Any:

@@ -36,7 +36,7 @@ from batchor_core.ports import (
     QueuedItem,
     RetryCandidate,
 )
-from batchor_core.storage.dialects import executemany, values_in
+from batchor_core.storage.dialects import executemany, insert_rows, values_in
 from batchor_core.storage.results_sql import ResultOps
 from batchor_core.storage.schema import chunks, items, runs
 
@@ -73,7 +73,9 @@ class ItemOps(ResultOps):
         :class:`RunLeasedError` unless that owner still holds the run's lease.
         """
         now = utc_now()
-        rows = [
+        # A generator: the driver takes the rows one by one, so a slice's rows are never
+        # all built at once.
+        rows = (
             {
                 "run_id": run_id,
                 "seq": it.seq,
@@ -89,12 +91,11 @@ class ItemOps(ResultOps):
                 "error_message": it.error.message if it.error else None,
             }
             for it in new_items
-        ]
+        )
         rejected = sum(1 for it in new_items if it.status is ItemStatus.FAILED)
         try:
             with self._tx() as conn:
-                if rows:
-                    executemany(conn, _ITEM_INSERT, rows)
+                insert_rows(conn, _ITEM_INSERT, rows)
                 if rejected:
                     self._assign_finished_seqs(
                         conn, run_id, [it.seq for it in new_items if it.status is ItemStatus.FAILED]
@@ -102,7 +103,7 @@ class ItemOps(ResultOps):
                 for chunk in chunks:
                     self._upsert_chunk(conn, chunk)
                 values: dict[str, Any] = {
-                    "total_items": runs.c.total_items + len(rows),
+                    "total_items": runs.c.total_items + len(new_items),
                     "failed_items": runs.c.failed_items + rejected,
                     "updated_at": now,
                 }
@@ -175,17 +176,25 @@ class ItemOps(ResultOps):
         outcomes: Sequence[ItemOutcome],
         *,
         expected: ChunkState = ChunkState.SUBMITTED,
+        final: bool = True,
+        lease_owner: str | None = None,
     ) -> int:
-        """Apply a collected chunk's outcomes and mark it collected, in one transaction.
+        """Apply outcomes of a submitted chunk in one transaction; ``final`` also marks
+        it collected.
 
         Only items still queued in this chunk with the same submission number change,
         so a replay after a crash (or a second collector) is a no-op. ``expected`` is
         the chunk's state before (``sealed``/``uploaded`` for a chunk given up unsent).
+        A chunk collected in several parts stays submitted until its last part, so an
+        interrupted collection is done again and changes only what it had not changed
+        yet. With ``lease_owner`` the transaction rolls back with :class:`RunLeasedError`
+        unless that owner still holds the run's lease.
         """
         with self._tx() as conn:
             # Claim the chunk first: only one collection of a submitted chunk can commit.
             # (SQLite serialises writers; on Postgres the row lock makes a concurrent
-            # collector wait here and then find the chunk already collected.)
+            # collector wait here and then find the chunk already collected.) A part
+            # before the last only touches the chunk, which takes the same lock.
             claimed = conn.execute(
                 update(chunks)
                 .where(
@@ -193,7 +202,7 @@ class ItemOps(ResultOps):
                     chunks.c.chunk_id == chunk.chunk_id,
                     chunks.c.state == expected.value,
                 )
-                .values(**self._chunk_values(chunk))
+                .values(**self._chunk_values(chunk) if final else {"updated_at": utc_now()})
             )
             if claimed.rowcount == 0:
                 return 0
@@ -215,10 +224,10 @@ class ItemOps(ResultOps):
                     n += executemany(
                         conn,
                         _DONE_UPDATE,
-                        [
+                        (
                             _outcome_params(run_id, o, finished=start + i)
                             for i, o in group[part : part + BULK]
-                        ],
+                        ),
                     )
                 changed += n
                 counters[column] = runs.c[column] + n
@@ -241,17 +250,18 @@ class ItemOps(ResultOps):
                     executemany(
                         conn,
                         _RETRY_UPDATE,
-                        [_outcome_params(run_id, o) for o in retry[part : part + BULK]],
+                        (_outcome_params(run_id, o) for o in retry[part : part + BULK]),
                     )
                     for part in range(0, len(retry), BULK)
                 )
                 changed += n
                 if n == len(retry):
                     _add_usage(totals, retry)
-            conn.execute(
-                update(runs)
-                .where(runs.c.run_id == run_id)
-                .values(
+            fenced = update(runs).where(runs.c.run_id == run_id)
+            if lease_owner is not None:
+                fenced = fenced.where(runs.c.lease_owner == lease_owner)
+            applied_run = conn.execute(
+                fenced.values(
                     input_tokens=runs.c.input_tokens + totals[0],
                     output_tokens=runs.c.output_tokens + totals[1],
                     cached_input_tokens=runs.c.cached_input_tokens + totals[2],
@@ -260,6 +270,12 @@ class ItemOps(ResultOps):
                     **counters,
                 )
             )
+            if applied_run.rowcount == 0:
+                raise RunLeasedError(
+                    f"run {run_id!r} is no longer leased by this process; another process "
+                    f"took it over, so outcomes of chunk {chunk.chunk_id} were not recorded",
+                    run_id=run_id,
+                )
         return changed
 
     @staticmethod

@@ -7,7 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from batchor_core import InvalidItemError, ItemError, ItemStatus, RunStatus, Usage
+from batchor_core import (
+    InvalidItemError,
+    ItemError,
+    ItemStatus,
+    RunLeasedError,
+    RunStatus,
+    Usage,
+)
 from batchor_core.ports import ChunkRecord, ChunkState, ItemOutcome, NewItem, RunRecord
 from batchor_core.storage import SQLStateStore
 from batchor_core.storage.schema import runs
@@ -163,6 +170,54 @@ def test_outcomes_apply_once_and_feed_counters_and_cursor(
     assert store.read_results(run_id, after=rows[1].finished_seq, limit=10)[0].item_id == "item-2"
     pending = store.item_status(run_id, "item-3")
     assert pending is not None and pending.status is ItemStatus.PENDING
+
+
+def test_outcomes_recorded_in_parts_are_fenced_by_the_lease_and_replay_as_no_ops(
+    store: SQLStateStore, run_id: str
+) -> None:
+    chunk = _seed(store, run_id, 4)
+    submitted = dataclasses.replace(chunk, state=ChunkState.SUBMITTED, batch_id="b1")
+    assert store.save_chunk(submitted, expected=ChunkState.BUILDING)
+    assert store.acquire_lease(run_id, "me", now=NOW, ttl_seconds=60).token is not None
+    first = [
+        ItemOutcome(1, 1, ItemStatus.COMPLETED, output_json='"b"', usage=Usage(10, 3)),
+        ItemOutcome(0, 1, ItemStatus.PENDING, error=ItemError("http_500", "x")),
+    ]
+    # A process that is not the lease holder commits nothing.
+    with pytest.raises(RunLeasedError, match="no longer leased"):
+        store.record_outcomes(run_id, submitted, first, final=False, lease_owner="other")
+    assert store.read_results(run_id, after=0, limit=10) == []
+    # A part before the last leaves the chunk submitted; its outcomes count at once.
+    assert store.record_outcomes(run_id, submitted, first, final=False, lease_owner="me") == 2
+    assert store.list_chunks(run_id)[0].state is ChunkState.SUBMITTED
+    # An interrupted collection is done again from the start: the recorded part changes
+    # nothing, the rest is recorded, and the last part marks the chunk collected.
+    rest = [
+        *first,
+        ItemOutcome(2, 1, ItemStatus.COMPLETED, output_json='"c"', usage=Usage(1, 1)),
+        ItemOutcome(3, 1, ItemStatus.FAILED, error=ItemError("refusal", "no")),
+    ]
+    done = dataclasses.replace(submitted, state=ChunkState.COLLECTED)
+    assert store.record_outcomes(run_id, submitted, rest[:2], final=False, lease_owner="me") == 0
+    assert store.record_outcomes(run_id, done, rest[2:], lease_owner="me") == 2
+    assert store.list_chunks(run_id)[0].state is ChunkState.COLLECTED
+    # Once collected, no part changes anything any more.
+    late = [ItemOutcome(0, 1, ItemStatus.COMPLETED, output_json='"late"')]
+    assert store.record_outcomes(run_id, submitted, late, final=False, lease_owner="me") == 0
+    run = store.load_run(run_id)
+    assert run is not None
+    assert (run.completed_items, run.failed_items, run.input_tokens, run.output_tokens) == (
+        2,
+        1,
+        11,
+        4,
+    )
+    assert [r.item_id for r in store.read_results(run_id, after=0, limit=10)] == [
+        "item-1",
+        "item-2",
+        "item-3",
+    ]
+    assert store.count_retry(run_id) == 1
 
 
 def test_retry_candidates_respect_backoff_and_move_to_new_chunk(

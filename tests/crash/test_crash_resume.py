@@ -8,6 +8,7 @@ and no item was sent more often than its attempts.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -49,6 +50,25 @@ def test_crash_anywhere_resume_anywhere(
     store: str, seed: int, tmp_path: Path, emulator: Any
 ) -> None:
     rng = random.Random(seed)
+    crashes = [
+        f"{rng.choice(POINTS)}:{1 if i == 0 else rng.randint(1, 3)}"
+        for i in range(rng.randint(1, 3))
+    ]
+    _crash_then_finish(store, crashes, tmp_path, emulator)
+
+
+@pytest.mark.parametrize("nth", [1, 2, 4])
+def test_a_collection_killed_between_its_parts_resumes_without_counting_twice(
+    nth: int, tmp_path: Path, emulator: Any
+) -> None:
+    # The worker records outcomes 3 at a time, so each chunk of 7 is collected in 3
+    # parts: the n-th part recorded is followed by a SIGKILL with the chunk still
+    # submitted, and the next process collects the chunk again from the stored file.
+    _crash_then_finish("sqlite", [f"collect.part_recorded:{nth}"], tmp_path, emulator)
+
+
+def _crash_then_finish(store: str, crashes: list[str], tmp_path: Path, emulator: Any) -> None:
+    """Run the worker once per crash point, then once more; check the finished run."""
     run_id, env = "crashy", {}
     if store == "postgres":
         assert POSTGRES_URL
@@ -61,10 +81,6 @@ def test_crash_anywhere_resume_anywhere(
 
     emulator.faults.line_fault(contains="flaky", kind="error", times=1)
     emulator.faults.line_fault(contains="badjson", kind="invalid_json", times=1)
-    crashes = [
-        f"{rng.choice(POINTS)}:{1 if i == 0 else rng.randint(1, 3)}"
-        for i in range(rng.randint(1, 3))
-    ]
     kills = 0
     for crash in [*crashes, None]:
         proc = _worker(emulator.base_url, crash)
@@ -103,6 +119,11 @@ def test_crash_anywhere_resume_anywhere(
         assert set(ids) == {it.item_id for it in items(N_ITEMS)}
         assert all(r.status is ItemStatus.COMPLETED for r in results)
         by_id = {r.item_id: r for r in results}
+        # Tokens are counted once per line the provider returned, however often a
+        # chunk's collection was interrupted and done again.
+        record = runner.storage.load_run(run_id)
+        assert record is not None
+        assert record.input_tokens == _prompt_tokens_returned(emulator), crashes
     finally:
         runner.close()
 
@@ -117,6 +138,17 @@ def test_crash_anywhere_resume_anywhere(
         assert sends[seq] == by_id[item.item_id].attempts, (item.item_id, crashes)
         faulty = "flaky" in item.payload["text"] or "badjson" in item.payload["text"]
         assert by_id[item.item_id].attempts == (2 if faulty else 1)
+
+
+def _prompt_tokens_returned(emulator: Any) -> int:
+    total = 0
+    for batch in emulator.batches():
+        for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
+            for line in emulator.file_content(file_id).splitlines() if file_id else []:
+                response = json.loads(line).get("response") or {}
+                if response.get("status_code") == 200:
+                    total += response["body"]["usage"]["prompt_tokens"]
+    return total
 
 
 def _provider(emulator: Any) -> Any:

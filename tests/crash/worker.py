@@ -60,6 +60,8 @@ def main() -> None:
         # The default lease TTL (120 s): a killed predecessor is detected by its liveness
         # lock, not by waiting for its lease to expire.
     )
+    # Chunks of 7 collected in parts of 3: a crash can land between two parts.
+    runner.stepper.collector.record_batch = 3
     deadline = time.monotonic() + 60
     while True:
         try:

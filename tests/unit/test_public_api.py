@@ -126,6 +126,7 @@ def test_layers_import_one_way(path: Path) -> None:
         "advance.py",
         "ingest.py",
         "collect.py",
+        "collector.py",
         "packing.py",
         "jobspec.py",
         "retries.py",
