@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -74,6 +75,19 @@ _STAGING = ".staging"
 _TMP = ".tmp"
 _BLOCK = 5 * 2**20  # the smallest S3 part; memory per open file is a few times this
 _COPY = 1024 * 1024
+
+
+def _normal_url(url: str) -> str:
+    """``url`` with its scheme in lower case and runs of ``/`` in its path made one.
+
+    ``S3://`` is what a user means by ``s3://``; and s3fs writes ``bucket//prefix/key``
+    but lists it as ``bucket/prefix/key``, so parts uploaded there would never be found.
+    """
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        return url
+    lead = "/" if rest.startswith("/") else ""  # file:///abs/path keeps its root
+    return f"{scheme.lower()}://{lead}{re.sub('/{2,}', '/', rest).lstrip('/')}"
 
 
 @dataclass(slots=True)
@@ -139,9 +153,15 @@ class FsspecArtifactStore:
     """
 
     def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
-        self.url = url.rstrip("/") or url
+        url = _normal_url(url)
+        self.url = url if url.rstrip("/").endswith(":") else url.rstrip("/")
         self._options = dict(storage_options or {})
-        scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
+        scheme = url.split("://", 1)[0] if "://" in url else "file"
+        path = url.split("://", 1)[1] if "://" in url else url
+        if scheme in _OBJECT_PROTOCOLS and (path.startswith("/") or not path.strip("/")):
+            raise ConfigurationError(
+                f"artifacts URL {mask_url(url)!r} names no bucket: use {scheme}://bucket/prefix"
+            )
         try:
             import fsspec
             from fsspec.core import url_to_fs
@@ -164,6 +184,8 @@ class FsspecArtifactStore:
         self._protocol = str(protocols[0])
         self._in_place = self._protocol in _OBJECT_PROTOCOLS
         self._root = str(root).rstrip("/")
+        if self._protocol == "file":
+            self.url = f"file://{self._root}"  # a relative file:// URL, as resolved here
         self._lock = threading.Lock()
         self._staged: dict[str, _Staged] = {}
         self._digests: dict[str, tuple[str, str]] = {}

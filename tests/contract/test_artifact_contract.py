@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from batchor_core import ArtifactError, FsspecArtifactStore, LocalArtifactStore
+from batchor_core import ArtifactError, ConfigurationError, FsspecArtifactStore, LocalArtifactStore
 from batchor_core.packing import chunk_key, output_key
 from batchor_core.ports import ArtifactStore
 
@@ -261,3 +261,26 @@ def test_parts_a_stale_holder_uploads_late_never_reach_the_published_file(
     zombie.close()
     holder.publish(KEY)
     assert _read(holder, KEY) == b"committed\nBBBBB\n"
+
+
+def test_url_spellings_users_write_reach_the_same_prefix(s3_bucket: str) -> None:
+    # S3:// is s3://, and a doubled slash is one: s3fs writes "bucket//p/key" but lists
+    # "bucket/p/key", so parts uploaded under a doubled slash were never found again.
+    written = FsspecArtifactStore(f"S3://{s3_bucket}//p//")
+    _build(written, KEY, b"line\n")
+    FsspecArtifactStore(f"s3://{s3_bucket}//p").publish(KEY)
+    assert _read(FsspecArtifactStore(f"s3://{s3_bucket}/p"), KEY) == b"line\n"
+    assert repr(written) == f"FsspecArtifactStore('s3://{s3_bucket}/p')"
+    for no_bucket in ("s3://", "s3:///p", "S3://"):
+        with pytest.raises(ConfigurationError, match="names no bucket"):
+            FsspecArtifactStore(no_bucket)
+
+
+def test_a_relative_file_url_shows_where_it_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = FsspecArtifactStore("file://rel//art/")
+    assert store.url == f"file://{tmp_path}/rel/art"
+    store.write_stream(KEY, iter([b"x"]))
+    assert (tmp_path / "rel" / "art" / KEY).read_bytes() == b"x"
