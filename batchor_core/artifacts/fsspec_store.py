@@ -71,10 +71,31 @@ _EXTRAS = {
     "abfss": "azure",
     "adl": "azure",
 }
+_S3_PROTOCOLS = frozenset({"s3", "s3a"})
+_S3FS_TRIES = 1  # botocore retries transient errors itself (standard mode)
 _STAGING = ".staging"
 _TMP = ".tmp"
 _BLOCK = 5 * 2**20  # the smallest S3 part; memory per open file is a few times this
 _COPY = 1024 * 1024
+
+
+def _bounded(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with bounded S3 timeouts and retries, unless the user set their own.
+
+    A request to an endpoint that hangs then fails after ``max_attempts * read_timeout``
+    = 30 s (an operation makes one to three requests), and the step that needed it
+    raises :class:`ArtifactError`. ``AWS_MAX_ATTEMPTS`` in the environment still applies.
+    Not bounded: a PUT whose ``Expect: 100-continue`` is never answered (aiohttp waits
+    for it without a timeout).
+    """
+    if scheme not in _S3_PROTOCOLS:
+        return options
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", 10)
+    config.setdefault("read_timeout", 10)
+    if "retries" not in config and not os.environ.get("AWS_MAX_ATTEMPTS"):
+        config["retries"] = {"max_attempts": 3, "mode": "standard"}
+    return {**options, "config_kwargs": config}
 
 
 def _normal_url(url: str) -> str:
@@ -157,6 +178,7 @@ class FsspecArtifactStore:
         self.url = url if url.rstrip("/").endswith(":") else url.rstrip("/")
         self._options = dict(storage_options or {})
         scheme = url.split("://", 1)[0] if "://" in url else "file"
+        options = _bounded(scheme, self._options)
         path = url.split("://", 1)[1] if "://" in url else url
         if scheme in _OBJECT_PROTOCOLS and (path.startswith("/") or not path.strip("/")):
             raise ConfigurationError(
@@ -171,7 +193,7 @@ class FsspecArtifactStore:
                 f"'batchor[{_EXTRAS.get(scheme, 's3')}]'"
             ) from exc
         try:
-            fs, root = url_to_fs(url, **self._options)
+            fs, root = url_to_fs(url, **options)
         except ImportError as exc:
             raise ConfigurationError(
                 f"artifacts at {mask_url(url)} need the {scheme}:// filesystem: pip install "
@@ -180,6 +202,12 @@ class FsspecArtifactStore:
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"cannot use artifacts at {self!r}: {exc}") from exc
         self._fs: fsspec.AbstractFileSystem = fs
+        if scheme in _S3_PROTOCOLS and getattr(fs, "retries", 0) > _S3FS_TRIES:
+            # s3fs retries each call (5 times by default) around botocore's own retries:
+            # against an endpoint that accepts connections and never answers, that is
+            # 25 read timeouts (25 minutes) per request. This instance is ours (built
+            # with our config_kwargs), so bounding it touches no other S3 client.
+            fs.retries = _S3FS_TRIES
         protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
         self._protocol = str(protocols[0])
         self._in_place = self._protocol in _OBJECT_PROTOCOLS

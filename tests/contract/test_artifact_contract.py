@@ -7,6 +7,7 @@ process or scratch files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator
@@ -284,3 +285,43 @@ def test_a_relative_file_url_shows_where_it_resolved(
     assert store.url == f"file://{tmp_path}/rel/art"
     store.write_stream(KEY, iter([b"x"]))
     assert (tmp_path / "rel" / "art" / KEY).read_bytes() == b"x"
+
+
+@pytest.fixture
+def hung_endpoint() -> Iterator[str]:
+    """An HTTP endpoint on 127.0.0.1 that accepts connections and never answers."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def test_an_endpoint_that_hangs_fails_as_artifact_error_in_bounded_time(
+    s3_endpoint: str, hung_endpoint: str
+) -> None:
+    import time
+
+    # The user shortens the read timeout; batchor bounds the number of tries (s3fs and
+    # botocore would make 5 x 5 per request: about 60 s here, an hour with the default
+    # timeout of 60 s; bounded, 3 per request: a few seconds here, 90 s by default).
+    config = {"read_timeout": 0.5, "connect_timeout": 0.5}
+    options = {"endpoint_url": hung_endpoint, "config_kwargs": config}
+    store = FsspecArtifactStore("s3://bucket/p", storage_options=options)
+    started = time.monotonic()
+    with pytest.raises(ArtifactError, match="timeout"):
+        store.exists(KEY)
+    assert time.monotonic() - started < 15
