@@ -542,10 +542,29 @@ class FsspecArtifactStore:
             if segments:
                 self._fs.rm([s.path for s in segments])
                 removed = True
+            if self._protocol in _S3_PROTOCOLS:
+                self._abort_uploads(path, self._staging_dir(key) + "/")
         with self._lock:
             self._digests.pop(path, None)
         self._drop_staged(key)
         return removed
+
+    def _abort_uploads(self, path: str, directory: str) -> None:
+        """Abort the unfinished S3 multipart uploads of ``path`` and of the parts under
+        ``directory``: a process killed mid-upload leaves them behind, invisible but
+        stored (and billed) until aborted."""
+        bucket, key, _ = self._fs.split_path(path)
+        under = self._fs.split_path(directory)[1].rstrip("/") + "/"
+        for prefix in (key, under):
+            found = self._fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+            for upload in found.get("Uploads", []):
+                if upload["Key"] == key or upload["Key"].startswith(under):
+                    self._fs.call_s3(
+                        "abort_multipart_upload",
+                        Bucket=bucket,
+                        Key=upload["Key"],
+                        UploadId=upload["UploadId"],
+                    )
 
     def sha256(self, key: str) -> str:
         """sha256 hex digest of a published artifact.

@@ -325,3 +325,23 @@ def test_an_endpoint_that_hangs_fails_as_artifact_error_in_bounded_time(
     with pytest.raises(ArtifactError, match="timeout"):
         store.exists(KEY)
     assert time.monotonic() - started < 15
+
+
+def test_delete_aborts_uploads_a_killed_process_left_unfinished(s3_bucket: str) -> None:
+    import boto3
+
+    store = FsspecArtifactStore(f"s3://{s3_bucket}/p")
+    _build(store, KEY, b"a\n")
+    store.publish(KEY)
+    client = boto3.client("s3")
+    # What a process SIGKILLed while publishing (or uploading a part) leaves: a multipart
+    # upload begun, never completed nor aborted. Invisible, but stored and billed.
+    part_key = f"p/.staging/{KEY.replace('/', '~2f')}/000000000000000-00000009-0badf00d"
+    for key in (f"p/{KEY}", part_key, "p/runs/r1/requests/c00001.jsonl"):
+        upload = client.create_multipart_upload(Bucket=s3_bucket, Key=key)
+        client.upload_part(
+            Bucket=s3_bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x"
+        )
+    assert store.delete(KEY)
+    left = client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert [u["Key"] for u in left] == ["p/runs/r1/requests/c00001.jsonl"]  # another file's
