@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import io
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -45,11 +44,15 @@ from typing import Any, BinaryIO
 
 from batchor_core.artifacts.local import safe_segment
 from batchor_core.artifacts.parts import (
+    S3_PROTOCOLS,
+    S3FS_TRIES,
     CallerError,
     ObjectReader,
     Part,
+    bounded_options,
     mask_url,
     masked,
+    normal_url,
     parse_part,
     part_name,
     passing,
@@ -71,44 +74,10 @@ _EXTRAS = {
     "abfss": "azure",
     "adl": "azure",
 }
-_S3_PROTOCOLS = frozenset({"s3", "s3a"})
-_S3FS_TRIES = 1  # botocore retries transient errors itself (standard mode)
 _STAGING = ".staging"
 _TMP = ".tmp"
 _BLOCK = 5 * 2**20  # the smallest S3 part; memory per open file is a few times this
 _COPY = 1024 * 1024
-
-
-def _bounded(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with bounded S3 timeouts and retries, unless the user set their own.
-
-    A request to an endpoint that hangs then fails after ``max_attempts * read_timeout``
-    = 30 s (an operation makes one to three requests), and the step that needed it
-    raises :class:`ArtifactError`. ``AWS_MAX_ATTEMPTS`` in the environment still applies.
-    Not bounded: a PUT whose ``Expect: 100-continue`` is never answered (aiohttp waits
-    for it without a timeout).
-    """
-    if scheme not in _S3_PROTOCOLS:
-        return options
-    config = dict(options.get("config_kwargs") or {})
-    config.setdefault("connect_timeout", 10)
-    config.setdefault("read_timeout", 10)
-    if "retries" not in config and not os.environ.get("AWS_MAX_ATTEMPTS"):
-        config["retries"] = {"max_attempts": 3, "mode": "standard"}
-    return {**options, "config_kwargs": config}
-
-
-def _normal_url(url: str) -> str:
-    """``url`` with its scheme in lower case and runs of ``/`` in its path made one.
-
-    ``S3://`` is what a user means by ``s3://``; and s3fs writes ``bucket//prefix/key``
-    but lists it as ``bucket/prefix/key``, so parts uploaded there would never be found.
-    """
-    scheme, sep, rest = url.strip().partition("://")
-    if not sep:
-        return url
-    lead = "/" if rest.startswith("/") else ""  # file:///abs/path keeps its root
-    return f"{scheme.lower()}://{lead}{re.sub('/{2,}', '/', rest).lstrip('/')}"
 
 
 @dataclass(slots=True)
@@ -174,11 +143,11 @@ class FsspecArtifactStore:
     """
 
     def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
-        url = _normal_url(url)
+        url = normal_url(url)
         self.url = url if url.rstrip("/").endswith(":") else url.rstrip("/")
         self._options = dict(storage_options or {})
         scheme = url.split("://", 1)[0] if "://" in url else "file"
-        options = _bounded(scheme, self._options)
+        options = bounded_options(scheme, self._options)
         path = url.split("://", 1)[1] if "://" in url else url
         if scheme in _OBJECT_PROTOCOLS and (path.startswith("/") or not path.strip("/")):
             raise ConfigurationError(
@@ -202,12 +171,12 @@ class FsspecArtifactStore:
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"cannot use artifacts at {self!r}: {exc}") from exc
         self._fs: fsspec.AbstractFileSystem = fs
-        if scheme in _S3_PROTOCOLS and getattr(fs, "retries", 0) > _S3FS_TRIES:
+        if scheme in S3_PROTOCOLS and getattr(fs, "retries", 0) > S3FS_TRIES:
             # s3fs retries each call (5 times by default) around botocore's own retries:
             # against an endpoint that accepts connections and never answers, that is
             # 25 read timeouts (25 minutes) per request. This instance is ours (built
             # with our config_kwargs), so bounding it touches no other S3 client.
-            fs.retries = _S3FS_TRIES
+            fs.retries = S3FS_TRIES
         protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
         self._protocol = str(protocols[0])
         self._in_place = self._protocol in _OBJECT_PROTOCOLS
@@ -542,7 +511,7 @@ class FsspecArtifactStore:
             if segments:
                 self._fs.rm([s.path for s in segments])
                 removed = True
-            if self._protocol in _S3_PROTOCOLS:
+            if self._protocol in S3_PROTOCOLS:
                 self._abort_uploads(path, self._staging_dir(key) + "/")
         with self._lock:
             self._digests.pop(path, None)
