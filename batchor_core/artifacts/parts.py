@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -165,17 +166,28 @@ def bounded_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
     return bounded
 
 
+_SESSIONS: list[Any] = []
+_SESSION_LOCK = threading.Lock()
+
+
 def _session_without_expect() -> Any:
-    """An aiobotocore session whose uploads do not send ``Expect: 100-continue``:
-    aiohttp waits for the ``100 Continue`` with no timeout at all, so an endpoint that
-    hangs would hold a PUT forever. Without it a rejected upload sends its body (one
-    5 MiB part at most) before the error comes back."""
+    """The process's aiobotocore session whose uploads do not send ``Expect:
+    100-continue``: aiohttp waits for the ``100 Continue`` with no timeout at all, so an
+    endpoint that hangs would hold a PUT forever. Without it a rejected upload sends its
+    body (one 5 MiB part at most) before the error comes back.
+
+    One session per process: fsspec caches a filesystem per distinct set of options,
+    for good, so a new session per store would keep one more client per runner built
+    (a Dagster code-location server builds one per sensor tick)."""
     import aiobotocore.session
     import botocore.handlers
 
-    session = aiobotocore.session.AioSession()
-    session.unregister("before-call.s3", botocore.handlers.add_expect_header)
-    return session
+    with _SESSION_LOCK:
+        if not _SESSIONS:
+            session = aiobotocore.session.AioSession()
+            session.unregister("before-call.s3", botocore.handlers.add_expect_header)
+            _SESSIONS.append(session)
+        return _SESSIONS[0]
 
 
 def normal_url(url: str) -> str:

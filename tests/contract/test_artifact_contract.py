@@ -350,3 +350,15 @@ def test_delete_aborts_uploads_a_killed_process_left_unfinished(s3_bucket: str) 
     assert store.delete(KEY)
     left = client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
     assert [u["Key"] for u in left] == ["p/runs/r1/requests/c00001.jsonl"]  # another file's
+
+
+def test_stores_on_one_bucket_share_one_cached_filesystem(s3_bucket: str) -> None:
+    import s3fs
+
+    # fsspec keeps every filesystem it builds for good: a runner per Dagster sensor tick
+    # must not add one each time.
+    FsspecArtifactStore(f"s3://{s3_bucket}/p")
+    cached = len(s3fs.S3FileSystem._cache)
+    for _ in range(3):
+        FsspecArtifactStore(f"s3://{s3_bucket}/p").write_stream(KEY, iter([b"x"]))
+    assert len(s3fs.S3FileSystem._cache) == cached
