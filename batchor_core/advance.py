@@ -26,6 +26,7 @@ from batchor_core.models import RunStatus
 from batchor_core.packing import (
     batch_metadata,
     chunk_key,
+    request_file_problem,
     seal_chunk,
     upload_name,
 )
@@ -246,6 +247,9 @@ class RunStepper:
                 break
             try:
                 if chunk.state is ChunkState.SEALED:
+                    if problem := request_file_problem(self.artifacts, chunk):
+                        self._pause(run, problem)  # no retry fixes it; say so in summary()
+                        break
                     chunk = self._upload(run, chunk)
                     progress = True
                 waiting = self._create(run, chunk)
@@ -262,13 +266,6 @@ class RunStepper:
 
     def _upload(self, run: RunRecord, chunk: ChunkRecord) -> ChunkRecord:
         key = chunk_key(run.run_id, chunk.chunk_id)
-        digest = self.artifacts.sha256(key)
-        if chunk.sha256 and digest != chunk.sha256:
-            raise ConfigurationError(
-                f"request file {key} changed since it was prepared (sha256 {digest[:12]} != "
-                f"{chunk.sha256[:12]}); restore it or cancel the run",
-                run_id=run.run_id,
-            )
         self.lease.renew(run.run_id)  # before the side effect; raises if the lease was lost
         chunk = self._move(chunk, ChunkState.SEALED, state=ChunkState.UPLOADING)
         with self.artifacts.open_read(key) as stream:

@@ -25,6 +25,7 @@ __all__ = [
     "key_segment",
     "output_key",
     "parse_custom_id",
+    "request_file_problem",
     "seal_chunk",
     "upload_name",
 ]
@@ -98,6 +99,27 @@ def seal_chunk(store: StateStore, artifacts: ArtifactStore, chunk: ChunkRecord) 
     sealed = dataclasses.replace(chunk, state=ChunkState.SEALED, sha256=digest)
     store.save_chunk(sealed, expected=ChunkState.BUILDING)
     return sealed
+
+
+def request_file_problem(artifacts: ArtifactStore, chunk: ChunkRecord) -> str | None:
+    """Why a sealed chunk's request file must not be uploaded, or None if it is intact.
+
+    A file deleted or changed (its sha256 differs from the one recorded at sealing) is
+    a fault no retry fixes: the run pauses with this reason. A store that cannot be
+    reached raises :class:`ArtifactError` instead, and the next step tries again.
+    """
+    key = chunk_key(chunk.run_id, chunk.chunk_id)
+    what = f"request file {key} of chunk {chunk.chunk_id}"
+    fix = "restore it and resume() the run, or cancel it"
+    if not artifacts.exists(key):
+        return f"{what} is missing (deleted since it was prepared); {fix}"
+    digest = artifacts.sha256(key)
+    if chunk.sha256 and digest != chunk.sha256:
+        return (
+            f"{what} changed since it was prepared (sha256 {digest[:12]} != "
+            f"{chunk.sha256[:12]}); {fix}"
+        )
+    return None
 
 
 class ChunkPacker:

@@ -44,11 +44,15 @@ from typing import Any, BinaryIO
 
 from batchor_core.artifacts.local import safe_segment
 from batchor_core.artifacts.parts import (
+    S3_PROTOCOLS,
+    S3FS_TRIES,
     CallerError,
     ObjectReader,
     Part,
+    bounded_options,
     mask_url,
     masked,
+    normal_url,
     parse_part,
     part_name,
     passing,
@@ -139,9 +143,16 @@ class FsspecArtifactStore:
     """
 
     def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
-        self.url = url.rstrip("/") or url
+        url = normal_url(url)
+        self.url = url if url.rstrip("/").endswith(":") else url.rstrip("/")
         self._options = dict(storage_options or {})
-        scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
+        scheme = url.split("://", 1)[0] if "://" in url else "file"
+        options = bounded_options(scheme, self._options)
+        path = url.split("://", 1)[1] if "://" in url else url
+        if scheme in _OBJECT_PROTOCOLS and (path.startswith("/") or not path.strip("/")):
+            raise ConfigurationError(
+                f"artifacts URL {mask_url(url)!r} names no bucket: use {scheme}://bucket/prefix"
+            )
         try:
             import fsspec
             from fsspec.core import url_to_fs
@@ -151,7 +162,7 @@ class FsspecArtifactStore:
                 f"'batchor[{_EXTRAS.get(scheme, 's3')}]'"
             ) from exc
         try:
-            fs, root = url_to_fs(url, **self._options)
+            fs, root = url_to_fs(url, **options)
         except ImportError as exc:
             raise ConfigurationError(
                 f"artifacts at {mask_url(url)} need the {scheme}:// filesystem: pip install "
@@ -160,10 +171,18 @@ class FsspecArtifactStore:
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"cannot use artifacts at {self!r}: {exc}") from exc
         self._fs: fsspec.AbstractFileSystem = fs
+        if scheme in S3_PROTOCOLS and getattr(fs, "retries", 0) > S3FS_TRIES:
+            # s3fs retries each call (5 times by default) around botocore's own retries:
+            # against an endpoint that accepts connections and never answers, that is
+            # 25 read timeouts (25 minutes) per request. This instance is ours (built
+            # with our config_kwargs), so bounding it touches no other S3 client.
+            fs.retries = S3FS_TRIES
         protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
         self._protocol = str(protocols[0])
         self._in_place = self._protocol in _OBJECT_PROTOCOLS
         self._root = str(root).rstrip("/")
+        if self._protocol == "file":
+            self.url = f"file://{self._root}"  # a relative file:// URL, as resolved here
         self._lock = threading.Lock()
         self._staged: dict[str, _Staged] = {}
         self._digests: dict[str, tuple[str, str]] = {}
@@ -492,10 +511,29 @@ class FsspecArtifactStore:
             if segments:
                 self._fs.rm([s.path for s in segments])
                 removed = True
+            if self._protocol in S3_PROTOCOLS:
+                self._abort_uploads(path, self._staging_dir(key) + "/")
         with self._lock:
             self._digests.pop(path, None)
         self._drop_staged(key)
         return removed
+
+    def _abort_uploads(self, path: str, directory: str) -> None:
+        """Abort the unfinished S3 multipart uploads of ``path`` and of the parts under
+        ``directory``: a process killed mid-upload leaves them behind, invisible but
+        stored (and billed) until aborted."""
+        bucket, key, _ = self._fs.split_path(path)
+        under = self._fs.split_path(directory)[1].rstrip("/") + "/"
+        for prefix in (key, under):
+            found = self._fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+            for upload in found.get("Uploads", []):
+                if upload["Key"] == key or upload["Key"].startswith(under):
+                    self._fs.call_s3(
+                        "abort_multipart_upload",
+                        Bucket=bucket,
+                        Key=upload["Key"],
+                        UploadId=upload["UploadId"],
+                    )
 
     def sha256(self, key: str) -> str:
         """sha256 hex digest of a published artifact.

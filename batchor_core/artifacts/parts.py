@@ -1,5 +1,5 @@
 """Helpers of :mod:`batchor_core.artifacts.fsspec_store`: part names and chains, masking,
-and the translation of errors met while streaming.
+and the translation of errors met while streaming; URL spelling and bounded S3 options.
 
 A part of a file being built is named ``<start>-<generation>-<token>-<end>-<sha256>``
 (offsets zero-padded to 15 digits). The file is the chain of parts from offset 0 that
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,12 +20,16 @@ from typing import Any
 from batchor_core.errors import ArtifactError
 
 __all__ = [
+    "S3FS_TRIES",
+    "S3_PROTOCOLS",
     "CallerError",
     "ObjectReader",
     "Part",
+    "bounded_options",
     "chain",
     "mask_url",
     "masked",
+    "normal_url",
     "parse_part",
     "passing",
 ]
@@ -34,6 +40,8 @@ _SHOWN_OPTIONS = frozenset(
     {"endpoint_url", "region_name", "anon", "use_ssl", "version_aware", "project", "account_name"}
 )
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+S3_PROTOCOLS = frozenset({"s3", "s3a"})
+S3FS_TRIES = 1  # botocore retries transient errors itself (standard mode)
 
 
 def mask_url(url: str) -> str:
@@ -136,3 +144,60 @@ class ObjectReader(io.RawIOBase):
             with contextlib.suppress(Exception):
                 self._raw.close()
         super().close()
+
+
+def bounded_options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with bounded S3 timeouts and retries, unless the user set their own.
+
+    A request to an endpoint that hangs then fails after ``max_attempts * read_timeout``
+    = 30 s (an operation makes one to three requests), and the step that needed it
+    raises :class:`ArtifactError`. ``AWS_MAX_ATTEMPTS`` in the environment still applies.
+    """
+    if scheme not in S3_PROTOCOLS:
+        return options
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", 10)
+    config.setdefault("read_timeout", 10)
+    if "retries" not in config and not os.environ.get("AWS_MAX_ATTEMPTS"):
+        config["retries"] = {"max_attempts": 3, "mode": "standard"}
+    bounded = {**options, "config_kwargs": config}
+    if "session" not in options and "profile" not in options:
+        bounded["session"] = _session_without_expect()
+    return bounded
+
+
+_SESSIONS: list[Any] = []
+_SESSION_LOCK = threading.Lock()
+
+
+def _session_without_expect() -> Any:
+    """The process's aiobotocore session whose uploads do not send ``Expect:
+    100-continue``: aiohttp waits for the ``100 Continue`` with no timeout at all, so an
+    endpoint that hangs would hold a PUT forever. Without it a rejected upload sends its
+    body (one 5 MiB part at most) before the error comes back.
+
+    One session per process: fsspec caches a filesystem per distinct set of options,
+    for good, so a new session per store would keep one more client per runner built
+    (a Dagster code-location server builds one per sensor tick)."""
+    import aiobotocore.session
+    import botocore.handlers
+
+    with _SESSION_LOCK:
+        if not _SESSIONS:
+            session = aiobotocore.session.AioSession()
+            session.unregister("before-call.s3", botocore.handlers.add_expect_header)
+            _SESSIONS.append(session)
+        return _SESSIONS[0]
+
+
+def normal_url(url: str) -> str:
+    """``url`` with its scheme in lower case and runs of ``/`` in its path made one.
+
+    ``S3://`` is what a user means by ``s3://``; and s3fs writes ``bucket//prefix/key``
+    but lists it as ``bucket/prefix/key``, so parts uploaded there would never be found.
+    """
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        return url
+    lead = "/" if rest.startswith("/") else ""  # file:///abs/path keeps its root
+    return f"{scheme.lower()}://{lead}{re.sub('/{2,}', '/', rest).lstrip('/')}"

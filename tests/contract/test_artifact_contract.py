@@ -7,6 +7,7 @@ process or scratch files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from batchor_core import ArtifactError, FsspecArtifactStore, LocalArtifactStore
+from batchor_core import ArtifactError, ConfigurationError, FsspecArtifactStore, LocalArtifactStore
 from batchor_core.packing import chunk_key, output_key
 from batchor_core.ports import ArtifactStore
 
@@ -261,3 +262,103 @@ def test_parts_a_stale_holder_uploads_late_never_reach_the_published_file(
     zombie.close()
     holder.publish(KEY)
     assert _read(holder, KEY) == b"committed\nBBBBB\n"
+
+
+def test_url_spellings_users_write_reach_the_same_prefix(s3_bucket: str) -> None:
+    # S3:// is s3://, and a doubled slash is one: s3fs writes "bucket//p/key" but lists
+    # "bucket/p/key", so parts uploaded under a doubled slash were never found again.
+    written = FsspecArtifactStore(f"S3://{s3_bucket}//p//")
+    _build(written, KEY, b"line\n")
+    FsspecArtifactStore(f"s3://{s3_bucket}//p").publish(KEY)
+    assert _read(FsspecArtifactStore(f"s3://{s3_bucket}/p"), KEY) == b"line\n"
+    assert repr(written) == f"FsspecArtifactStore('s3://{s3_bucket}/p')"
+    for no_bucket in ("s3://", "s3:///p", "S3://"):
+        with pytest.raises(ConfigurationError, match="names no bucket"):
+            FsspecArtifactStore(no_bucket)
+
+
+def test_a_relative_file_url_shows_where_it_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = FsspecArtifactStore("file://rel//art/")
+    assert store.url == f"file://{tmp_path}/rel/art"
+    store.write_stream(KEY, iter([b"x"]))
+    assert (tmp_path / "rel" / "art" / KEY).read_bytes() == b"x"
+
+
+@pytest.fixture
+def hung_endpoint() -> Iterator[str]:
+    """An HTTP endpoint on 127.0.0.1 that accepts connections and never answers."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def test_an_endpoint_that_hangs_fails_as_artifact_error_in_bounded_time(
+    s3_endpoint: str, hung_endpoint: str
+) -> None:
+    import time
+
+    # The user shortens the read timeout; batchor bounds the number of tries (s3fs and
+    # botocore would make 5 x 5 per request: about 60 s here, an hour with the default
+    # timeout of 60 s; bounded, 3 per request: a few seconds here, 90 s by default).
+    config = {"read_timeout": 0.5, "connect_timeout": 0.5}
+    options = {"endpoint_url": hung_endpoint, "config_kwargs": config}
+    store = FsspecArtifactStore("s3://bucket/p", storage_options=options)
+    started = time.monotonic()
+    with pytest.raises(ArtifactError, match="timeout"):
+        store.exists(KEY)
+    assert time.monotonic() - started < 30
+    # An upload too: aiohttp would wait for a "100 Continue" with no timeout at all.
+    started = time.monotonic()
+    with pytest.raises(ArtifactError, match="timeout"):
+        store.write_stream(KEY, iter([b"x\n"]))
+    assert time.monotonic() - started < 30
+
+
+def test_delete_aborts_uploads_a_killed_process_left_unfinished(s3_bucket: str) -> None:
+    import boto3
+
+    store = FsspecArtifactStore(f"s3://{s3_bucket}/p")
+    _build(store, KEY, b"a\n")
+    store.publish(KEY)
+    client = boto3.client("s3")
+    # What a process SIGKILLed while publishing (or uploading a part) leaves: a multipart
+    # upload begun, never completed nor aborted. Invisible, but stored and billed.
+    part_key = f"p/.staging/{KEY.replace('/', '~2f')}/000000000000000-00000009-0badf00d"
+    for key in (f"p/{KEY}", part_key, "p/runs/r1/requests/c00001.jsonl"):
+        upload = client.create_multipart_upload(Bucket=s3_bucket, Key=key)
+        client.upload_part(
+            Bucket=s3_bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x"
+        )
+    assert store.delete(KEY)
+    left = client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert [u["Key"] for u in left] == ["p/runs/r1/requests/c00001.jsonl"]  # another file's
+
+
+def test_stores_on_one_bucket_share_one_cached_filesystem(s3_bucket: str) -> None:
+    import s3fs
+
+    # fsspec keeps every filesystem it builds for good: a runner per Dagster sensor tick
+    # must not add one each time.
+    FsspecArtifactStore(f"s3://{s3_bucket}/p")
+    cached = len(s3fs.S3FileSystem._cache)
+    for _ in range(3):
+        FsspecArtifactStore(f"s3://{s3_bucket}/p").write_stream(KEY, iter([b"x"]))
+    assert len(s3fs.S3FileSystem._cache) == cached

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from batchor_core import BatchRunner, ConfigurationError, RunStatus
+from batchor_core import BatchRunner, FsspecArtifactStore, RunStatus
 from batchor_core.packing import chunk_key
 from tests.crash import run_worker
 from tests.crash.worker import items, job
@@ -40,10 +40,39 @@ def test_a_tampered_request_file_is_never_uploaded(
     assert emulator.batch_create_count == 0  # the upload failed; the chunk waits, sealed
     request_file = runner.artifacts.path_for(chunk_key("tamper", "c00000"))  # type: ignore[attr-defined]
     request_file.write_bytes(request_file.read_bytes().replace(b"review", b"REVIEW"))
-    with pytest.raises(ConfigurationError, match="changed since it was prepared"):
-        run.refresh()
+    # No retry fixes that: the run pauses and says why, rather than raise at every step.
+    summary = run.refresh()
+    assert summary.status is RunStatus.PAUSED
+    assert summary.status_reason is not None
+    assert "changed since it was prepared" in summary.status_reason
+    assert run.wait(timeout=30, poll_interval=0.05).status is RunStatus.PAUSED
     assert emulator.batch_create_count == 0
-    assert run.summary().status is RunStatus.RUNNING
+    assert run.resume().status is RunStatus.PAUSED  # still changed: paused again
+
+
+@pytest.mark.parametrize("tamper", ["overwrite", "delete"])
+def test_a_request_file_changed_in_the_bucket_pauses_the_run(
+    make_runner: Callable[..., BatchRunner], emulator: Any, s3_bucket: str, tamper: str
+) -> None:
+    emulator.faults.http_error(method="POST", path="/v1/files", status=503, count=1)
+    url = f"s3://{s3_bucket}/batchor"
+    runner = make_runner(artifacts=url)
+    run = runner.start(job(), items=items(5), run_id="tamper-s3")
+    assert emulator.batch_create_count == 0  # sealed and published, not uploaded
+    other_host = FsspecArtifactStore(url)  # someone else with access to the bucket
+    key = chunk_key("tamper-s3", "c00000")
+    if tamper == "overwrite":
+        with other_host.open_read(key) as fh:
+            changed = fh.read().replace(b"review", b"REVIEW")
+        other_host.write_stream(key, iter([changed]))
+    else:
+        other_host.delete(key)
+    summary = run.wait(timeout=30, poll_interval=0.05)
+    assert summary.status is RunStatus.PAUSED
+    expected = "changed since it was prepared" if tamper == "overwrite" else "is missing"
+    assert summary.status_reason is not None and expected in summary.status_reason
+    assert key in summary.status_reason
+    assert emulator.files() == [] and emulator.batch_create_count == 0
 
 
 def test_operator_controls_by_run_id(
