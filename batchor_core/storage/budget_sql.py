@@ -38,10 +38,10 @@ def _lock_key(model: str) -> int:
 
 
 class BudgetOps:
-    """Mixed into :class:`SQLStateStore` (needs ``_tx`` and ``_chunk_values``)."""
+    """Mixed into :class:`SQLStateStore` (needs ``_tx`` and ``_swap_chunk``)."""
 
     _tx: Any
-    _chunk_values: Any
+    _swap_chunk: Any
 
     def in_flight_tokens(self, model: str) -> int:
         """Estimated tokens of the model's chunks in flight, over every run."""
@@ -107,16 +107,7 @@ class BudgetOps:
                 alone = in_flight == 0 and chunk.est_tokens <= (full_limit or limit)
                 if not (fits or alone):
                     return Reservation(False, in_flight)
-            result = conn.execute(
-                update(chunks)
-                .where(
-                    chunks.c.run_id == chunk.run_id,
-                    chunks.c.chunk_id == chunk.chunk_id,
-                    chunks.c.state == expected.value,
-                )
-                .values(**self._chunk_values(chunk))
-            )
-            return Reservation(bool(result.rowcount > 0), in_flight)
+            return Reservation(self._swap_chunk(conn, chunk, expected), in_flight)
 
     def set_waiting(self, run_id: str, reason: str | None) -> None:
         """Record (or clear) why the running run is not submitting."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     and_,
     case,
     delete,
@@ -433,16 +434,20 @@ class SQLStateStore(BudgetOps, ItemOps):
             if expected is None:
                 self._upsert_chunk(conn, chunk)
                 return True
-            result = conn.execute(
-                update(chunks)
-                .where(
-                    chunks.c.run_id == chunk.run_id,
-                    chunks.c.chunk_id == chunk.chunk_id,
-                    chunks.c.state == expected.value,
-                )
-                .values(**self._chunk_values(chunk))
+            return self._swap_chunk(conn, chunk, expected)
+
+    def _swap_chunk(self, conn: Connection, chunk: ChunkRecord, expected: ChunkState) -> bool:
+        """Save ``chunk`` if it is still in state ``expected`` (compare and set)."""
+        result = conn.execute(
+            update(chunks)
+            .where(
+                chunks.c.run_id == chunk.run_id,
+                chunks.c.chunk_id == chunk.chunk_id,
+                chunks.c.state == expected.value,
             )
-            return bool(result.rowcount > 0)
+            .values(**self._chunk_values(chunk))
+        )
+        return bool(result.rowcount > 0)
 
     def list_chunks(
         self, run_id: str, states: Collection[ChunkState] | None = None
