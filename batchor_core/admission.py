@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -189,8 +190,9 @@ class SubmissionGate:
             f"the next batch would exceed max_cost_usd {usd(float(cap))} USD: cost so far "
             f"{usd(actual)} USD + batches in flight ~{usd(flying)} USD + next batch "
             f"({chunk.chunk_id}, {chunk.request_count} requests) ~{usd(this)} USD = "
-            f"~{usd(actual + flying + this)} USD. Raise it with run.set_max_cost(usd) or "
-            "runner.resume(run_id, max_cost_usd=usd) to go on.",
+            f"~{usd(actual + flying + this)} USD. Raise it to go on: "
+            f"runner.resume({run.run_id!r}, max_cost_usd=...) or "
+            f"batchor resume {shlex.quote(run.run_id)} --max-cost-usd USD.",
         )
         return True
 
