@@ -97,6 +97,8 @@ def main() -> None:
         f"{summary.failed_items} failed, {summary.batches_total} provider batch(es)"
     )
     print(f"  tokens in/out: {summary.usage.input_tokens}/{summary.usage.output_tokens}")
+    if summary.cost is not None:
+        print(f"  cost at Batch API prices: {summary.cost:.4f} USD (docs/cost.md)")
     for result in list(run.results())[:3]:
         review = result.output
         assert isinstance(review, Review)
