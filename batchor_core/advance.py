@@ -136,8 +136,15 @@ class RunStepper:
         progress |= self._poll_and_collect(run, output_model, max_collect=max_collect)
         current = self.store.load_run(run.run_id) or run
         if current.status is RunStatus.RUNNING:
-            progress |= self._build_retry_chunk(current)
-            progress |= self._submit(current)
+            try:
+                progress |= self._build_retry_chunk(current)
+                blocked = None
+            except ArtifactError as exc:  # nothing was committed; the next step tries again
+                blocked = f"retries wait for the artifact store: {exc.message}"
+                log.warning("run %s: %s", run.run_id, blocked)
+                if not exc.retryable:  # a request file lost: no retry can be prepared
+                    self._pause(current, f"preparing retries: {exc.message}")
+            progress |= self._submit(current, blocked=blocked)
         if current.status is RunStatus.CANCELLING:
             progress |= self._finish_cancel(current)
         progress |= self._maybe_complete(run.run_id)
@@ -236,7 +243,9 @@ class RunStepper:
 
     # ------------------------------------------------------------------ submit
 
-    def _submit(self, run: RunRecord) -> bool:
+    def _submit(self, run: RunRecord, *, blocked: str | None = None) -> bool:
+        """Upload and create the batches of ready chunks, in order, within the budget;
+        ``blocked`` says why retries could not be prepared (shown if nothing else waits)."""
         policy = chunk_policy(run.job_spec)
         chunks = self.store.list_chunks(run.run_id)
         in_flight = sum(1 for c in chunks if c.state is ChunkState.SUBMITTED)
@@ -277,7 +286,7 @@ class RunStepper:
             except ArtifactError as exc:  # the store is unhappy: the next chunks wait too
                 self._stall(run, self._reload(chunk), exc, f"preparing chunk {chunk.chunk_id}")
                 break
-        self.gate.note_waiting(run, waiting)
+        self.gate.note_waiting(run, waiting or blocked)
         return progress
 
     def _upload(self, run: RunRecord, chunk: ChunkRecord) -> ChunkRecord:

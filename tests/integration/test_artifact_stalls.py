@@ -11,6 +11,7 @@ is back, every item sent once.
 from __future__ import annotations
 
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -26,10 +27,12 @@ from batchor_core import (
     FsspecArtifactStore,
     ItemStatus,
     LocalArtifactStore,
+    RetryPolicy,
     Run,
     RunStatus,
     RunTimeoutError,
 )
+from batchor_core.cli.app import run as cli
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +153,11 @@ def test_an_unreadable_request_file_before_upload_stalls_until_the_bucket_is_bac
 
 
 def test_a_local_output_directory_that_cannot_be_written_stalls_the_chunk(
-    make_runner: Callable[..., BatchRunner], emulator: Any, tmp_path: Path, run_id: str
+    make_runner: Callable[..., BatchRunner],
+    emulator: Any,
+    tmp_path: Path,
+    run_id: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     artifacts = LocalArtifactStore(tmp_path / "local-artifacts")
     runner = make_runner(artifacts=artifacts)
@@ -163,7 +170,63 @@ def test_a_local_output_directory_that_cannot_be_written_stalls_the_chunk(
     assert summary.status is RunStatus.RUNNING
     assert summary.stalled_chunks == 1
     assert "cannot write" in (summary.last_error or ""), summary.last_error
+    store = ["--store", str(tmp_path / "runs.sqlite3"), "--artifacts", str(artifacts.root)]
+    assert cli(["status", run_id, *store]) == 0  # the operator sees why, too
+    shown = capsys.readouterr().out
+    assert "retrying" in shown and "cannot write" in shown, shown
 
     outputs.unlink()
     assert run.wait(timeout=60, poll_interval=0.05).status is RunStatus.COMPLETED
     _each_sent_once(run, emulator)
+
+
+def _one_retry_job() -> BatchJob:
+    return BatchJob(
+        model="gpt-4o-mini",
+        build_prompt=lambda it: it.payload["text"],
+        retry_policy=RetryPolicy(backoff_seconds=0.3),
+    )
+
+
+def test_retries_that_cannot_be_prepared_while_the_bucket_is_down_say_so_and_wait(
+    make_runner: Callable[..., BatchRunner],
+    emulator: Any,
+    s3_endpoint: str,
+    s3_bucket: str,
+    run_id: str,
+) -> None:
+    emulator.faults.line_fault(contains="review 1", kind="server_error", times=1)
+    up = make_runner(artifacts=_s3(s3_bucket, s3_endpoint))
+    run = up.start(_one_retry_job(), items=_items(), run_id=run_id)
+    run.refresh()  # collected: r1 failed and waits 0.3 s for its retry
+    assert run.summary().pending_items == 1
+    time.sleep(0.4)
+
+    stalled = make_runner(artifacts=_s3(s3_bucket, _dead_endpoint())).get_run(run_id)
+    for _ in range(2):
+        stalled.refresh()  # reading r1's request line fails: never raises
+    summary = stalled.summary()
+    assert summary.status is RunStatus.RUNNING
+    waiting = summary.waiting_reason or ""
+    assert "retries wait for the artifact store" in waiting, waiting
+    assert f"s3://{s3_bucket}/runs-here/" in waiting
+
+    summary = run.wait(timeout=60, poll_interval=0.05)
+    assert summary.status is RunStatus.COMPLETED and summary.waiting_reason is None
+    assert Counter(r.status for r in run.results()) == {ItemStatus.COMPLETED: _N}
+    assert emulator.batch_create_count == 2  # the first batch, then r1's retry
+
+
+def test_a_request_file_deleted_before_its_retries_pauses_the_run_at_once(
+    make_runner: Callable[..., BatchRunner], emulator: Any, tmp_path: Path, run_id: str
+) -> None:
+    emulator.faults.line_fault(contains="review 1", kind="server_error", times=1)
+    artifacts = LocalArtifactStore(tmp_path / "local-artifacts")
+    run = make_runner(artifacts=artifacts).start(_one_retry_job(), items=_items(), run_id=run_id)
+    run.refresh()
+    time.sleep(0.4)
+    artifacts.path_for(f"runs/{run_id}/requests/c00000.jsonl").unlink()
+    run.refresh()  # no retry can be prepared without it: no 30 min loop either
+    summary = run.summary()
+    assert summary.status is RunStatus.PAUSED
+    assert "preparing retries" in (summary.status_reason or ""), summary.status_reason
