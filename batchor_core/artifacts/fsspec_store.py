@@ -233,7 +233,9 @@ class FsspecArtifactStore:
                 retryable=False,
             ) from exc
         except Exception as exc:  # the adapter edge: s3fs, gcsfs, adlfs, botocore, aiohttp
-            raise ArtifactError(f"cannot {action} {what}: {type(exc).__name__}: {exc}") from exc
+            # The library's text may quote an endpoint URL: never show its userinfo.
+            detail = mask_url(f"{type(exc).__name__}: {exc}")
+            raise ArtifactError(f"cannot {action} {what}: {detail}") from exc
 
     # ------------------------------------------------------------------ objects
 
