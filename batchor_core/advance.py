@@ -4,7 +4,8 @@ A step never sleeps and downloads at most ``max_collect`` finished batches, so a
 sensor tick or a CLI loop can call it as often as it likes. Every side effect with the
 provider is preceded by an intent written to the store (``uploading``, ``submitting``),
 and an ambiguous batch creation is reconciled by looking the batch up by its metadata
-before anything is created again.
+before anything is created again. Provider and artifact-store errors are charged to the
+chunk they concern (:mod:`batchor_core.stalls`): it backs off while the others move on.
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ from batchor_core import failpoints
 from batchor_core.admission import SubmissionGate
 from batchor_core.collect import RECORD_BATCH
 from batchor_core.collector import ChunkCollector
-from batchor_core.errors import ConfigurationError, ProviderError, RateLimitedError
+from batchor_core.errors import (
+    ArtifactError,
+    ConfigurationError,
+    ProviderError,
+    RateLimitedError,
+)
 from batchor_core.jobspec import chunk_policy
 from batchor_core.lease import LeaseKeeper
 from batchor_core.models import RunStatus
@@ -42,7 +48,7 @@ from batchor_core.ports import (
     StateStore,
 )
 from batchor_core.retries import build_retry_chunk
-from batchor_core.stalls import StallPolicy
+from batchor_core.stalls import StallError, StallPolicy
 
 __all__ = ["RunStepper"]
 
@@ -130,8 +136,15 @@ class RunStepper:
         progress |= self._poll_and_collect(run, output_model, max_collect=max_collect)
         current = self.store.load_run(run.run_id) or run
         if current.status is RunStatus.RUNNING:
-            progress |= self._build_retry_chunk(current)
-            progress |= self._submit(current)
+            try:
+                progress |= self._build_retry_chunk(current)
+                blocked = None
+            except ArtifactError as exc:  # nothing was committed; the next step tries again
+                blocked = f"retries wait for the artifact store: {exc.message}"
+                log.warning("run %s: %s", run.run_id, blocked)
+                if not exc.retryable:  # a request file lost: no retry can be prepared
+                    self._pause(current, f"preparing retries: {exc.message}")
+            progress |= self._submit(current, blocked=blocked)
         if current.status is RunStatus.CANCELLING:
             progress |= self._finish_cancel(current)
         progress |= self._maybe_complete(run.run_id)
@@ -170,9 +183,16 @@ class RunStepper:
         progress = False
         building = [c for c in chunks if c.state is ChunkState.BUILDING]
         closable = building if run.ingest_complete else building[:-1]
+        now = self.clock.now()
         for chunk in closable:
             if chunk.request_count > 0:
-                seal_chunk(self.store, self.artifacts, chunk)
+                if chunk.not_before is not None and chunk.not_before > now:
+                    continue
+                try:
+                    seal_chunk(self.store, self.artifacts, chunk)
+                except ArtifactError as exc:
+                    self._stall(run, chunk, exc, f"sealing chunk {chunk.chunk_id}")
+                    continue
             else:
                 self.store.save_chunk(
                     dataclasses.replace(chunk, state=ChunkState.COLLECTED),
@@ -223,7 +243,9 @@ class RunStepper:
 
     # ------------------------------------------------------------------ submit
 
-    def _submit(self, run: RunRecord) -> bool:
+    def _submit(self, run: RunRecord, *, blocked: str | None = None) -> bool:
+        """Upload and create the batches of ready chunks, in order, within the budget;
+        ``blocked`` says why retries could not be prepared (shown if nothing else waits)."""
         policy = chunk_policy(run.job_spec)
         chunks = self.store.list_chunks(run.run_id)
         in_flight = sum(1 for c in chunks if c.state is ChunkState.SUBMITTED)
@@ -237,15 +259,15 @@ class RunStepper:
                 break
             if chunk.not_before is not None and chunk.not_before > now:
                 break  # batches go out in order: later chunks wait behind a deferred one
-            if self.gate.unpack_if_oversized(run, chunk, now):
-                progress = True
-                continue
-            if self.gate.over_cost_cap(run, chunk):
-                break
-            waiting = self.gate.upload_wait(run, chunk)
-            if waiting is not None:
-                break
             try:
+                if self.gate.unpack_if_oversized(run, chunk, now):
+                    progress = True
+                    continue
+                if self.gate.over_cost_cap(run, chunk):
+                    break
+                waiting = self.gate.upload_wait(run, chunk)
+                if waiting is not None:
+                    break
                 if chunk.state is ChunkState.SEALED:
                     if problem := request_file_problem(self.artifacts, chunk):
                         self._pause(run, problem)  # no retry fixes it; say so in summary()
@@ -261,7 +283,10 @@ class RunStepper:
                 if self._handle_submit_error(run, chunk, exc):
                     progress = True
                 break  # the provider is unhappy: do not hammer it with the next chunk
-        self.gate.note_waiting(run, waiting)
+            except ArtifactError as exc:  # the store is unhappy: the next chunks wait too
+                self._stall(run, self._reload(chunk), exc, f"preparing chunk {chunk.chunk_id}")
+                break
+        self.gate.note_waiting(run, waiting or blocked)
         return progress
 
     def _upload(self, run: RunRecord, chunk: ChunkRecord) -> ChunkRecord:
@@ -377,6 +402,10 @@ class RunStepper:
             except ProviderError as exc:
                 self._stall(run, chunk, exc, f"collecting batch {batch.batch_id}")
                 continue
+            except ArtifactError as exc:  # storing or reading its files; others go on
+                what = f"collecting batch {batch.batch_id}"
+                self._stall(run, self._reload(chunk), exc, what)
+                continue
             collected += 1
             progress = True
         return progress
@@ -475,9 +504,9 @@ class RunStepper:
         found = (c for c in self.store.list_chunks(chunk.run_id) if c.chunk_id == chunk.chunk_id)
         return next(found, chunk)
 
-    def _stall(self, run: RunRecord, chunk: ChunkRecord, exc: ProviderError, what: str) -> float:
-        """Charge a provider error to ``chunk``: back off, or pause the run when its
-        streak of errors is over budget (see :mod:`batchor_core.stalls`); return the
+    def _stall(self, run: RunRecord, chunk: ChunkRecord, exc: StallError, what: str) -> float:
+        """Charge a provider or artifact-store error to ``chunk``: back off, or pause the
+        run when its streak of errors is over budget (see :mod:`batchor_core.stalls`); return the
         backoff in seconds."""
         now = self.clock.now()
         started = chunk.first_error_at or now
@@ -510,7 +539,7 @@ class RunStepper:
     def _defer(
         self,
         chunk: ChunkRecord,
-        exc: ProviderError,
+        exc: StallError,
         delay: float,
         *,
         first_error_at: datetime | None,

@@ -128,7 +128,15 @@ class StorageError(BatchorError):
 
 
 class ArtifactError(BatchorError):
-    """The artifact store failed to read or write a file."""
+    """The artifact store failed to read or write a file.
+
+    ``retryable`` (the default) means the store may work again later (unreachable,
+    timing out, a full or read-only disk): a step charges it to the chunk concerned and
+    backs off. Not retryable means no retry can fix it (committed bytes lost, a corrupt
+    part, a file that vanished): the run pauses after a short budget.
+    """
+
+    retryable = True
 
 
 class ProviderError(BatchorError):

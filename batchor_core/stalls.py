@@ -12,6 +12,11 @@ chunk it concerns; the chunk remembers when its current streak of errors began
 
 The pause reason names the call, the HTTP status and the provider's message; ``resume()``
 clears the streaks, so the run retries at once after the cause is fixed.
+
+Artifact-store failures met while advancing a chunk (S3 unreachable, a full disk) are
+charged the same way: a retryable :class:`ArtifactError` is transient (the run pauses
+once the store has been failing for the transient budget), one no retry fixes (committed
+bytes lost, a corrupt part, a vanished file) is permanent.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from batchor_core.errors import ProviderError, RateLimitedError
+from batchor_core.errors import ArtifactError, ProviderError, RateLimitedError
 
-__all__ = ["StallDecision", "StallPolicy"]
+__all__ = ["StallDecision", "StallError", "StallPolicy"]
+
+StallError = ProviderError | ArtifactError
+"""An error charged to a chunk: the provider's, or the artifact store's."""
 
 _PAUSE_AT_ONCE_STATUSES = frozenset({401, 403})
 _PAUSE_AT_ONCE_CODES = frozenset({"insufficient_quota"})
@@ -56,12 +64,12 @@ class StallPolicy:
     permanent_budget_seconds: float = 60.0
 
     def decide(
-        self, exc: ProviderError, *, first_error_at: datetime | None, now: datetime, what: str
+        self, exc: StallError, *, first_error_at: datetime | None, now: datetime, what: str
     ) -> StallDecision:
         """Decide on ``exc``, met while ``what`` (``"chunk c0003"``), for a streak so far.
 
         Args:
-            exc: The provider error.
+            exc: The provider's (or the artifact store's) error.
             first_error_at: When the chunk's streak began (None: this is the first error).
             now: The current time.
             what: What the error concerns, for the pause reason.
@@ -71,6 +79,13 @@ class StallPolicy:
             delay = self.transient_backoff_seconds
             if isinstance(exc, RateLimitedError) and exc.retry_after_seconds is not None:
                 delay = max(exc.retry_after_seconds, 0.0)
+            if elapsed >= self.transient_budget_seconds and isinstance(exc, ArtifactError):
+                return StallDecision(
+                    delay,
+                    f"{what}: artifact store unreachable for {_minutes(elapsed)} (budget "
+                    f"{_minutes(self.transient_budget_seconds)}): {exc.message}; fix it and "
+                    "resume() the run.",
+                )
             if elapsed >= self.transient_budget_seconds:
                 return StallDecision(
                     delay,
@@ -79,7 +94,9 @@ class StallPolicy:
                     f"{exc.message}. resume() retries at once.",
                 )
             return StallDecision(delay, None)
-        if exc.status_code in _PAUSE_AT_ONCE_STATUSES or exc.code in _PAUSE_AT_ONCE_CODES:
+        if isinstance(exc, ProviderError) and (
+            exc.status_code in _PAUSE_AT_ONCE_STATUSES or exc.code in _PAUSE_AT_ONCE_CODES
+        ):
             return StallDecision(self.transient_backoff_seconds, f"{what}: {exc.message}")
         delay = max(
             self.transient_backoff_seconds, self.permanent_budget_seconds / _PERMANENT_TRIES

@@ -204,7 +204,7 @@ class FsspecArtifactStore:
     def _relative(self, key: str) -> str:
         segments = [safe_segment(p) for p in key.split("/") if p]
         if not segments:
-            raise ArtifactError(f"empty artifact key {key!r}")
+            raise ArtifactError(f"empty artifact key {key!r}", retryable=False)
         return "/".join(segments)
 
     def _join(self, relative: str) -> str:
@@ -227,12 +227,15 @@ class FsspecArtifactStore:
             raise  # ours, or the caller's (a ProviderError from a download)
         except CallerError as exc:
             raise exc.original from None
-        except FileNotFoundError as exc:
+        except FileNotFoundError as exc:  # a vanished object or bucket: no retry fixes it
             raise ArtifactError(
-                f"cannot {action} {what}: not found in {mask_url(self.url)} ({exc})"
+                f"cannot {action} {what}: not found in {mask_url(self.url)} ({exc})",
+                retryable=False,
             ) from exc
         except Exception as exc:  # the adapter edge: s3fs, gcsfs, adlfs, botocore, aiohttp
-            raise ArtifactError(f"cannot {action} {what}: {type(exc).__name__}: {exc}") from exc
+            # The library's text may quote an endpoint URL: never show its userinfo.
+            detail = mask_url(f"{type(exc).__name__}: {exc}")
+            raise ArtifactError(f"cannot {action} {what}: {detail}") from exc
 
     # ------------------------------------------------------------------ objects
 
@@ -300,7 +303,7 @@ class FsspecArtifactStore:
         for block in blocks():
             digest.update(block)
         name = part_name(start, staged.gen, staged.token, end, digest.hexdigest())
-        with self._translating("upload", f"part of {key!r}"):
+        with self._translating("upload", f"a part of {self.url_for(key)}"):
             self._write_object(f"{self._staging_dir(key)}/{name}", blocks())
 
     # ------------------------------------------------------------------ local copies
@@ -347,7 +350,7 @@ class FsspecArtifactStore:
         newest local copy. Raises :class:`ArtifactError` if fewer than ``truncate_to``
         bytes were ever uploaded (committed lines were lost); it never pads a file.
         """
-        with self._translating("open", f"{key!r} for writing"):
+        with self._translating("open", f"{self.url_for(key)} for writing"):
             segments = self._segments(key)
             chain = chain_of(segments)
             end = chain[-1].end if chain else 0
@@ -356,7 +359,8 @@ class FsspecArtifactStore:
                 raise ArtifactError(
                     f"{self.url_for(key)} holds {end} uploaded bytes but {size} were committed "
                     "to it: its parts were deleted while the run was being prepared. Restore "
-                    "them, or cancel the run and start it again under a new run id."
+                    "them, or cancel the run and start it again under a new run id.",
+                    retryable=False,
                 )
             staged = self._current(key, chain, segments, size)
             if staged is None:
@@ -417,7 +421,8 @@ class FsspecArtifactStore:
         if digest != seg.sha256:
             raise ArtifactError(
                 f"part {seg.path} is corrupt (sha256 {digest[:12]} != {seg.sha256[:12]}); "
-                "cancel the run and start it again under a new run id"
+                "cancel the run and start it again under a new run id",
+                retryable=False,
             )
 
     def publish(self, key: str) -> str:
@@ -433,7 +438,7 @@ class FsspecArtifactStore:
             if staged is None and not chain:
                 if self._fs.exists(path):
                     return self.sha256(key)  # published before a crash
-                raise ArtifactError(f"nothing to publish for {self.url_for(key)}")
+                raise ArtifactError(f"nothing to publish for {self.url_for(key)}", retryable=False)
             source = (
                 self._checked_local(staged.path, [s for s in chain if s.end <= staged.synced])
                 if staged is not None

@@ -7,6 +7,7 @@ their key only through an atomic rename; published files are 0600 in 0700 direct
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -106,7 +107,7 @@ class LocalArtifactStore:
         """The file path of a published key (sanitised; always inside the root)."""
         segments = [p for p in key.split("/") if p]
         if not segments:
-            raise ArtifactError(f"empty artifact key {key!r}")
+            raise ArtifactError(f"empty artifact key {key!r}", retryable=False)
         path = self.root
         for segment in segments:
             name = safe_segment(segment)
@@ -115,7 +116,7 @@ class LocalArtifactStore:
                 name = legacy  # written by batchor 0.1.0 before the long-name fix: keep it
             path = path / name
         if self.root not in path.parents:
-            raise ArtifactError(f"artifact key {key!r} escapes the artifact root")
+            raise ArtifactError(f"artifact key {key!r} escapes the artifact root", retryable=False)
         return path
 
     def _ensure_parent(self, path: Path) -> None:
@@ -152,7 +153,8 @@ class LocalArtifactStore:
                 raise ArtifactError(
                     f"{part} holds {end} bytes but {size} were committed to it: the file was "
                     "deleted or truncated while the run was being prepared. Restore it, or "
-                    "cancel the run and start it again under a new run id."
+                    "cancel the run and start it again under a new run id.",
+                    retryable=False,
                 )
             fh.truncate(size)
             fh.seek(size)
@@ -196,10 +198,10 @@ class LocalArtifactStore:
             os.replace(part, path)
             self._sync_dir(path.parent)
         except OSError as exc:
-            part.unlink(missing_ok=True)
+            _remove(part)
             raise ArtifactError(f"cannot write {path}: {exc}") from exc
         except BaseException:
-            part.unlink(missing_ok=True)
+            _remove(part)
             raise
         return size
 
@@ -208,6 +210,8 @@ class LocalArtifactStore:
         path = self.path_for(key)
         try:
             return open(path, "rb")
+        except FileNotFoundError as exc:  # vanished: no retry brings it back
+            raise ArtifactError(f"cannot read artifact {path}: {exc}", retryable=False) from exc
         except OSError as exc:
             raise ArtifactError(f"cannot read artifact {path}: {exc}") from exc
 
@@ -244,6 +248,12 @@ class LocalArtifactStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """Remove a temp file if it is there; a failure here must not hide the one that led here."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def _hash_file(path: Path) -> str:

@@ -137,7 +137,8 @@ class ObjectReader(io.RawIOBase):
         try:
             return int(self._raw.readinto(buffer))
         except Exception as exc:  # a dropped connection or an expired credential mid-read
-            raise ArtifactError(f"cannot read {self._what}: {type(exc).__name__}: {exc}") from exc
+            detail = mask_url(f"{type(exc).__name__}: {exc}")
+            raise ArtifactError(f"cannot read {self._what}: {detail}") from exc
 
     def close(self) -> None:
         if not self.closed:

@@ -56,6 +56,8 @@ def summary_dict(summary: RunSummary) -> JSONObject:
         "cost_note": summary.cost_note,
         "max_cost_usd": summary.max_cost_usd,
         "waiting_reason": summary.waiting_reason,
+        "last_error": summary.last_error,
+        "stalled_chunks": summary.stalled_chunks,
         "created_at": summary.created_at.isoformat(),
         "updated_at": summary.updated_at.isoformat(),
         "owner": dict(summary.owner) if summary.owner is not None else None,
@@ -262,6 +264,8 @@ def print_status(
     ]
     if summary.waiting_reason:
         rows.append(("waiting", summary.waiting_reason))
+    if summary.last_error:  # batches held back by provider or artifact-store errors
+        rows.append(("retrying", f"{summary.stalled_chunks} batch(es) after: {summary.last_error}"))
     if errors:
         rows.append(("errors", ", ".join(f"{code}: {n}" for code, n in errors.items())))
     if summary.owner:
