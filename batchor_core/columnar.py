@@ -7,14 +7,13 @@ become a million Python result objects. pyarrow is imported only when this is us
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from batchor_core import jsoncodec
 from batchor_core.errors import ConfigurationError
 from batchor_core.models import JSONObject
-from batchor_core.ports import ResultColumns, StateStore
+from batchor_core.ports import StateStore
 
 if TYPE_CHECKING:
     import pyarrow as pa  # type: ignore[import-untyped]
@@ -181,20 +180,43 @@ def result_batches(
         fields.add("output_json")
 
     def batches() -> Iterator[pa.RecordBatch]:
+        from batchor_core.storage.sqlite_arrow import open_arrow_reader
+
+        reader = open_arrow_reader(storage)
         after_seq = -1  # seqs start at 0
-        while True:
-            page = storage.read_result_columns(
-                run_id,
-                after_seq=after_seq,
-                limit=page_size,
-                status=status,
-                finished_after=after,
-                fields=fields,
-            )
-            if not len(page):
-                return
-            yield _page_batch(page, schema, typed if parse else None)
-            after_seq = page.last_seq
+        try:
+            while True:
+                got = None
+                if reader is not None:
+                    got = reader.read_page(
+                        run_id,
+                        after_seq=after_seq,
+                        limit=page_size,
+                        status=status,
+                        finished_after=after,
+                        fields=fields,
+                    )
+                if got is not None:
+                    columns, last_seq = got
+                else:
+                    page = storage.read_result_columns(
+                        run_id,
+                        after_seq=after_seq,
+                        limit=page_size,
+                        status=status,
+                        finished_after=after,
+                        fields=fields,
+                    )
+                    columns = {f: getattr(page, f) for f in fields | {"item_id"}}
+                    last_seq = page.last_seq
+                ids = columns.get("item_id")
+                if ids is None or len(ids) == 0:
+                    return
+                yield _page_batch(columns, schema, typed if parse else None)
+                after_seq = last_seq
+        finally:
+            if reader is not None:
+                reader.close()
 
     return schema, batches()
 
@@ -228,13 +250,21 @@ def _pick(schema: pa.Schema, columns: Sequence[str]) -> pa.Schema:
     return pa.schema([schema.field(c) for c in columns])
 
 
-def _page_batch(page: ResultColumns, schema: pa.Schema, typed: pa.Schema | None) -> pa.RecordBatch:
+def _page_batch(
+    columns: Mapping[str, Any], schema: pa.Schema, typed: pa.Schema | None
+) -> pa.RecordBatch:
+    """One page's record batch from its stored columns (Python sequences from the store's
+    driver, or Arrow arrays from the SQLite Arrow reader)."""
     import pyarrow as pa
 
     names = set(schema.names)
     arrays: dict[str, pa.Array] = {}
+    outputs = columns.get("output_json")
     if typed is not None:
-        parsed = _typed_outputs(page.output_json or (), typed)
+        if isinstance(outputs, pa.Array):
+            parsed = _typed_output_array(outputs, typed)
+        else:
+            parsed = _typed_outputs(outputs or (), typed)
         for name in parsed.column_names:
             if name in names:
                 arrays[name] = parsed.column(name).combine_chunks()
@@ -242,10 +272,14 @@ def _page_batch(page: ResultColumns, schema: pa.Schema, typed: pa.Schema | None)
         if field.name in arrays:
             continue
         if field.name == _OUTPUT_SENTINEL and typed is None:
-            outputs = page.output_json or ()
-            arrays[field.name] = pa.array([_as_text(o) for o in outputs], pa.string())
+            texts = outputs.to_pylist() if isinstance(outputs, pa.Array) else outputs or ()
+            arrays[field.name] = pa.array([_as_text(o) for o in texts], pa.string())
+            continue
+        values = columns[_STORED[field.name]]
+        if isinstance(values, pa.Array):
+            arrays[field.name] = values.cast(field.type)
         else:
-            arrays[field.name] = pa.array(getattr(page, _STORED[field.name]), field.type)
+            arrays[field.name] = pa.array(values, field.type)
     return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
 
@@ -269,12 +303,43 @@ def _typed_outputs(outputs: Sequence[str | None], typed: pa.Schema) -> pa.Table:
     return table.select([f.name for f in typed])
 
 
-def _read_json(data: bytes, typed: pa.Schema, *, multiline: bool) -> pa.Table:
+def _typed_output_array(outputs: pa.Array, typed: pa.Schema) -> pa.Table:
+    """:func:`_typed_outputs` for outputs already in an Arrow string array: the reader
+    parses the array's own text buffer, one output per line, with no Python strings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+    if not len(outputs):
+        return _typed_outputs((), typed)
+    lines = pc.binary_join_element_wise(pc.fill_null(outputs, "{}"), "", "\n")
+    _, offset_buffer, data = lines.buffers()
+    offsets = pa.Array.from_buffers(
+        pa.int32(), len(lines) + 1, [None, offset_buffer], offset=lines.offset
+    )
+    start, end = offsets[0].as_py(), offsets[-1].as_py()
+    data = data.slice(start, end - start)
+    # Searching the page for a raw newline costs more than parsing it, so parse it as one
+    # output per line first: an output spread over lines is not valid JSON line by line
+    # (its first line leaves a bracket open), so the reader fails and the page is read
+    # again allowing newlines in values.
+    for multiline in (False, True):
+        try:
+            table = _read_json(data, typed, multiline=multiline)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        if table.num_rows == len(outputs):
+            return table.select([f.name for f in typed])
+    return _python_outputs(outputs.to_pylist(), typed)  # unusual text: the same table, slower
+
+
+def _read_json(data: bytes | pa.Buffer, typed: pa.Schema, *, multiline: bool) -> pa.Table:
+    import pyarrow as pa
     import pyarrow.json as pj  # type: ignore[import-untyped]
 
-    block = max(len(data) + 1, 1 << 20) if multiline else max(1 << 20, len(data) // 8 + 1)
+    size = len(data)
+    block = max(size + 1, 1 << 20) if multiline else max(1 << 20, size // 8 + 1)
     return pj.read_json(
-        io.BytesIO(data),
+        pa.BufferReader(data),
         read_options=pj.ReadOptions(block_size=block),
         parse_options=pj.ParseOptions(
             explicit_schema=typed,

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from batchor_core.models import ItemError, ItemStatus, Usage
 from batchor_core.ports import ResultColumns, ResultRow
@@ -18,7 +18,7 @@ from batchor_core.storage.base import StoreBase, public_status
 from batchor_core.storage.dialects import fetch_tuples
 from batchor_core.storage.schema import items
 
-__all__ = ["ResultOps"]
+__all__ = ["ResultOps", "result_columns_query"]
 
 
 class ResultOps(StoreBase):
@@ -94,22 +94,16 @@ class ResultOps(StoreBase):
         reads pages sequentially, where the index costs a random lookup per row. Only the
         asked-for columns are read, transposed straight from the driver's tuples.
         """
-        wanted = ["item_id"] + [
-            f
-            for f in _RESULT_FIELDS
-            if f != "item_id" and (f in fields if fields else f != "payload_json")
-        ]
-        query = select(items.c.seq, *(items.c[f] for f in wanted)).where(
-            items.c.run_id == run_id,
-            items.c.seq > after_seq,
-            items.c.finished_seq.is_not(None),
+        query, wanted = result_columns_query(
+            run_id,
+            after_seq=after_seq,
+            limit=limit,
+            status=status,
+            finished_after=finished_after,
+            fields=fields,
         )
-        if finished_after:
-            query = query.where(items.c.finished_seq > finished_after)
-        if status is not None:
-            query = query.where(items.c.status == status)
         with self._tx() as conn:
-            rows = fetch_tuples(conn, query.order_by(items.c.seq).limit(limit))
+            rows = fetch_tuples(conn, query)
         got: dict[str, Any] = dict.fromkeys(_RESULT_FIELDS)
         for i, name in enumerate(wanted, start=1):  # column by column, in C (zip(*rows) is slower)
             got[name] = list(map(itemgetter(i), rows))
@@ -122,6 +116,34 @@ class ResultOps(StoreBase):
                 select(items).where(items.c.run_id == run_id, items.c.item_id == item_id)
             ).first()
         return None if row is None else self._result_from_row(row._mapping)
+
+
+def result_columns_query(
+    run_id: str,
+    *,
+    after_seq: int,
+    limit: int,
+    status: str | None,
+    finished_after: int,
+    fields: Collection[str] | None,
+) -> tuple[Select[Any], list[str]]:
+    """The page query of :meth:`ResultOps.read_result_columns` (``seq`` first, then the
+    returned field names' columns), shared with the SQLite Arrow reader."""
+    wanted = ["item_id"] + [
+        f
+        for f in _RESULT_FIELDS
+        if f != "item_id" and (f in fields if fields else f != "payload_json")
+    ]
+    query = select(items.c.seq, *(items.c[f] for f in wanted)).where(
+        items.c.run_id == run_id,
+        items.c.seq > after_seq,
+        items.c.finished_seq.is_not(None),
+    )
+    if finished_after:
+        query = query.where(items.c.finished_seq > finished_after)
+    if status is not None:
+        query = query.where(items.c.status == status)
+    return query.order_by(items.c.seq).limit(limit), wanted
 
 
 _RESULT_ROW_COLUMNS = (

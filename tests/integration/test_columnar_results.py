@@ -186,3 +186,79 @@ def test_pretty_printed_and_odd_outputs_parse_to_the_same_typed_columns() -> Non
     assert extra.to_pylist() == [value]
     with pytest.raises(ConfigurationError, match="output schema"):
         _typed_outputs([json.dumps({**value, "summary": {"x": 1}})], typed)
+
+
+def test_pretty_printed_outputs_in_an_arrow_array_parse_like_python_strings() -> None:
+    """The SQLite Arrow reader hands outputs over as an Arrow array: parsing its buffer
+    gives the same table as the Python strings, multi-line, null and odd outputs too."""
+    from batchor_core.columnar import _typed_output_array, _typed_outputs
+
+    _, typed = result_schema(Review.model_json_schema())
+    assert typed is not None
+    value = {"sentiment": "positive", "summary": "ok", "complaint": None, "aspects": []}
+    pages = [
+        [json.dumps(value), None, json.dumps({**value, "extra": [1]})],
+        [json.dumps(value, indent=2), None, json.dumps(value)],  # one spread over lines
+        [None, None],
+    ]
+    for page in pages:
+        array = pa.array(page, pa.string())
+        assert _typed_output_array(array, typed).equals(_typed_outputs(page, typed))
+        assert _typed_output_array(array.slice(1), typed).equals(_typed_outputs(page[1:], typed))
+    with pytest.raises(ConfigurationError, match="output schema"):
+        _typed_output_array(pa.array([json.dumps({**value, "summary": {"x": 1}})]), typed)
+
+
+def test_sqlite_to_arrow_takes_the_adbc_path_and_gives_the_same_table(
+    make_runner: Callable[..., BatchRunner], tmp_path: Path, emulator: Any, monkeypatch: Any
+) -> None:
+    """With ``batchor[fast]`` installed, a SQLite store's pages come from ADBC (the Python
+    driver's page reader is never called) and the table is the one the driver path gives,
+    in small pages too, where some pages hold errors and metadata and others only NULLs."""
+    pytest.importorskip("adbc_driver_sqlite")
+    import sys
+
+    from batchor_core.columnar import result_batches
+    from batchor_core.storage import SQLiteStorage
+    from batchor_core.storage.sqlite_arrow import open_arrow_reader
+
+    store = SQLiteStorage(tmp_path / "fast.sqlite3")
+    try:
+        run = _finished_run(make_runner, store, emulator)
+        schema = run._output_schema()
+        calls = []
+        driver_read = store.read_result_columns
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls.append(kwargs)
+            return driver_read(*args, **kwargs)
+
+        def tables() -> list[pa.Table]:
+            return [
+                run.to_arrow(),
+                run.to_arrow(status="failed", include_payload=True),
+                run.to_arrow(columns=["error_code", "aspects", "metadata"]),
+                *(
+                    pa.Table.from_batches(list(b), schema=s)
+                    for s, b in [result_batches(store, "col", schema, page_size=4, after=5)]
+                ),
+            ]
+
+        monkeypatch.setattr(store, "read_result_columns", counted)
+        reader = open_arrow_reader(store)
+        assert reader is not None
+        reader.close()
+        fast = tables()
+        assert calls == []  # every page came through ADBC
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, "adbc_driver_sqlite", None)  # as if not installed
+            assert open_arrow_reader(store) is None
+            slow = tables()
+        assert calls  # ... and now through the driver
+        for got, want in zip(fast, slow, strict=True):
+            assert got.schema == want.schema
+            assert got.equals(want)
+        expected = _expected(run)
+        assert {r["item_id"]: _as_compared(r) for r in fast[0].to_pylist()} == expected
+    finally:
+        store.close()

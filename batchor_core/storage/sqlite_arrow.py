@@ -1,0 +1,117 @@
+"""Result pages of a SQLite store read straight into Arrow with ADBC (optional fast path).
+
+The Python ``sqlite3`` driver builds one tuple per row, which is most of ``to_arrow()``'s
+time on a large run. The ADBC SQLite driver (``pip install 'batchor[fast]'``) fills Arrow
+columns in C instead. It runs the same page query as
+:meth:`~batchor_core.storage.results_sql.ResultOps.read_result_columns` on its own
+read-only connection, so a page holds the same rows either way.
+
+ADBC infers each column's type from the values of a batch (an all-NULL column comes back
+as int64). Every page is one batch, so a page never changes type midway; each column is
+then cast to its declared type, and a page whose values do not fit (which a batchor store
+never holds) is read through the ordinary driver instead: never a different answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
+
+from batchor_core.storage.results_sql import result_columns_query
+
+if TYPE_CHECKING:
+    import pyarrow as pa  # type: ignore[import-untyped]
+
+    from batchor_core.ports import StateStore
+
+__all__ = ["SQLiteArrowReader", "open_arrow_reader"]
+
+# Stored columns whose values are text; the rest are integers.
+_TEXT = frozenset(
+    {"item_id", "status", "output_json", "error_code", "error_message", "metadata_json"}
+    | {"payload_json"}
+)
+
+
+def open_arrow_reader(storage: StateStore) -> SQLiteArrowReader | None:
+    """A reader for ``storage`` if it is a SQLite file store and ADBC's SQLite driver is
+    installed; otherwise None (read pages with ``read_result_columns``)."""
+    from batchor_core.storage.sql import SQLiteStorage
+
+    if not isinstance(storage, SQLiteStorage):
+        return None
+    try:
+        import adbc_driver_sqlite.dbapi
+    except ImportError:
+        return None
+    try:
+        return SQLiteArrowReader(storage, adbc_driver_sqlite.dbapi)
+    except Exception:  # the driver cannot open the file (locked, say): the driver path
+        return None
+
+
+class SQLiteArrowReader:
+    """Reads result pages of one SQLite store as Arrow arrays; close it when done."""
+
+    def __init__(self, storage: Any, dbapi: Any) -> None:
+        from sqlalchemy.dialects import sqlite
+
+        self._dialect = sqlite.dialect()
+        uri = storage.path.as_uri() + "?mode=ro"
+        self._conn = dbapi.connect(uri, autocommit=True)
+        self._cursor = self._conn.cursor()
+        self._cursor.execute("PRAGMA busy_timeout=30000")
+
+    def read_page(
+        self,
+        run_id: str,
+        *,
+        after_seq: int,
+        limit: int,
+        status: str | None,
+        finished_after: int,
+        fields: Collection[str] | None,
+    ) -> tuple[dict[str, pa.Array], int] | None:
+        """One page as ``{stored column: array}`` (text as ``string``, integers as
+        ``int64``) and the last row's ``seq`` (``after_seq`` for an empty page).
+
+        Returns None when ADBC cannot give the page in those types; read it the
+        ordinary way then.
+        """
+        import pyarrow as pa
+
+        query, wanted = result_columns_query(
+            run_id,
+            after_seq=after_seq,
+            limit=limit,
+            status=status,
+            finished_after=finished_after,
+            fields=fields,
+        )
+        compiled = query.compile(dialect=self._dialect)
+        params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+        cursor = self._cursor
+        try:
+            cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(limit + 1)})
+            cursor.execute(str(compiled), params)
+            table = cursor.fetch_arrow_table()
+        except Exception:  # any driver error (a type change midway, say): the slow path
+            return None
+        if table.num_rows == 0:
+            return {}, after_seq
+        arrays: dict[str, pa.Array] = {}
+        for i, name in enumerate(["seq", *wanted]):
+            column = table.column(i).combine_chunks()
+            target = pa.string() if name in _TEXT else pa.int64()
+            if column.type != target:
+                if column.null_count != len(column) or not pa.types.is_integer(column.type):
+                    return None  # values of another type: not what the store writes
+                column = pa.nulls(len(column), target)
+            arrays[name] = column
+        last = arrays.pop("seq")[-1].as_py()
+        return arrays, int(last)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._cursor.close()
+        self._conn.close()
