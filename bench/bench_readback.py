@@ -5,6 +5,9 @@ file is kept with ``--db`` and reused), then times each way of reading it and pr
 ratio. Run by hand:
 
     .venv/bin/python bench/bench_readback.py --items 1000000 --db /tmp/readback.sqlite3
+
+With the ``fast`` extra (adbc-driver-sqlite) installed, to_arrow/to_pandas read the SQLite
+pages through ADBC; without it, through the sqlite3 driver (it prints which).
 """
 
 from __future__ import annotations
@@ -92,6 +95,12 @@ def main() -> None:
         run.wait(timeout=36_000, poll_interval=0)
         print(f"built the run in {time.perf_counter() - t:.1f}s ({db})")
     run = runner.get_run(run_id, job=_job())
+    from batchor_core.storage.sqlite_arrow import open_arrow_reader
+
+    reader = open_arrow_reader(runner.storage)
+    print("to_arrow reads through", "ADBC (batchor[fast])" if reader else "the sqlite3 driver")
+    if reader is not None:
+        reader.close()
 
     t = time.perf_counter()
     n_iter = sum(1 for _ in run.results(page_size=5000))
