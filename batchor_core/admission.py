@@ -9,6 +9,7 @@ import logging
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import NoReturn
 
 from batchor_core.budget import (
     MAX_TOKEN_LIMIT_STRIKES,
@@ -17,7 +18,6 @@ from batchor_core.budget import (
     enqueue_limit,
     output_per_request,
 )
-from batchor_core.errors import ConfigurationError
 from batchor_core.ports import (
     ArtifactStore,
     BatchProvider,
@@ -43,6 +43,8 @@ class SubmissionGate:
         store: Control-plane store (its reservation makes the budget atomic).
         provider: Gives the configured enqueued-token limits and prices.
         pause: Pauses a run with a reason.
+        changed: Raises for a chunk whose compare-and-set failed (a lost lease, or
+            another process working on the run).
         artifacts: Request files (to repack a chunk that no longer fits the limit).
         idle: Seconds after which a run holding budget that no process advances (the
             lease TTL) is named as such in the waiting reason.
@@ -54,6 +56,7 @@ class SubmissionGate:
         store: StateStore,
         provider: BatchProvider,
         pause: Callable[[RunRecord, str], None],
+        changed: Callable[[ChunkRecord, ChunkState], NoReturn],
         artifacts: ArtifactStore | None = None,
         idle: float = 120.0,
     ) -> None:
@@ -62,6 +65,7 @@ class SubmissionGate:
         self.artifacts = artifacts
         self._idle_after = timedelta(seconds=idle)
         self._pause_run = pause
+        self._changed = changed
 
     def token_limits(self, run: RunRecord) -> tuple[int, int] | None:
         """``(effective limit, full limit)`` of the run's model, or None (no limit)."""
@@ -94,11 +98,7 @@ class SubmissionGate:
         waiting = self.budget_wait(run, intent, lambda _model: granted.in_flight_tokens)
         if waiting is not None:
             return waiting
-        raise ConfigurationError(
-            f"chunk {intent.chunk_id} of run {intent.run_id} changed under us "
-            "(expected uploaded); is another process working on this run?",
-            run_id=intent.run_id,
-        )
+        self._changed(intent, ChunkState.UPLOADED)
 
     def unpack_if_oversized(self, run: RunRecord, chunk: ChunkRecord, now: datetime) -> bool:
         """Give up an unsent chunk that is over the run's whole enqueued-token limit (it

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from pydantic import BaseModel
 
@@ -97,7 +98,12 @@ class RunStepper:
         self.create_grace_seconds = create_grace_seconds
         idle = lease.ttl_seconds  # a run whose lease lapsed this long is not being advanced
         self.gate = SubmissionGate(
-            store=store, provider=provider, pause=self._pause, artifacts=artifacts, idle=idle
+            store=store,
+            provider=provider,
+            pause=self._pause,
+            changed=self._changed,
+            artifacts=artifacts,
+            idle=idle,
         )
         self.collector = ChunkCollector(
             store=store,
@@ -480,13 +486,18 @@ class RunStepper:
     def _move(self, chunk: ChunkRecord, expected: ChunkState, **changes: object) -> ChunkRecord:
         updated = dataclasses.replace(chunk, **changes)  # type: ignore[arg-type]
         if not self.store.save_chunk(updated, expected=expected):
-            self.lease.renew(chunk.run_id)  # a lost lease is a RunLeasedError, not a bug
-            raise ConfigurationError(
-                f"chunk {chunk.chunk_id} of run {chunk.run_id} changed under us "
-                f"(expected {expected.value}); is another process working on this run?",
-                run_id=chunk.run_id,
-            )
+            self._changed(chunk, expected)
         return updated
+
+    def _changed(self, chunk: ChunkRecord, expected: ChunkState) -> NoReturn:
+        """A compare-and-set on ``chunk`` failed: a lost lease is a RunLeasedError, anything
+        else another process working on the run."""
+        self.lease.renew(chunk.run_id)
+        raise ConfigurationError(
+            f"chunk {chunk.chunk_id} of run {chunk.run_id} changed under us "
+            f"(expected {expected.value}); is another process working on this run?",
+            run_id=chunk.run_id,
+        )
 
     def _mark_submitted(self, chunk: ChunkRecord, batch: ProviderBatch) -> None:
         self._move(
