@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 from batchor_core.models import BatchItem, ItemError, ItemStatus, JSONObject, RunStatus, Usage
 
@@ -192,12 +193,14 @@ class Reservation:
     in_flight_tokens: int
 
 
-@dataclass(frozen=True, slots=True)
-class NewItem:
+class NewItem(NamedTuple):
     """An item row to insert at ingest.
 
     ``status`` is ``pending`` for a normal item; a row rejected by its source is inserted
     already ``failed`` with ``error`` set, so it is never lost.
+
+    A named tuple, not a dataclass: ingest builds one per item (millions per run), and
+    its first five fields are the bound columns of the store's insert, in that order.
     """
 
     seq: int

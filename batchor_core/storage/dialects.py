@@ -14,18 +14,21 @@ from sqlalchemy import (
     Connection,
     Engine,
     String,
+    Table,
     any_,
     bindparam,
     create_engine,
     event,
     func,
+    insert,
+    literal_column,
     select,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.dml import Insert, UpdateBase
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import Select
 
 __all__ = ["executemany", "fetch_tuples", "insert_rows", "make_engine", "values_in"]
@@ -133,41 +136,106 @@ def executemany(conn: Connection, stmt: UpdateBase, rows: Iterable[Mapping[str, 
         cursor.close()
 
 
-def insert_rows(conn: Connection, stmt: Insert, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Insert rows keyed by column name: ``COPY`` on Postgres, else :func:`executemany`.
+def insert_rows(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    constants: Mapping[str, Any] | None = None,
+) -> int:
+    """Insert ``rows`` into ``table``: ``COPY`` on Postgres, else the driver's executemany.
 
-    ``stmt`` is the table's insert with one bind per column, named like the column (the
-    form executemany needs). Postgres loads the rows with ``COPY ... FROM STDIN``, about
-    three times faster than executemany for ingest slices; its errors (a duplicate key)
-    are raised as SQLAlchemy's ``DBAPIError`` subclasses (``IntegrityError``) like any
-    other statement's. Returns the rows inserted.
+    Each row holds the values of ``columns``, in that order; values past them are ignored,
+    so a record whose leading fields are the columns is passed as it is. ``constants``
+    are the columns with one value for every row (a run id, an initial status): SQLite
+    gets them as literals in the statement (rendered by the column's type, so quoting is
+    SQLAlchemy's), so each row binds only its own values and no dict or tuple is built per
+    row in Python. Postgres loads the rows with ``COPY ... FROM STDIN``, about three times
+    faster than executemany for ingest slices. Driver errors (a duplicate key) are raised
+    as SQLAlchemy's ``DBAPIError`` subclasses (``IntegrityError``) like any other
+    statement's. Returns the rows inserted.
     """
-    if conn.dialect.name != "postgresql":
-        return executemany(conn, stmt, rows)
-    iterator = iter(rows)
-    first = next(iterator, None)
-    if first is None:
-        return 0
-    table = stmt.table
-    names = list(first)
+    constants = constants or {}
     dialect = conn.dialect
+    names = list(columns)
+    if dialect.name == "postgresql":
+        return _copy_rows(conn, table, names, rows, constants)
+    binds = {n: bindparam(n, type_=table.c[n].type) for n in names}
+    processors = [table.c[n].type.bind_processor(dialect) for n in names]
+    if dialect.paramstyle != "qmark" or any(p is not None for p in processors):
+        # Not the hot path of any supported store: name the values, bind the constants
+        # and let executemany apply the type processors.
+        named = insert(table).values(
+            binds | {n: bindparam(f"k_{n}", v, type_=table.c[n].type) for n, v in constants.items()}
+        )
+        return executemany(conn, named, (dict(zip(names, row, strict=False)) for row in rows))
+    literals: dict[str, Any] = {
+        n: literal_column(_literal(table.c[n].type, dialect, v)) for n, v in constants.items()
+    }
+    stmt = insert(table).inline().values(binds | literals)  # inline: no RETURNING of keys
+    compiled = stmt.compile(dialect=dialect)
+    assert isinstance(compiled, SQLCompiler)
+    # The driver takes the row tuples in the statement's bind order, picked out in C.
+    order = operator.itemgetter(*[names.index(n) for n in compiled.positiontup or []])
+    params = map(order, rows) if len(names) > 1 else ((row[0],) for row in rows)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(compiled.string, params)  # type: ignore[arg-type]  # any iterable
+        return int(cursor.rowcount)
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(compiled.string, None, exc, dialect.loaded_dbapi.Error) from exc
+    finally:
+        cursor.close()
+
+
+def _literal(type_: Any, dialect: Any, value: Any) -> str:
+    """``value`` as a SQL literal of ``type_`` (NULL for None)."""
+    if value is None:
+        return "NULL"
+    render = type_.literal_processor(dialect)
+    if render is None:
+        raise TypeError(f"cannot render a {type_!r} literal")
+    return str(render(value))
+
+
+def _copy_rows(
+    conn: Connection,
+    table: Table,
+    names: list[str],
+    rows: Iterable[Sequence[Any]],
+    constants: Mapping[str, Any],
+) -> int:
+    """Postgres: ``COPY`` the rows, each followed by the constants' values."""
+    dialect = conn.dialect
+    width = len(names)
     procs = [table.c[n].type.bind_processor(dialect) for n in names]
+    fixed = _processed(
+        list(constants.values()), [table.c[n].type.bind_processor(dialect) for n in constants]
+    )
+    plain = all(p is None for p in procs)
     quote = dialect.identifier_preparer.quote
-    sql = f"COPY {quote(table.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
+    columns = ", ".join(quote(n) for n in [*names, *constants])
+    sql = f"COPY {quote(table.name)} ({columns}) FROM STDIN"
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     count = 0
     try:
         with cursor.copy(sql) as copy:
-            for row in itertools.chain((first,), iterator):
-                copy.write_row(
-                    [row[n] if p is None else p(row[n]) for n, p in zip(names, procs, strict=True)]
-                )
+            write = copy.write_row
+            for row in rows:
+                values = tuple(row[:width]) if plain else _processed(row, procs)
+                write(values + fixed)
                 count += 1
         return count
     except dialect.loaded_dbapi.Error as exc:
         raise DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error) from exc
     finally:
         cursor.close()
+
+
+def _processed(row: Sequence[Any], procs: Sequence[Any]) -> tuple[Any, ...]:
+    """The first ``len(procs)`` values of ``row``, each through its type's bind processor."""
+    return tuple(v if p is None or v is None else p(v) for v, p in zip(row, procs, strict=False))
 
 
 def values_in(conn: Connection, column: ColumnElement[Any], values: Sequence[str]) -> Any:

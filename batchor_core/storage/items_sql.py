@@ -16,7 +16,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
-    insert,
     or_,
     select,
     update,
@@ -73,38 +72,48 @@ class ItemOps(ResultOps):
         :class:`RunLeasedError` unless that owner still holds the run's lease.
         """
         now = utc_now()
-        # A generator: the driver takes the rows one by one, so a slice's rows are never
-        # all built at once.
-        rows = (
-            {
-                "run_id": run_id,
-                "seq": it.seq,
-                "item_id": it.item_id,
-                "payload_json": it.payload_json,
-                "metadata_json": it.metadata_json,
-                "status": QUEUED if it.status is ItemStatus.PENDING else it.status.value,
-                "chunk_id": it.chunk_id,
-                "attempts": 0 if it.status is ItemStatus.PENDING else 1,
-                "submissions": 1 if it.status is ItemStatus.PENDING else 0,
-                "free_resubmits": 0,
-                "error_code": it.error.code if it.error else None,
-                "error_message": it.error.message if it.error else None,
-            }
-            for it in new_items
+        # Rows rejected at ingest are few: pick them out once, and insert the pending rows
+        # as they are (a NewItem's leading fields are the bound columns, in order).
+        rejected = [it for it in new_items if it.status is not ItemStatus.PENDING]
+        pending = (
+            new_items
+            if not rejected
+            else [it for it in new_items if it.status is ItemStatus.PENDING]
         )
-        rejected = sum(1 for it in new_items if it.status is ItemStatus.FAILED)
+        failed = [it.seq for it in rejected if it.status is ItemStatus.FAILED]
         try:
             with self._tx() as conn:
-                insert_rows(conn, _ITEM_INSERT, rows)
-                if rejected:
-                    self._assign_finished_seqs(
-                        conn, run_id, [it.seq for it in new_items if it.status is ItemStatus.FAILED]
+                if pending:
+                    insert_rows(
+                        conn,
+                        items,
+                        _NEW_ITEM_COLUMNS,
+                        pending,
+                        constants={"run_id": run_id, **_QUEUED_ITEM},
                     )
+                if rejected:
+                    insert_rows(
+                        conn,
+                        items,
+                        (*_NEW_ITEM_COLUMNS, "status", "error_code", "error_message"),
+                        [
+                            (
+                                *it[: len(_NEW_ITEM_COLUMNS)],
+                                it.status.value,
+                                it.error.code if it.error else None,
+                                it.error.message if it.error else None,
+                            )
+                            for it in rejected
+                        ],
+                        constants={"run_id": run_id, **_REJECTED_ITEM},
+                    )
+                if failed:
+                    self._assign_finished_seqs(conn, run_id, failed)
                 for chunk in chunks:
                     self._upsert_chunk(conn, chunk)
                 values: dict[str, Any] = {
                     "total_items": runs.c.total_items + len(new_items),
-                    "failed_items": runs.c.failed_items + rejected,
+                    "failed_items": runs.c.failed_items + len(failed),
                     "updated_at": now,
                 }
                 if checkpoint is not None:
@@ -491,25 +500,12 @@ _RETRY_UPDATE = (
     )
 )
 
-_ITEM_INSERT = insert(items).values(
-    {
-        name: bindparam(name, type_=items.c[name].type)
-        for name in (
-            "run_id",
-            "seq",
-            "item_id",
-            "payload_json",
-            "metadata_json",
-            "status",
-            "chunk_id",
-            "attempts",
-            "submissions",
-            "free_resubmits",
-            "error_code",
-            "error_message",
-        )
-    }
-)
+# What append_items inserts: the leading fields of a NewItem, then constants per kind of
+# row (a pending item is queued in its chunk, its first submission prepared; a rejected
+# one is finished, having spent its one attempt).
+_NEW_ITEM_COLUMNS = ("seq", "item_id", "payload_json", "metadata_json", "chunk_id")
+_QUEUED_ITEM = {"status": QUEUED, "attempts": 0, "submissions": 1, "free_resubmits": 0}
+_REJECTED_ITEM = {"attempts": 1, "submissions": 0, "free_resubmits": 0}
 
 
 def _outcome_params(run_id: str, o: ItemOutcome, *, finished: int | None = None) -> dict[str, Any]:
