@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 
 from batchor_core import jsoncodec
-from batchor_core.ingest import user_body
+from batchor_core.ingest import body_builder
 from batchor_core.jobspec import job_spec, request_spec
-from batchor_core.models import BatchItem, BatchJob, Endpoint, RunEstimate, Usage
+from batchor_core.models import BatchItem, BatchJob, RunEstimate, Usage
 from batchor_core.packing import custom_id, request_line
 from batchor_core.ports import BatchProvider
 from batchor_core.pricing import cost_of
@@ -23,7 +23,7 @@ def estimate_run(job: BatchJob, items: Iterable[BatchItem], provider: BatchProvi
     spec = request_spec(job_spec(job, provider)[0])
     endpoint = spec.endpoint.encode()
     shape, dumps, estimate = provider.shape_body, jsoncodec.dumps, line_estimator()
-    build = _body_builder(job)
+    build = body_builder(job)
     # The default estimate needs only the line's length: count it without building it.
     framing = len(request_line("", endpoint, b""))
     by_length = estimate is estimate_line_tokens
@@ -63,13 +63,3 @@ def estimate_run(job: BatchJob, items: Iterable[BatchItem], provider: BatchProvi
         enqueue_limit=limit,
         waves=-(-tokens // limit) if limit else None,
     )
-
-
-def _body_builder(job: BatchJob) -> Callable[[BatchItem], Mapping[str, object]]:
-    """:func:`user_body` for ``job``, with the endpoint decided once."""
-    prompt = job.build_prompt
-    if prompt is None:
-        return lambda item: user_body(job, item)
-    if job.endpoint == Endpoint.RESPONSES.value:
-        return lambda item: {"input": prompt(item)}
-    return lambda item: {"messages": [{"role": "user", "content": prompt(item)}]}

@@ -32,10 +32,11 @@ from batchor_core.models import (
     JSONObject,
     RunStatus,
 )
-from batchor_core.packing import ChunkPacker, custom_id, request_line
+from batchor_core.packing import ChunkPacker, request_line_template
 from batchor_core.ports import (
     ArtifactStore,
     BatchProvider,
+    BodyEncoding,
     ChunkState,
     Clock,
     ItemSource,
@@ -46,7 +47,7 @@ from batchor_core.ports import (
     StateStore,
 )
 
-__all__ = ["Ingestor", "IterableSource", "as_source", "user_body"]
+__all__ = ["Ingestor", "IterableSource", "as_source", "body_builder", "user_body"]
 
 log = logging.getLogger("batchor.ingest")
 
@@ -75,30 +76,30 @@ class IterableSource:
     ) -> Iterator[SourceSlice]:
         """Yield slices of items after ``checkpoint['consumed']`` items."""
         consumed = int((checkpoint or {}).get("consumed", 0))
-        feed = _feeder(checkpoint)
+        canonical = _canonical_lines(checkpoint)
         digest = hashlib.sha256()
         iterator = iter(self._items)
-        for item in itertools.islice(iterator, consumed):
-            feed(digest, item)
+        for skipped in _batched(itertools.islice(iterator, consumed), slice_size):
+            digest.update(canonical(skipped))
         _check_digest(checkpoint, digest, consumed)
-        while True:
-            batch = list(itertools.islice(iterator, slice_size))
-            if not batch:
-                return
-            for item in batch:
-                if not isinstance(item, BatchItem):
-                    raise InvalidItemError(
-                        f"items must be BatchItem objects, got {type(item).__name__} "
-                        f"at position {consumed}"
-                    )
-                feed(digest, item)
+        codec = _codec(checkpoint)
+        for batch in _batched(iterator, slice_size):
+            if not all(map(isinstance, batch, itertools.repeat(BatchItem))):
+                position, item = next(
+                    (i, item) for i, item in enumerate(batch) if not isinstance(item, BatchItem)
+                )
+                raise InvalidItemError(
+                    f"items must be BatchItem objects, got {type(item).__name__} "
+                    f"at position {consumed + position}"
+                )
+            digest.update(canonical(batch))
             consumed += len(batch)
             yield SourceSlice(
                 items=batch,
                 checkpoint={
                     "consumed": consumed,
                     "digest": digest.hexdigest(),
-                    "digest_codec": _codec(checkpoint),
+                    "digest_codec": codec,
                 },
             )
 
@@ -108,18 +109,24 @@ class IterableSource:
         Raises:
             SourceChangedError: The items differ from those the checkpoint was taken on.
         """
-        feed = _feeder(checkpoint)
+        canonical = _canonical_lines(checkpoint)
         digest = hashlib.sha256()
         count = 0
-        for item in self._items:
-            feed(digest, item)
-            count += 1
+        for batch in _batched(iter(self._items), 5000):
+            digest.update(canonical(batch))
+            count += len(batch)
         if count != int((checkpoint or {}).get("consumed", count)):
             raise SourceChangedError(
                 f"the items differ from those the run read: {count} items now, "
                 f"{(checkpoint or {}).get('consumed')} then"
             )
         _check_digest(checkpoint, digest, count)
+
+
+def _batched(iterator: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of up to ``size`` items from ``iterator``."""
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def _codec(checkpoint: JSONObject | None) -> str:
@@ -130,36 +137,61 @@ def _codec(checkpoint: JSONObject | None) -> str:
     return "orjson"
 
 
-def _feeder(checkpoint: JSONObject | None) -> Callable[[Any, object], None]:
-    return _feed_item_json if _codec(checkpoint) == "json" else _feed_item
+def _canonical_lines(checkpoint: JSONObject | None) -> Callable[[list[Any]], bytes]:
+    """What the run's digest takes in for a list of items: one canonical line per
+    :class:`BatchItem` (other objects add nothing), in the run's codec."""
+    return _orjson_lines if _codec(checkpoint) == "orjson" else _json_lines
 
 
-def _feed_item(digest: Any, item: object) -> None:
-    """Add one item to the digest: sorted-key JSON by orjson (ten times the standard
-    library's speed); an item orjson refuses (an integer wider than 64 bits, a lone
-    surrogate) is encoded by the standard library, the same way every time."""
-    if isinstance(item, BatchItem):
-        try:
-            canonical = orjson.dumps(
-                [item.item_id, dict(item.payload), item.metadata],
-                option=orjson.OPT_SORT_KEYS,
+def _orjson_lines(items: list[Any]) -> bytes:
+    """Sorted-key JSON lines by orjson (ten times the standard library's speed), for a
+    whole slice at once; the sha256 of the joined lines is that of the lines one by one.
+    An item orjson refuses (an integer wider than 64 bits, a lone surrogate) is encoded
+    by the standard library, the same way every time."""
+    dumps, sort = orjson.dumps, orjson.OPT_SORT_KEYS
+    try:
+        lines = [
+            dumps(
+                [item.item_id, _plain(item.payload), item.metadata],
+                option=sort,
                 default=repr,
             )
-        except TypeError:
-            _feed_item_json(digest, item)
-            return
-        digest.update(canonical + b"\n")
+            for item in items
+            if isinstance(item, BatchItem)
+        ]
+    except TypeError:
+        return b"".join(_orjson_line(item) for item in items if isinstance(item, BatchItem))
+    return b"\n".join(lines) + b"\n" if lines else b""
 
 
-def _feed_item_json(digest: Any, item: object) -> None:
-    if isinstance(item, BatchItem):
-        canonical = json.dumps(
+def _plain(payload: Mapping[str, Any]) -> dict[str, Any]:
+    return payload if type(payload) is dict else dict(payload)
+
+
+def _orjson_line(item: BatchItem) -> bytes:
+    try:
+        canonical = orjson.dumps(
             [item.item_id, dict(item.payload), item.metadata],
-            sort_keys=True,
-            separators=(",", ":"),
+            option=orjson.OPT_SORT_KEYS,
             default=repr,
         )
-        digest.update(canonical.encode("utf-8", "surrogatepass") + b"\n")
+    except TypeError:
+        return _json_line(item)
+    return canonical + b"\n"
+
+
+def _json_lines(items: list[Any]) -> bytes:
+    return b"".join(_json_line(item) for item in items if isinstance(item, BatchItem))
+
+
+def _json_line(item: BatchItem) -> bytes:
+    canonical = json.dumps(
+        [item.item_id, dict(item.payload), item.metadata],
+        sort_keys=True,
+        separators=(",", ":"),
+        default=repr,
+    )
+    return canonical.encode("utf-8", "surrogatepass") + b"\n"
 
 
 def _check_digest(checkpoint: JSONObject | None, digest: Any, count: int) -> None:
@@ -247,14 +279,14 @@ class Ingestor:
             model=spec.model,
             max_tokens=enqueue_limit(run, self._provider),
         )
-        endpoint = spec.endpoint.encode()
+        build = _RowBuilder(self._store, self._provider, run_id, job, spec, packer)
         next_seq = self._store.max_item_seq(run_id) + 1
         added = 0
         started = time.monotonic()
         last_log = started
         try:
             for piece in source.read_slices(run.source_checkpoint, slice_size=self._slice_size):
-                rows = self._rows_for_slice(run_id, job, spec, piece, packer, endpoint, next_seq)
+                rows = build.rows(piece, next_seq)
                 next_seq += len(rows)
                 touched = packer.sync()
                 failpoints.reach("ingest.lines_written")
@@ -293,72 +325,93 @@ class Ingestor:
         current = self._store.load_run(run_id)
         return current is None or current.status in _STOPPED
 
-    def _rows_for_slice(
+
+class _RowBuilder:
+    """Turns the items of one slice into item rows and request lines (in the packer).
+
+    Everything that is the same for every item of the run (the body builder, the body
+    encoder, the request line's framing) is prepared once here: the loop in
+    :meth:`rows` runs once per item, so it does only what differs per item.
+    """
+
+    def __init__(
         self,
+        store: StateStore,
+        provider: BatchProvider,
         run_id: str,
         job: BatchJob,
         spec: RequestSpec,
-        piece: SourceSlice,
         packer: ChunkPacker,
-        endpoint: bytes,
-        first_seq: int,
-    ) -> list[NewItem]:
-        locations = list(piece.locations) or [""] * len(piece.items)
-        if len(locations) != len(piece.items):
+    ) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._packer = packer
+        self._make_body = body_builder(job)
+        if isinstance(provider, BodyEncoding):
+            self._encode = provider.body_encoder(spec)
+        else:
+            shape, dumps = provider.shape_body, jsoncodec.dumps
+            self._encode = lambda body: dumps(shape(spec, body))
+        self._line = request_line_template(spec.endpoint.encode())
+        self._estimate = tokens.line_estimator()
+
+    def rows(self, piece: SourceSlice, first_seq: int) -> list[NewItem]:
+        """The rows of ``piece``'s items (then its rejected rows), numbered from
+        ``first_seq``; each pending item's request line is added to the packer."""
+        items = piece.items
+        locations = list(piece.locations) or [""] * len(items)
+        if len(locations) != len(items):
             # zip() would silently drop the items past the shorter list.
             raise SourceError(
                 "the item source returned a slice with "
-                f"{len(piece.items)} items but {len(locations)} locations; locations must "
+                f"{len(items)} items but {len(locations)} locations; locations must "
                 "be empty or one per item (nothing from this slice was stored)",
-                run_id=run_id,
+                run_id=self._run_id,
             )
-        ids = [str(item.item_id) for item in piece.items]
+        ids = [str(item.item_id) for item in items]
         # Rejected rows are stored under their own ids too, so they are checked as well.
-        wanted = [i for i in ids + [r.item_id for r in piece.rejected] if _storable_text(i)]
-        existing = self._store.existing_item_ids(run_id, wanted) if wanted else set()
+        checked = ids + [r.item_id for r in piece.rejected]
+        wanted = checked if _all_storable(checked) else [i for i in checked if _storable_text(i)]
+        existing = self._store.existing_item_ids(self._run_id, wanted) if wanted else set()
+        # The usual slice has only valid, new, distinct ids: then no id needs a look.
+        clean = (
+            not existing
+            and len(wanted) == len(checked)
+            and (not ids or (min(map(len, ids)) > 0 and max(map(len, ids)) <= MAX_ITEM_ID_LENGTH))
+            and len(set(ids)) == len(ids)
+        )
         seen: set[str] = set()
         rows: list[NewItem] = []
+        append = rows.append
         seq = first_seq
-        # The loop runs once per item: bound methods are looked up once, and the
-        # location suffix of error messages is built only for an item that has a problem.
-        dumps, dumps_text = jsoncodec.dumps, jsoncodec.dumps_text
-        shape, add, fits = self._provider.shape_body, packer.add, packer.fits_alone
-        estimate = tokens.line_estimator()
-        for item, item_id, where in zip(piece.items, ids, locations, strict=True):
-            problem: ItemError | None = None
-            payload_json = "{}"
-            metadata_json: str | None = None
-            if not item_id or len(item_id) > MAX_ITEM_ID_LENGTH:
-                problem = _invalid("item id must be 1-512 characters", where)
-            elif not _storable_text(item_id):
-                problem = _invalid(f"item id {item_id!r} contains NUL or invalid Unicode", where)
-            elif item_id in seen or item_id in existing:
-                problem = _invalid(f"duplicate item id {item_id!r}", where, "duplicate_id")
-            else:
+        # Once per item: what is looked up per item is bound to locals, and the location
+        # suffix of error messages is built only for an item that has a problem.
+        dumps_text, make_body, encode = jsoncodec.dumps_text, self._make_body, self._encode
+        line_template, estimate, offer = self._line, self._estimate, self._packer.offer
+        for item, item_id, where in zip(items, ids, locations, strict=True):
+            problem = None if clean else _id_problem(item_id, where, seen, existing)
+            payload_json, metadata_json = "{}", None
+            if problem is None:
                 try:
                     payload_json = dumps_text(item.payload)
                     if item.metadata is not None:
                         metadata_json = dumps_text(item.metadata)
                 except (TypeError, ValueError) as exc:
                     problem = _invalid("payload is not JSON", where, detail=str(exc))
-                if problem is None:
+                else:
                     try:
-                        line = request_line(
-                            custom_id(seq, 1), endpoint, dumps(shape(spec, user_body(job, item)))
-                        )
+                        line = line_template % (seq, encode(make_body(item)))
                     except Exception as exc:  # a user's builder may raise anything
                         problem = _invalid(
                             "building the request failed", where, "build_error", repr(exc)
                         )
                     else:
                         n_tokens = estimate(line)
-                        if fits(line, n_tokens):
-                            rows.append(
-                                NewItem(
-                                    seq, item_id, payload_json, metadata_json, add(line, n_tokens)
-                                )
-                            )
-                            seen.add(item_id)
+                        chunk_id = offer(line, n_tokens)
+                        if chunk_id is not None:
+                            append(NewItem(seq, item_id, payload_json, metadata_json, chunk_id))
+                            if not clean:
+                                seen.add(item_id)
                             seq += 1
                             continue
                         problem = _invalid(
@@ -369,27 +422,42 @@ class Ingestor:
                             "request_too_large",
                         )
             item_id = _storable_id(item_id, where or str(seq), seen, existing)
-            rows.append(
+            append(
                 NewItem(seq, item_id, payload_json, metadata_json, None, ItemStatus.FAILED, problem)
             )
-            seen.add(item_id)
+            if not clean:
+                seen.add(item_id)
             seq += 1
-        for rejected in piece.rejected:
-            rid = _storable_id(rejected.item_id, str(seq), seen, existing)
-            seen.add(rid)
-            rows.append(
-                NewItem(
-                    seq,
-                    rid,
-                    json.dumps(rejected.raw, ensure_ascii=False, default=str),
-                    None,
-                    None,
-                    ItemStatus.FAILED,
-                    ItemError("invalid_input", _printable(rejected.error)),
+        if piece.rejected:
+            if clean:
+                seen = {row.item_id for row in rows}
+            for rejected in piece.rejected:
+                rid = _storable_id(rejected.item_id, str(seq), seen, existing)
+                seen.add(rid)
+                append(
+                    NewItem(
+                        seq,
+                        rid,
+                        json.dumps(rejected.raw, ensure_ascii=False, default=str),
+                        None,
+                        None,
+                        ItemStatus.FAILED,
+                        ItemError("invalid_input", _printable(rejected.error)),
+                    )
                 )
-            )
-            seq += 1
+                seq += 1
         return rows
+
+
+def _id_problem(item_id: str, where: str, seen: set[str], existing: set[str]) -> ItemError | None:
+    """Why ``item_id`` cannot be stored as given, or None."""
+    if not item_id or len(item_id) > MAX_ITEM_ID_LENGTH:
+        return _invalid("item id must be 1-512 characters", where)
+    if not _storable_text(item_id):
+        return _invalid(f"item id {item_id!r} contains NUL or invalid Unicode", where)
+    if item_id in seen or item_id in existing:
+        return _invalid(f"duplicate item id {item_id!r}", where, "duplicate_id")
+    return None
 
 
 def _storable_id(item_id: str, where: str, seen: set[str], existing: set[str]) -> str:
@@ -418,11 +486,19 @@ def _storable_text(value: str) -> bool:
     takes lone surrogates)."""
     if "\x00" in value:
         return False
+    if value.isascii():
+        return True
     try:
         value.encode()
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _all_storable(values: list[str]) -> bool:
+    """:func:`_storable_text` of every value, for a whole slice of ids at C speed."""
+    joined = "".join(values)
+    return "\x00" not in joined and (joined.isascii() or _storable_text(joined))
 
 
 def _printable(value: str) -> str:
@@ -434,13 +510,24 @@ def _printable(value: str) -> str:
 
 def user_body(job: BatchJob, item: BatchItem) -> Mapping[str, object]:
     """The request body the job's builder makes for ``item`` (before shaping)."""
-    if job.build_request is not None:
-        body = job.build_request(item)
-        if not isinstance(body, Mapping):
-            raise TypeError(f"build_request must return a dict, got {type(body).__name__}")
-        return body
-    assert job.build_prompt is not None
-    prompt = job.build_prompt(item)
+    return body_builder(job)(item)
+
+
+def body_builder(job: BatchJob) -> Callable[[BatchItem], Mapping[str, object]]:
+    """:func:`user_body` for ``job`` as a function of the item, with the job's choices
+    (builder, endpoint) made once."""
+    build = job.build_request
+    if build is not None:
+
+        def checked(item: BatchItem) -> Mapping[str, object]:
+            body = build(item)
+            if type(body) is not dict and not isinstance(body, Mapping):
+                raise TypeError(f"build_request must return a dict, got {type(body).__name__}")
+            return body
+
+        return checked
+    prompt = job.build_prompt
+    assert prompt is not None
     if job.endpoint == Endpoint.RESPONSES.value:
-        return {"input": prompt}
-    return {"messages": [{"role": "user", "content": prompt}]}
+        return lambda item: {"input": prompt(item)}
+    return lambda item: {"messages": [{"role": "user", "content": prompt(item)}]}

@@ -26,6 +26,7 @@ __all__ = [
     "output_key",
     "parse_custom_id",
     "request_file_problem",
+    "request_line_template",
     "seal_chunk",
     "upload_name",
 ]
@@ -76,6 +77,14 @@ def request_line(cid: str, endpoint: bytes, body_json: bytes) -> bytes:
     )
 
 
+def request_line_template(endpoint: bytes, submission: int = 1) -> bytes:
+    """A ``%`` template of the request lines of one submission: ``template % (seq,
+    body_json)`` is ``request_line(custom_id(seq, submission), endpoint, body_json)``,
+    with the framing formatted once instead of once per line."""
+    url = endpoint.replace(b"%", b"%%")
+    return b'{"custom_id":"i%%ds%d","method":"POST","url":"%s","body":%%s}\n' % (submission, url)
+
+
 def swap_custom_id(line: bytes, new_id: str) -> bytes:
     """The same request line with another custom_id; the body bytes are untouched."""
     prefix = b'{"custom_id":"'
@@ -120,6 +129,9 @@ def request_file_problem(artifacts: ArtifactStore, chunk: ChunkRecord) -> str | 
             f"{chunk.sha256[:12]}); {fix}"
         )
     return None
+
+
+_WRITE_LINES = 1000
 
 
 class ChunkPacker:
@@ -170,6 +182,11 @@ class ChunkPacker:
         self._tokens = open_chunk.est_tokens if open_chunk else 0
         self._closed: list[ChunkRecord] = []
         self._touched: dict[str, ChunkRecord] = {}
+        # Lines of the open chunk not yet handed to its writer: written in one call per
+        # _WRITE_LINES lines, at sync() and when the chunk closes, not one call per line.
+        self._unwritten: list[bytes] = []
+        self._max_requests = policy.max_requests
+        self._max_bytes = policy.max_bytes
 
     def fits_alone(self, line: bytes, tokens: int = 0) -> bool:
         """Whether a line (of ``tokens`` estimated tokens) fits in an empty chunk at all."""
@@ -195,12 +212,47 @@ class ChunkPacker:
             self._close_current()
         if self._current is None:
             self._open_new()
-        assert self._writer is not None and self._current is not None
-        self._writer.write(line)
+        assert self._current is not None
+        self._unwritten.append(line)
+        if len(self._unwritten) >= _WRITE_LINES:
+            self._write_out()
         self._count += 1
         self._bytes += len(line)
         self._tokens += tokens
         return self._current.chunk_id
+
+    def offer(self, line: bytes, tokens: int = 0) -> str | None:
+        """:meth:`add` for a line that fits in an empty chunk; None (and nothing added)
+        for one that does not fit even there (see :meth:`fits_alone`).
+
+        One call per ingested item, so the limits are checked inline.
+        """
+        size = len(line)
+        limit = self._max_tokens
+        if size > self._max_bytes or (limit is not None and tokens > limit):
+            return None
+        current = self._current
+        if current is None or (
+            self._count >= self._max_requests
+            or self._bytes + size > self._max_bytes
+            or (limit is not None and self._tokens + tokens > limit)
+        ):
+            self._close_current()
+            current = self._open_new()
+        self._unwritten.append(line)
+        if len(self._unwritten) >= _WRITE_LINES:
+            self._write_out()
+        self._count += 1
+        self._bytes += size
+        self._tokens += tokens
+        return current.chunk_id
+
+    def _write_out(self) -> None:
+        """Hand the buffered lines of the open chunk to its writer."""
+        if self._unwritten:
+            assert self._writer is not None
+            self._writer.write(b"".join(self._unwritten))
+            self._unwritten = []
 
     def _snapshot(self) -> ChunkRecord:
         assert self._current is not None
@@ -214,6 +266,7 @@ class ChunkPacker:
     def sync(self) -> list[ChunkRecord]:
         """Make written lines durable; return the chunk records to commit with the items."""
         if self._writer is not None:
+            self._write_out()
             self._writer.sync()
         if self._current is not None and self._count > 0:
             self._touched[self._current.chunk_id] = self._snapshot()
@@ -239,6 +292,7 @@ class ChunkPacker:
 
     def abandon(self) -> None:
         """Close file handles without sealing (the caller failed before committing)."""
+        self._unwritten = []
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -274,6 +328,7 @@ class ChunkPacker:
         if self._current is None:
             return
         if self._writer is not None:
+            self._write_out()
             self._writer.sync()
             self._writer.close()
             self._writer = None

@@ -7,7 +7,7 @@ The records that cross them live in :mod:`batchor_core.records` and are re-expor
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -39,6 +39,7 @@ __all__ = [
     "ArtifactStore",
     "ArtifactWriter",
     "BatchProvider",
+    "BodyEncoding",
     "BudgetHolder",
     "ChunkRecord",
     "ChunkState",
@@ -142,6 +143,17 @@ class ArtifactStore(Protocol):
 
     def sha256(self, key: str) -> str:
         """The sha256 hex digest of the published file ``key``."""
+        ...
+
+
+@runtime_checkable
+class BodyEncoding(Protocol):
+    """What a :class:`BatchProvider` may also offer: fast encoding of a run's bodies."""
+
+    def body_encoder(self, spec: RequestSpec) -> Callable[[Mapping[str, object]], bytes]:
+        """A function of a user-built body returning the same bytes as
+        ``jsoncodec.dumps(shape_body(spec, body))`` (and raising the same errors), with
+        what every body of ``spec`` shares prepared once. Ingest calls it once per item."""
         ...
 
 

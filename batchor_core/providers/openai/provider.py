@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import BinaryIO, Literal, Self, TypeVar, cast
 
@@ -170,6 +170,11 @@ class OpenAIBatchProvider:
             ConfigurationError: Unknown endpoint, or no ``messages`` / ``input``.
         """
         return requests.shape_body(spec, body)
+
+    def body_encoder(self, spec: RequestSpec) -> Callable[[Mapping[str, object]], bytes]:
+        """The JSON bytes of :meth:`shape_body` as one function of the body, for the many
+        bodies of one run: the model and structured-output format are encoded once."""
+        return requests.body_encoder(spec)
 
     def parse_line(self, endpoint: str, line: bytes) -> ParsedLine:
         """Parse one line of an output or error file.

@@ -16,17 +16,19 @@ value whole. Nested values are shared with the inputs, never mutated.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import cast
 
+import orjson
 from openai.lib import type_to_response_format_param
 from pydantic import BaseModel
 
+from batchor_core import jsoncodec
 from batchor_core.errors import ConfigurationError
 from batchor_core.models import Endpoint, JSONObject
 from batchor_core.ports import RequestSpec
 
-__all__ = ["output_schema", "shape_body"]
+__all__ = ["body_encoder", "output_schema", "shape_body"]
 
 DEFAULT_SCHEMA_NAME = "output"
 _SCHEMA_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -135,3 +137,45 @@ def shape_body(spec: RequestSpec, body: Mapping[str, object]) -> JSONObject:
             f"Endpoint {spec.endpoint!r} is not supported by the OpenAI provider; use {known}"
         )
     return shaped
+
+
+def body_encoder(spec: RequestSpec) -> Callable[[Mapping[str, object]], bytes]:
+    """``jsoncodec.dumps(shape_body(spec, body))`` as one function of ``body``, for the
+    many bodies of one run.
+
+    The keys batchor appends to every body (``model``, and the structured-output format
+    with its schema) are encoded once: a body's own JSON is spliced in front of them, so
+    the bytes are exactly those of the shaped body. A body that already has one of those
+    keys, lacks its ``messages`` / ``input``, or that orjson cannot encode goes through
+    :func:`shape_body` itself (same bytes, same errors).
+    """
+
+    def shaped(body: Mapping[str, object]) -> bytes:
+        return jsoncodec.dumps(shape_body(spec, body))
+
+    try:
+        owned = shape_body(spec, {"messages": [], "input": ""})
+    except ConfigurationError:
+        return shaped  # an unknown endpoint: every body raises the same error
+    # What shape_body appends after the body's own keys, in its order.
+    chat = spec.endpoint == Endpoint.CHAT_COMPLETIONS
+    required = "messages" if chat else "input"
+    output = "response_format" if chat else "text"
+    owned = {key: owned[key] for key in ("model", output) if key in owned}
+    try:
+        tail = b"," + orjson.dumps(owned)[1:]
+    except TypeError:
+        return shaped
+    options, dumps = spec.request_options, orjson.dumps
+
+    def encode(body: Mapping[str, object]) -> bytes:
+        merged = {**options, **body}
+        if required not in merged or "model" in merged or output in merged:
+            return shaped(body)
+        try:
+            head = dumps(merged)
+        except TypeError:
+            return shaped(body)
+        return head[:-1] + tail
+
+    return encode
