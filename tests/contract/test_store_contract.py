@@ -344,3 +344,64 @@ def test_a_lease_excludes_other_owners_even_through_the_same_store(
     assert store.break_lease(run_id) == "thishost:1:b"
     assert store.break_lease(run_id) is None
     store.release_lease(run_id, "thishost:1:b")
+
+
+def test_appended_rows_are_stored_column_for_column(store: SQLStateStore, run_id: str) -> None:
+    """The insert binds a NewItem's leading fields and writes the rest as constants (the
+    run id as an SQL literal on SQLite): every column lands where it belongs, NULLs stay
+    NULL, and a run id with quotes or percent signs is stored as it is."""
+    from sqlalchemy import select
+
+    from batchor_core.storage.schema import items
+
+    odd = f'{run_id} it\'s 100% "odd" \\ ?'
+    store.create_run(_run(odd))
+    store.create_run(_run(run_id))  # another run's rows must not be touched
+    rows = [
+        NewItem(0, "plain", '{"t": 0}', None, "c00000"),
+        NewItem(1, "with-meta", '{"t": 1}', '{"m": "é"}', "c00000"),
+        NewItem(
+            2, "bad", "{}", '{"m": 2}', None, ItemStatus.FAILED, ItemError("invalid_input", "x")
+        ),
+        NewItem(3, "last", '{"t": 3}', None, "c00001"),
+    ]
+    chunks = [_chunk(odd, "c00000", 2), _chunk(odd, "c00001", 1)]
+    store.append_items(odd, rows, chunks=chunks, checkpoint={"consumed": 4})
+    store.append_items(run_id, _items(2), chunks=[_chunk(run_id, count=2)], checkpoint=None)
+    columns = [
+        items.c[name]
+        for name in (
+            "seq",
+            "item_id",
+            "payload_json",
+            "metadata_json",
+            "status",
+            "chunk_id",
+            "attempts",
+            "submissions",
+            "free_resubmits",
+            "error_code",
+            "error_message",
+        )
+    ]
+    unset = (items.c.output_json, items.c.not_before, items.c.input_tokens)
+    with store._tx() as conn:
+        stored = conn.execute(
+            select(*columns).where(items.c.run_id == odd).order_by(items.c.seq)
+        ).all()
+        nulls = conn.execute(select(*unset).where(items.c.run_id == odd)).all()
+        finished = conn.execute(
+            select(items.c.seq).where(items.c.run_id == odd, items.c.finished_seq.is_not(None))
+        ).all()
+    assert [tuple(r) for r in stored] == [
+        (0, "plain", '{"t": 0}', None, "queued", "c00000", 0, 1, 0, None, None),
+        (1, "with-meta", '{"t": 1}', '{"m": "é"}', "queued", "c00000", 0, 1, 0, None, None),
+        (2, "bad", "{}", '{"m": 2}', "failed", None, 1, 0, 0, "invalid_input", "x"),
+        (3, "last", '{"t": 3}', None, "queued", "c00001", 0, 1, 0, None, None),
+    ]
+    assert [tuple(r) for r in nulls] == [(None, None, None)] * 4
+    assert [r.seq for r in finished] == [2]  # only the failed row is on the result cursor
+    run = store.load_run(odd)
+    assert run is not None and (run.total_items, run.failed_items) == (4, 1)
+    assert [q.seq for q in store.queued_items(odd, "c00000")] == [0, 1]
+    assert store.existing_item_ids(run_id, ["plain", "item-0"]) == {"item-0"}

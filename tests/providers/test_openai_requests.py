@@ -206,3 +206,52 @@ def test_responses_text_must_be_an_object(provider: OpenAIBatchProvider) -> None
 def test_unknown_endpoint_is_a_configuration_error(provider: OpenAIBatchProvider) -> None:
     with pytest.raises(ConfigurationError, match="not supported"):
         provider.shape_body(spec("/v1/embeddings"), {"input": "x"})
+
+
+# --------------------------------------------------------------------------- body_encoder
+
+_SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
+_SPECS = [
+    spec(CHAT),
+    spec(CHAT, schema=_SCHEMA, name="Label"),
+    spec(CHAT, options={"temperature": 0.5, "seed": 7}, schema=_SCHEMA),
+    spec(CHAT, options={"model": "from-options", "response_format": {"type": "text"}}),
+    spec(RESPONSES),
+    spec(RESPONSES, schema=_SCHEMA, name="Label"),
+    spec(RESPONSES, options={"text": {"verbosity": "low"}}, schema=_SCHEMA),
+    spec(RESPONSES, options={"max_output_tokens": 20}, schema=_SCHEMA),
+]
+_BODIES: list[Any] = [
+    {"messages": [{"role": "user", "content": "héllo \u2028"}], "input": "x"},
+    {"messages": [], "model": "mine", "temperature": 1},  # batchor's keys in the body
+    {"messages": [], "response_format": {"type": "json_object"}},
+    {"input": [{"role": "user", "content": "x"}], "text": {"verbosity": "high"}},
+    {"input": "wide", "messages": [2**70]},  # orjson refuses: the standard library encodes
+    {"seed": 1},  # neither messages nor input
+]
+
+
+@pytest.mark.parametrize("request_spec", _SPECS)
+def test_body_encoder_gives_the_bytes_and_errors_of_shape_body(
+    provider: OpenAIBatchProvider, request_spec: RequestSpec
+) -> None:
+    from types import MappingProxyType
+
+    from batchor_core import jsoncodec
+
+    encode = provider.body_encoder(request_spec)
+    for body in [*_BODIES, MappingProxyType({"messages": [1], "input": "proxy"})]:
+        try:
+            expected = jsoncodec.dumps(provider.shape_body(request_spec, body))
+        except ConfigurationError as exc:
+            with pytest.raises(ConfigurationError, match=str(exc)[:40]):
+                encode(body)
+            continue
+        assert encode(body) == expected, body
+
+
+def test_body_encoder_of_an_unknown_endpoint_raises_like_shape_body(
+    provider: OpenAIBatchProvider,
+) -> None:
+    with pytest.raises(ConfigurationError, match="not supported"):
+        provider.body_encoder(spec("/v1/embeddings"))({"input": "x"})

@@ -13,6 +13,7 @@ from batchor_core.packing import (
     custom_id,
     parse_custom_id,
     request_line,
+    request_line_template,
     seal_chunk,
     swap_custom_id,
 )
@@ -126,3 +127,48 @@ def test_artifact_keys_cannot_escape_the_root(tmp_path: Path) -> None:
     published = art.path_for("runs/a b/../c.jsonl")
     assert published.stat().st_mode & 0o777 == 0o600
     assert published.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_the_request_line_template_formats_exactly_like_request_line() -> None:
+    body = b'{"messages":[{"role":"user","content":"100% \\"sure\\""}]}'
+    for endpoint in (b"/v1/chat/completions", b"/v1/odd%sendpoint%d"):
+        for seq, submission in ((0, 1), (123456789, 1), (7, 3)):
+            template = request_line_template(endpoint, submission)
+            assert template % (seq, body) == request_line(
+                custom_id(seq, submission), endpoint, body
+            )
+
+
+def test_offer_packs_like_add_and_refuses_only_what_fits_no_chunk(tmp_path: Path) -> None:
+    store, art = _store(), LocalArtifactStore(tmp_path, fsync=False)
+    packer = ChunkPacker(
+        run_id="r",
+        store=store,
+        artifacts=art,
+        policy=ChunkPolicy(max_requests=1500, max_bytes=60_000),
+        open_chunk=None,
+        next_chunk_seq=0,
+        now=NOW,
+        max_tokens=10_000,
+    )
+    lines = [  # all of one length: 4-digit seqs
+        request_line(custom_id(i, 1), b"/v1/responses", b'{"input":"x"}') for i in range(1000, 4100)
+    ]
+    assert packer.offer(b"x" * 60_001) is None  # more bytes than any chunk holds
+    assert packer.offer(lines[0], 10_001) is None  # more tokens than any chunk holds
+    placed = [packer.offer(line, 3) for line in lines[:2000]]
+    placed += [packer.add(line, 3) for line in lines[2000:]]
+    store.append_items("r", [], chunks=packer.sync(), checkpoint=None)
+    packer.after_commit()
+    packer.finish()
+    chunks = store.list_chunks("r")
+    # Split by the byte limit (not the token limit: 3 tokens a line stays under 10,000).
+    per_chunk = 60_000 // len(lines[0])
+    counts = [per_chunk] * (3100 // per_chunk) + [3100 % per_chunk]
+    assert [c.request_count for c in chunks] == counts
+    assert placed == [f"c{i:05d}" for i, n in enumerate(counts) for _ in range(n)]
+    written = b""
+    for chunk in chunks:
+        with art.open_read(chunk_key("r", chunk.chunk_id)) as fh:
+            written += fh.read()
+    assert written == b"".join(lines)  # every line once, in order, none of the refused
