@@ -76,11 +76,11 @@ class IterableSource:
     ) -> Iterator[SourceSlice]:
         """Yield slices of items after ``checkpoint['consumed']`` items."""
         consumed = int((checkpoint or {}).get("consumed", 0))
-        canonical = _canonical_lines(checkpoint)
+        feed = _digester(checkpoint)
         digest = hashlib.sha256()
         iterator = iter(self._items)
         for skipped in _batched(itertools.islice(iterator, consumed), slice_size):
-            digest.update(canonical(skipped))
+            feed(digest, skipped)
         _check_digest(checkpoint, digest, consumed)
         codec = _codec(checkpoint)
         for batch in _batched(iterator, slice_size):
@@ -92,7 +92,7 @@ class IterableSource:
                     f"items must be BatchItem objects, got {type(item).__name__} "
                     f"at position {consumed + position}"
                 )
-            digest.update(canonical(batch))
+            feed(digest, batch)
             consumed += len(batch)
             yield SourceSlice(
                 items=batch,
@@ -109,11 +109,11 @@ class IterableSource:
         Raises:
             SourceChangedError: The items differ from those the checkpoint was taken on.
         """
-        canonical = _canonical_lines(checkpoint)
+        feed = _digester(checkpoint)
         digest = hashlib.sha256()
         count = 0
         for batch in _batched(iter(self._items), 5000):
-            digest.update(canonical(batch))
+            feed(digest, batch)
             count += len(batch)
         if count != int((checkpoint or {}).get("consumed", count)):
             raise SourceChangedError(
@@ -137,51 +137,45 @@ def _codec(checkpoint: JSONObject | None) -> str:
     return "orjson"
 
 
-def _canonical_lines(checkpoint: JSONObject | None) -> Callable[[list[Any]], bytes]:
-    """What the run's digest takes in for a list of items: one canonical line per
+def _digester(checkpoint: JSONObject | None) -> Callable[[Any, list[Any]], None]:
+    """How the run's digest takes in a list of items: one canonical line per
     :class:`BatchItem` (other objects add nothing), in the run's codec."""
-    return _orjson_lines if _codec(checkpoint) == "orjson" else _json_lines
+    return _digest_orjson if _codec(checkpoint) == "orjson" else _digest_json
 
 
-def _orjson_lines(items: list[Any]) -> bytes:
-    """Sorted-key JSON lines by orjson (ten times the standard library's speed), for a
-    whole slice at once; the sha256 of the joined lines is that of the lines one by one.
-    An item orjson refuses (an integer wider than 64 bits, a lone surrogate) is encoded
-    by the standard library, the same way every time."""
-    dumps, sort = orjson.dumps, orjson.OPT_SORT_KEYS
-    try:
-        lines = [
-            dumps(
-                [item.item_id, _plain(item.payload), item.metadata],
-                option=sort,
-                default=repr,
-            )
-            for item in items
-            if isinstance(item, BatchItem)
-        ]
-    except TypeError:
-        return b"".join(_orjson_line(item) for item in items if isinstance(item, BatchItem))
-    return b"\n".join(lines) + b"\n" if lines else b""
+def _digest_orjson(digest: Any, items: list[Any]) -> None:
+    """Sorted-key JSON lines by orjson (ten times the standard library's speed). An item
+    orjson refuses (an integer wider than 64 bits, a lone surrogate) is encoded by the
+    standard library, the same way every time.
+
+    Each line goes into the digest at once: orjson's output keeps a 4 KiB buffer however
+    short the JSON, so holding a slice's lines would cost megabytes.
+    """
+    update, dumps = digest.update, orjson.dumps
+    option = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
+    for item in items:
+        if isinstance(item, BatchItem):
+            payload = item.payload
+            try:
+                update(
+                    dumps(
+                        [
+                            item.item_id,
+                            payload if type(payload) is dict else dict(payload),
+                            item.metadata,
+                        ],
+                        option=option,
+                        default=repr,
+                    )
+                )
+            except TypeError:
+                update(_json_line(item))
 
 
-def _plain(payload: Mapping[str, Any]) -> dict[str, Any]:
-    return payload if type(payload) is dict else dict(payload)
-
-
-def _orjson_line(item: BatchItem) -> bytes:
-    try:
-        canonical = orjson.dumps(
-            [item.item_id, dict(item.payload), item.metadata],
-            option=orjson.OPT_SORT_KEYS,
-            default=repr,
-        )
-    except TypeError:
-        return _json_line(item)
-    return canonical + b"\n"
-
-
-def _json_lines(items: list[Any]) -> bytes:
-    return b"".join(_json_line(item) for item in items if isinstance(item, BatchItem))
+def _digest_json(digest: Any, items: list[Any]) -> None:
+    for item in items:
+        if isinstance(item, BatchItem):
+            digest.update(_json_line(item))
 
 
 def _json_line(item: BatchItem) -> bytes:
