@@ -382,6 +382,9 @@ class _RowBuilder:
         # suffix of error messages is built only for an item that has a problem.
         dumps_text, make_body, encode = jsoncodec.dumps_text, self._make_body, self._encode
         line_template, estimate, offer = self._line, self._estimate, self._packer.offer
+        # The default estimate is estimate_line_tokens, one len(): computed inline.
+        by_length = estimate is tokens.estimate_line_tokens
+        per_token = tokens.BYTES_PER_TOKEN
         for item, item_id, where in zip(items, ids, locations, strict=True):
             problem = None if clean else _id_problem(item_id, where, seen, existing)
             payload_json, metadata_json = "{}", None
@@ -400,7 +403,11 @@ class _RowBuilder:
                             "building the request failed", where, "build_error", repr(exc)
                         )
                     else:
-                        n_tokens = estimate(line)
+                        n_tokens = (
+                            (len(line) + per_token - 1) // per_token
+                            if by_length
+                            else estimate(line)
+                        )
                         chunk_id = offer(line, n_tokens)
                         if chunk_id is not None:
                             append(NewItem(seq, item_id, payload_json, metadata_json, chunk_id))

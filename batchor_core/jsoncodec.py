@@ -29,7 +29,10 @@ def dumps(value: Any) -> bytes:
 
 def dumps_text(value: Any) -> str:
     """Compact JSON text."""
-    return dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return dumps(value).decode()
 
 
 def loads(data: bytes | str) -> Any:
