@@ -1,7 +1,9 @@
-"""The SDK's optional aiohttp transport stays unloaded until someone builds an aiohttp client.
+"""A run loads only what it uses: module imports are most of a run's memory.
 
-aiohttp (installed with s3fs) would otherwise cost every run about 9 MB of memory through
-``import openai``. Each check runs in a fresh interpreter so other tests' imports don't count.
+The SDK's optional aiohttp transport (installed with s3fs) stays unloaded until someone
+builds an aiohttp client: through ``import openai`` it cost every run about 9 MB. A SQLite
+store never loads SQLAlchemy's Postgres dialect (2 MB). Each check runs in a fresh
+interpreter so other tests' imports don't count.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
+needs_aiohttp = pytest.mark.skipif(
     importlib.util.find_spec("aiohttp") is None, reason="aiohttp is not installed"
 )
 
@@ -26,6 +29,7 @@ def _run(code: str) -> dict[str, object]:
     return result
 
 
+@needs_aiohttp
 def test_loading_the_provider_and_the_sdk_does_not_import_aiohttp() -> None:
     result = _run(
         "import json, sys\n"
@@ -38,6 +42,7 @@ def test_loading_the_provider_and_the_sdk_does_not_import_aiohttp() -> None:
     assert result == {"aiohttp": False, "client": "_InstalledAioHttpClient"}
 
 
+@needs_aiohttp
 def test_the_sdks_aiohttp_client_still_works_in_the_same_process() -> None:
     result = _run(
         "import asyncio, json, sys\n"
@@ -58,3 +63,16 @@ def test_the_sdks_aiohttp_client_still_works_in_the_same_process() -> None:
         "aiohttp": True,
         "exported": "AiohttpTransport",
     }
+
+
+def test_a_sqlite_store_does_not_load_the_postgres_dialect(tmp_path: Path) -> None:
+    result = _run(
+        "import json, sys\n"
+        "from batchor_core import SQLiteStorage\n"
+        f"store = SQLiteStorage({str(tmp_path / 'runs.sqlite3')!r})\n"
+        "ids = store.list_run_ids()\n"
+        "store.close()\n"
+        "print(json.dumps({'ids': ids,\n"
+        "                  'postgres': 'sqlalchemy.dialects.postgresql' in sys.modules}))"
+    )
+    assert result == {"ids": [], "postgres": False}
