@@ -145,7 +145,8 @@ class LocalArtifactStore:
         try:
             self._ensure_parent(part)
             fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
-            fh = os.fdopen(fd, "r+b", buffering=1024 * 1024)
+            # 64 KiB: a 1 MiB buffer per open writer cost 0.5 MB of peak RSS, saved nothing.
+            fh = os.fdopen(fd, "r+b", buffering=64 * 1024)
             end = fh.seek(0, os.SEEK_END)
             size = truncate_to if truncate_to is not None else end
             if size > end:
