@@ -126,6 +126,22 @@ def test_migrations_build_exactly_the_schema_the_code_uses(fresh_url: str) -> No
     assert ours == []
 
 
+def test_a_new_store_gets_the_partial_result_index_on_every_dialect(fresh_url: str) -> None:
+    # schema.py names the Postgres predicate only when the index is created there (so
+    # SQLite processes never load the Postgres dialect): the index must still be partial.
+    store = _open(fresh_url)
+    try:
+        with store._engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                sql = "SELECT indexdef FROM pg_indexes WHERE indexname = :name"
+            else:
+                sql = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"
+            found = conn.execute(text(sql), {"name": "ix_batchor_items_finished"}).scalar_one()
+    finally:
+        store.close()
+    assert "WHERE" in found.upper() and "finished_seq IS NOT NULL" in found
+
+
 @pytest.mark.parametrize("how", ["on open", "explicitly"])
 def test_a_store_of_the_release_before_migrations_is_upgraded_in_place(
     fresh_url: str, tmp_path: Path, emulator: Any, how: str
