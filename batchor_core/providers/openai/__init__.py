@@ -13,16 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from batchor_core.providers.openai import _lazy_aiohttp
 from batchor_core.providers.openai.config import OpenAIProviderConfig
 
 if TYPE_CHECKING:
     from batchor_core.providers.openai.provider import OpenAIBatchProvider
 
 __all__ = ["OpenAIBatchProvider", "OpenAIProviderConfig"]
-
-# Before anything here imports the SDK: its optional aiohttp transport (9 MB) stays unloaded.
-_lazy_aiohttp.install()
 
 
 def __getattr__(name: str) -> object:
