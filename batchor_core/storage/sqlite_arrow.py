@@ -10,12 +10,18 @@ ADBC infers each column's type from the values of a batch (an all-NULL column co
 as int64). Every page is one batch, so a page never changes type midway; each column is
 then cast to its declared type, and a page whose values do not fit (which a batchor store
 never holds) is read through the ordinary driver instead: never a different answer.
+
+:func:`prefetch_pages` reads the pages on a worker thread, one page ahead of the caller:
+SQLite and ADBC run in C without the GIL, so the next page is fetched while the caller
+parses the last one (the two halves of ``to_arrow()`` take about as long each).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+import queue
+import threading
+from collections.abc import Collection, Generator
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from batchor_core.storage.results_sql import result_columns_query
 
@@ -24,7 +30,13 @@ if TYPE_CHECKING:
 
     from batchor_core.ports import StateStore
 
-__all__ = ["SQLiteArrowReader", "open_arrow_reader"]
+__all__ = ["ArrowPage", "SQLiteArrowReader", "open_arrow_reader", "prefetch_pages"]
+
+ArrowPage: TypeAlias = "tuple[dict[str, pa.Array], int]"
+"""A page's ``{stored column: array}`` and its last row's ``seq``."""
+
+# How long the reader waits for its worker before it checks that the worker still runs.
+_POLL_SECONDS = 1.0
 
 # Stored columns whose values are text; the rest are integers.
 _TEXT = frozenset(
@@ -71,9 +83,14 @@ class SQLiteArrowReader:
         status: str | None,
         finished_after: int,
         fields: Collection[str] | None,
-    ) -> tuple[dict[str, pa.Array], int] | None:
+        json_lines: bool = False,
+    ) -> ArrowPage | None:
         """One page as ``{stored column: array}`` (text as ``string``, integers as
         ``int64``) and the last row's ``seq`` (``after_seq`` for an empty page).
+
+        With ``json_lines``, ``output_json`` holds each output followed by a newline
+        (``{}`` for none), built by SQLite: the array's text buffer is then the page's
+        outputs as JSON lines, ready for Arrow's JSON reader with no copy.
 
         Returns None when ADBC cannot give the page in those types; read it the
         ordinary way then.
@@ -88,6 +105,14 @@ class SQLiteArrowReader:
             finished_after=finished_after,
             fields=fields,
         )
+        if json_lines and "output_json" in wanted:
+            query = query.with_only_columns(
+                *(
+                    _as_json_line(c) if c.name == "output_json" else c
+                    for c in query.selected_columns
+                ),
+                maintain_column_froms=True,
+            )
         compiled = query.compile(dialect=self._dialect)
         params = tuple(compiled.params[name] for name in compiled.positiontup or ())
         cursor = self._cursor
@@ -115,3 +140,81 @@ class SQLiteArrowReader:
         """Close the connection."""
         self._cursor.close()
         self._conn.close()
+
+
+def _as_json_line(column: Any) -> Any:
+    from sqlalchemy import func, literal
+
+    return (func.coalesce(column, "{}") + literal("\n")).label(column.name)
+
+
+def prefetch_pages(
+    reader: SQLiteArrowReader,
+    run_id: str,
+    *,
+    after_seq: int,
+    limit: int,
+    status: str | None,
+    finished_after: int,
+    fields: Collection[str] | None,
+    json_lines: bool = False,
+) -> Generator[ArrowPage | None, None, None]:
+    """The pages :meth:`SQLiteArrowReader.read_page` gives from ``after_seq`` on, read on
+    a worker thread one page ahead; ends after the first empty page.
+
+    A page ADBC cannot give comes as None and ends the pages: read the rest the
+    ordinary way, after the last page's ``seq``. The reader belongs to the worker from
+    here on (it is closed when the pages end, or when the caller closes this iterator).
+    At most three pages are alive at once: the caller's, one waiting, one being read.
+    """
+    pages: queue.Queue[ArrowPage | BaseException | None] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(item: ArrowPage | BaseException | None) -> None:
+        while not stop.is_set():
+            try:
+                pages.put(item, timeout=_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+
+    def work() -> None:
+        after = after_seq
+        try:
+            while not stop.is_set():
+                page = reader.read_page(
+                    run_id,
+                    after_seq=after,
+                    limit=limit,
+                    status=status,
+                    finished_after=finished_after,
+                    fields=fields,
+                    json_lines=json_lines,
+                )
+                hand_over(page)
+                if page is None or not page[0]:
+                    return
+                after = page[1]
+        except BaseException as exc:  # raised again in the caller's thread
+            hand_over(exc)
+        finally:
+            reader.close()
+
+    worker = threading.Thread(target=work, name="batchor-arrow-pages", daemon=True)
+    worker.start()
+    try:
+        while True:
+            try:
+                item = pages.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if worker.is_alive():
+                    continue  # a page takes long (a busy store waits up to its timeout)
+                item = None  # the worker is gone without a word: the ordinary way
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item is None or not item[0]:
+                return
+    finally:
+        stop.set()
+        worker.join(timeout=60)
