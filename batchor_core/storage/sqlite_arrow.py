@@ -53,26 +53,36 @@ def open_arrow_reader(storage: StateStore) -> SQLiteArrowReader | None:
     if not isinstance(storage, SQLiteStorage):
         return None
     try:
-        import adbc_driver_sqlite.dbapi
+        import adbc_driver_manager
+        import adbc_driver_sqlite
     except ImportError:
         return None
     try:
-        return SQLiteArrowReader(storage, adbc_driver_sqlite.dbapi)
+        return SQLiteArrowReader(storage, adbc_driver_sqlite, adbc_driver_manager)
     except Exception:  # the driver cannot open the file (locked, say): the driver path
         return None
 
 
 class SQLiteArrowReader:
-    """Reads result pages of one SQLite store as Arrow arrays; close it when done."""
+    """Reads result pages of one SQLite store as Arrow arrays; close it when done.
 
-    def __init__(self, storage: Any, dbapi: Any) -> None:
+    Uses ADBC's low-level API: its DB-API module imports ``pyarrow.dataset`` and pandas,
+    a third of a second before the first page for a caller who wants neither.
+    """
+
+    def __init__(self, storage: Any, driver: Any, manager: Any) -> None:
         from sqlalchemy.dialects import sqlite
 
         self._dialect = sqlite.dialect()
-        uri = storage.path.as_uri() + "?mode=ro"
-        self._conn = dbapi.connect(uri, autocommit=True)
-        self._cursor = self._conn.cursor()
-        self._cursor.execute("PRAGMA busy_timeout=30000")
+        self._database = driver.connect(storage.path.as_uri() + "?mode=ro")
+        try:
+            self._conn = manager.AdbcConnection(self._database)
+            self._stmt = manager.AdbcStatement(self._conn)
+            self._stmt.set_sql_query("PRAGMA busy_timeout=30000")
+            self._stmt.execute_update()
+        except BaseException:
+            self.close()
+            raise
 
     def read_page(
         self,
@@ -113,13 +123,17 @@ class SQLiteArrowReader:
                 ),
                 maintain_column_froms=True,
             )
-        compiled = query.compile(dialect=self._dialect)
-        params = tuple(compiled.params[name] for name in compiled.positiontup or ())
-        cursor = self._cursor
+        # Values inline (SQLAlchemy quotes them): binding them would take Arrow arrays
+        # built from Python values, and building one imports pandas (pyarrow checks for
+        # pandas objects), a third of a second for a caller who may not want it.
+        sql = str(query.compile(dialect=self._dialect, compile_kwargs={"literal_binds": True}))
+        stmt = self._stmt
         try:
-            cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(limit + 1)})
-            cursor.execute(str(compiled), params)
-            table = cursor.fetch_arrow_table()
+            stmt.set_sql_query(sql)
+            stmt.set_options(**{"adbc.sqlite.query.batch_rows": str(limit + 1)})
+            stream, _ = stmt.execute_query()
+            # As ADBC's own DB-API module does (from_stream needs pyarrow 15).
+            table = pa.RecordBatchReader._import_from_c(stream.address).read_all()
         except Exception:  # any driver error (a type change midway, say): the slow path
             return None
         if table.num_rows == 0:
@@ -131,15 +145,17 @@ class SQLiteArrowReader:
             if column.type != target:
                 if column.null_count != len(column) or not pa.types.is_integer(column.type):
                     return None  # values of another type: not what the store writes
-                column = pa.nulls(len(column), target)
+                column = column.cast(target)  # all NULL: the same NULLs, typed
             arrays[name] = column
         last = arrays.pop("seq")[-1].as_py()
         return arrays, int(last)
 
     def close(self) -> None:
-        """Close the connection."""
-        self._cursor.close()
-        self._conn.close()
+        """Close the statement, connection and database handles."""
+        for name in ("_stmt", "_conn", "_database"):
+            handle = getattr(self, name, None)
+            if handle is not None:
+                handle.close()
 
 
 def _as_json_line(column: Any) -> Any:
