@@ -256,7 +256,6 @@ class ResultRow(NamedTuple):
     each into the public :class:`~batchor_core.models.ItemResult`.
     """
 
-    seq: int
     item_id: str
     status: str
     """An :class:`~batchor_core.models.ItemStatus` value (internal states read as

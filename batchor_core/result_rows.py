@@ -96,7 +96,6 @@ def item_results(
     completed = ItemStatus.COMPLETED
     loads = jsoncodec.loads
     for (
-        _seq,
         item_id,
         stored,
         output_json,

@@ -110,7 +110,6 @@ def result_columns_query(
 
 
 _RESULT_ROW_COLUMNS = (
-    items.c.seq,
     items.c.item_id,
     items.c.status,
     items.c.output_json,

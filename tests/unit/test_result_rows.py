@@ -38,7 +38,7 @@ def test_built_objects_are_the_public_frozen_classes() -> None:
 
 def _row(status: str, **kw: object) -> ResultRow:
     base = dict.fromkeys(ResultRow._fields)
-    base.update(seq=0, item_id="i", status=status, attempts=1, finished_seq=4)
+    base.update(item_id="i", status=status, attempts=1, finished_seq=4)
     base.update(kw)
     return ResultRow(**base)  # type: ignore[arg-type]
 
