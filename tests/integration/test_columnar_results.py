@@ -214,7 +214,8 @@ def test_sqlite_to_arrow_takes_the_adbc_path_and_gives_the_same_table(
 ) -> None:
     """With ``batchor[fast]`` installed, a SQLite store's pages come from ADBC (the Python
     driver's page reader is never called) and the table is the one the driver path gives,
-    in small pages too, where some pages hold errors and metadata and others only NULLs."""
+    in small pages too, where some pages hold errors and metadata and others only NULLs;
+    to_pandas() and the Parquet export ride the same path."""
     pytest.importorskip("adbc_driver_sqlite")
     import sys
 
@@ -242,6 +243,8 @@ def test_sqlite_to_arrow_takes_the_adbc_path_and_gives_the_same_table(
                     pa.Table.from_batches(list(b), schema=s)
                     for s, b in [result_batches(store, "col", schema, page_size=4, after=5)]
                 ),
+                run.to_pandas().pipe(pa.Table.from_pandas, preserve_index=False),
+                pq.read_table(run.export(tmp_path / "r.parquet", format="parquet").path),
             ]
 
         monkeypatch.setattr(store, "read_result_columns", counted)
