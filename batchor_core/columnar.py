@@ -180,43 +180,46 @@ def result_batches(
         fields.add("output_json")
 
     def batches() -> Iterator[pa.RecordBatch]:
-        from batchor_core.storage.sqlite_arrow import open_arrow_reader
+        from batchor_core.storage.sqlite_arrow import open_arrow_reader, prefetch_pages
 
-        reader = open_arrow_reader(storage)
         after_seq = -1  # seqs start at 0
-        try:
-            while True:
-                got = None
-                if reader is not None:
-                    got = reader.read_page(
-                        run_id,
-                        after_seq=after_seq,
-                        limit=page_size,
-                        status=status,
-                        finished_after=after,
-                        fields=fields,
-                    )
-                if got is not None:
+        reader = open_arrow_reader(storage)
+        if reader is not None:
+            pages = prefetch_pages(
+                reader,
+                run_id,
+                after_seq=after_seq,
+                limit=page_size,
+                status=status,
+                finished_after=after,
+                fields=fields,
+                json_lines=parse,
+            )
+            try:
+                for got in pages:
+                    if got is None:
+                        break  # ADBC cannot give this page: the rest the ordinary way
                     columns, last_seq = got
-                else:
-                    page = storage.read_result_columns(
-                        run_id,
-                        after_seq=after_seq,
-                        limit=page_size,
-                        status=status,
-                        finished_after=after,
-                        fields=fields,
-                    )
-                    columns = {f: getattr(page, f) for f in fields | {"item_id"}}
-                    last_seq = page.last_seq
-                ids = columns.get("item_id")
-                if ids is None or len(ids) == 0:
-                    return
-                yield _page_batch(columns, schema, typed if parse else None)
-                after_seq = last_seq
-        finally:
-            if reader is not None:
-                reader.close()
+                    if not columns:
+                        return
+                    yield _page_batch(columns, schema, typed if parse else None, json_lines=parse)
+                    after_seq = last_seq
+            finally:
+                pages.close()
+        while True:
+            page = storage.read_result_columns(
+                run_id,
+                after_seq=after_seq,
+                limit=page_size,
+                status=status,
+                finished_after=after,
+                fields=fields,
+            )
+            if len(page) == 0:
+                return
+            columns = {f: getattr(page, f) for f in fields | {"item_id"}}
+            yield _page_batch(columns, schema, typed if parse else None)
+            after_seq = page.last_seq
 
     return schema, batches()
 
@@ -251,23 +254,30 @@ def _pick(schema: pa.Schema, columns: Sequence[str]) -> pa.Schema:
 
 
 def _page_batch(
-    columns: Mapping[str, Any], schema: pa.Schema, typed: pa.Schema | None
+    columns: Mapping[str, Any],
+    schema: pa.Schema,
+    typed: pa.Schema | None,
+    *,
+    json_lines: bool = False,
 ) -> pa.RecordBatch:
     """One page's record batch from its stored columns (Python sequences from the store's
-    driver, or Arrow arrays from the SQLite Arrow reader)."""
+    driver, or Arrow arrays from the SQLite Arrow reader; with ``json_lines``, outputs
+    as the reader's JSON lines)."""
     import pyarrow as pa
 
     names = set(schema.names)
     arrays: dict[str, pa.Array] = {}
     outputs = columns.get("output_json")
     if typed is not None:
-        if isinstance(outputs, pa.Array):
+        typed = pa.schema([f for f in typed if f.name in names])  # parse only what is shown
+        if json_lines:
+            parsed = _typed_output_lines(outputs, typed)
+        elif isinstance(outputs, pa.Array):
             parsed = _typed_output_array(outputs, typed)
         else:
             parsed = _typed_outputs(outputs or (), typed)
         for name in parsed.column_names:
-            if name in names:
-                arrays[name] = parsed.column(name).combine_chunks()
+            arrays[name] = parsed.column(name).combine_chunks()
     for field in schema:
         if field.name in arrays:
             continue
@@ -317,7 +327,36 @@ def _typed_output_array(outputs: pa.Array, typed: pa.Schema) -> pa.Table:
         pa.int32(), len(lines) + 1, [None, offset_buffer], offset=lines.offset
     )
     start, end = offsets[0].as_py(), offsets[-1].as_py()
-    data = data.slice(start, end - start)
+    table = _parse_lines(data.slice(start, end - start), len(outputs), typed)
+    if table is not None:
+        return table
+    return _python_outputs(outputs.to_pylist(), typed)  # unusual text: the same table, slower
+
+
+def _typed_output_lines(lines: pa.Array, typed: pa.Schema) -> pa.Table:
+    """:func:`_typed_outputs` for outputs as the SQLite Arrow reader's JSON lines (each
+    output followed by a newline, ``{}`` for none): the array's text buffer is parsed
+    as it is."""
+    import pyarrow as pa
+
+    if not len(lines):
+        return _typed_outputs((), typed)
+    _, offset_buffer, data = lines.buffers()
+    offsets = pa.Array.from_buffers(
+        pa.int32(), len(lines) + 1, [None, offset_buffer], offset=lines.offset
+    )
+    start, end = offsets[0].as_py(), offsets[-1].as_py()
+    table = _parse_lines(data.slice(start, end - start), len(lines), typed)
+    if table is not None:
+        return table
+    texts = [line[:-1] for line in lines.to_pylist()]  # "{}" for none parses as none
+    return _python_outputs(texts, typed)  # unusual text: the same table, slower
+
+
+def _parse_lines(data: pa.Buffer, rows: int, typed: pa.Schema) -> pa.Table | None:
+    """Parse JSON lines, one output each; None when they are not ``rows`` outputs."""
+    import pyarrow as pa
+
     # Searching the page for a raw newline costs more than parsing it, so parse it as one
     # output per line first: an output spread over lines is not valid JSON line by line
     # (its first line leaves a bracket open), so the reader fails and the page is read
@@ -327,9 +366,9 @@ def _typed_output_array(outputs: pa.Array, typed: pa.Schema) -> pa.Table:
             table = _read_json(data, typed, multiline=multiline)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
-        if table.num_rows == len(outputs):
+        if table.num_rows == rows:
             return table.select([f.name for f in typed])
-    return _python_outputs(outputs.to_pylist(), typed)  # unusual text: the same table, slower
+    return None
 
 
 def _read_json(data: bytes | pa.Buffer, typed: pa.Schema, *, multiline: bool) -> pa.Table:

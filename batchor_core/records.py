@@ -250,19 +250,29 @@ class RetryCandidate:
     submission: int
 
 
-@dataclass(frozen=True, slots=True)
-class ResultRow:
-    """A terminal item as stored."""
+class ResultRow(NamedTuple):
+    """An item's result columns as stored, in the order the store selects them.
 
-    seq: int
+    A tuple, not an object per field: ``results()`` reads rows by the thousand, and the
+    store hands over its driver's tuples as they are. :class:`~batchor_core.Run` turns
+    each into the public :class:`~batchor_core.models.ItemResult`.
+    """
+
     item_id: str
-    status: ItemStatus
+    status: str
+    """An :class:`~batchor_core.models.ItemStatus` value (internal states read as
+    ``pending``)."""
     output_json: str | None
-    error: ItemError | None
+    error_code: str | None
+    error_message: str | None
     attempts: int
-    usage: Usage | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cached_input_tokens: int | None
+    reasoning_tokens: int | None
     metadata_json: str | None
     finished_seq: int
+    """The result's cursor (0 while the item is pending)."""
 
 
 @dataclass(frozen=True, slots=True)

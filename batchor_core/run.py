@@ -30,8 +30,9 @@ from batchor_core.models import (
     is_amount,
 )
 from batchor_core.packing import chunk_key, output_key
-from batchor_core.ports import ChunkState, ChunkStats, ResultRow, RunRecord
+from batchor_core.ports import ChunkState, ChunkStats, RunRecord
 from batchor_core.pricing import cost_of
+from batchor_core.result_rows import item_results
 
 if TYPE_CHECKING:
     import pandas as pd  # type: ignore[import-untyped]
@@ -166,38 +167,29 @@ class Run:
 
         Usable while the run is still going: remember the last result's ``cursor`` and
         pass it as ``after`` later (even from another process) to read only newer ones.
+        Rows are read ``page_size`` at a time, so memory is bounded by the page.
         """
         cursor = after
+        parse = self._output_parser()
         while True:
             rows = self._runner.storage.read_results(self._run_id, after=cursor, limit=page_size)
             if not rows:
                 return
-            for row in rows:
-                yield self._to_result(row)
+            yield from item_results(rows, parse)
             cursor = rows[-1].finished_seq
 
     def item(self, item_id: str) -> ItemResult | None:
         """One item's current state by id (pending items have status ``pending``)."""
         row = self._runner.storage.item_status(self._run_id, item_id)
-        return None if row is None else self._to_result(row)
+        return None if row is None else next(item_results([row], self._output_parser()))
 
-    def _to_result(self, row: ResultRow) -> ItemResult:
-        output: object = None
-        if row.status is ItemStatus.COMPLETED and row.output_json is not None:
-            if self._output_model is not None:
-                output = self._output_model.model_validate_json(row.output_json)
-            else:
-                output = jsoncodec.loads(row.output_json)
-        return ItemResult(
-            item_id=row.item_id,
-            status=row.status,
-            output=output,
-            error=row.error if row.status is not ItemStatus.COMPLETED else None,
-            attempts=row.attempts,
-            usage=row.usage,
-            metadata=jsoncodec.loads(row.metadata_json) if row.metadata_json else None,
-            cursor=row.finished_seq,
-        )
+    def _output_parser(self) -> Callable[[str], object]:
+        """A completed output's JSON text to its ``output``: the output model's own JSON
+        validator (what ``model_validate_json`` calls, minus a Python frame per row), or
+        plain JSON without a model."""
+        if self._output_model is not None:
+            return self._output_model.__pydantic_validator__.validate_json
+        return jsoncodec.loads
 
     def error_counts(self) -> dict[str, int]:
         """How many failed or cancelled items carry each error code, most common first."""

@@ -1,22 +1,32 @@
 """Reading results back: ``run.results()`` (one typed object per row) vs ``run.to_arrow()``.
 
 Builds a finished run of N items once (in-process fake provider, real SQLite file; the
-file is kept with ``--db`` and reused), then times each way of reading it and prints the
-ratio. Run by hand:
+file is kept with ``--db`` and reused), then times each way of reading it, ``--reps``
+times in turn, and prints the min and median of each and their ratios:
+
+- ``floor read``: the least a reader can do (``select item_id, status, output_json`` and
+  ``model_validate_json`` per row, as ``floor.py``), against ``results()``;
+- ``to_arrow()`` and ``to_pandas()`` through ADBC (the ``fast`` extra) and through the
+  sqlite3 driver (as without the extra), alternately; the first call (cold: imports
+  included) is printed apart.
+
+Run by hand:
 
     .venv/bin/python bench/bench_readback.py --items 1000000 --db /tmp/readback.sqlite3
-
-With the ``fast`` extra (adbc-driver-sqlite) installed, to_arrow/to_pandas read the SQLite
-pages through ADBC; without it, through the sqlite3 driver (it prints which).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import json
+import sqlite3
+import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -80,10 +90,41 @@ def _runner(db: Path) -> BatchRunner:
     )
 
 
+def _floor_read(db: Path) -> int:
+    """What floor.py's read phase does: three columns, one model validation per row."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("select item_id, status, output_json from batchor_items order by seq")
+        return sum(1 for i, s, o in rows if (i, s, Review.model_validate_json(o)) is not None)
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _without_adbc() -> Iterator[None]:
+    """to_arrow() as without the ``fast`` extra: the sqlite3 driver's pages."""
+    saved = sys.modules.get("adbc_driver_sqlite")
+    sys.modules["adbc_driver_sqlite"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if saved is None:
+            del sys.modules["adbc_driver_sqlite"]
+        else:
+            sys.modules["adbc_driver_sqlite"] = saved
+
+
+def _timed(fn: Callable[[], int]) -> tuple[float, int]:
+    t = time.perf_counter()
+    n = fn()
+    return time.perf_counter() - t, n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--db", type=Path, default=None)
+    parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     db = args.db or Path(tempfile.mkdtemp(prefix="batchor-readback-")) / "runs.sqlite3"
     runner = _runner(db)
@@ -98,23 +139,38 @@ def main() -> None:
     from batchor_core.storage.sqlite_arrow import open_arrow_reader
 
     reader = open_arrow_reader(runner.storage)
-    print("to_arrow reads through", "ADBC (batchor[fast])" if reader else "the sqlite3 driver")
-    if reader is not None:
+    if reader is None:
+        print("adbc-driver-sqlite is not installed: both to_arrow rows use the sqlite3 driver")
+    else:
         reader.close()
 
-    t = time.perf_counter()
-    n_iter = sum(1 for _ in run.results(page_size=5000))
-    t_iter = time.perf_counter() - t
-    t = time.perf_counter()
-    table = run.to_arrow()
-    t_arrow = time.perf_counter() - t
-    t = time.perf_counter()
-    frame = run.to_pandas()
-    t_pandas = time.perf_counter() - t
-    assert n_iter == table.num_rows == len(frame)
-    print(f"results(): {n_iter:,} typed results in {t_iter:.2f}s")
-    print(f"to_arrow(): {table.num_rows:,} rows in {t_arrow:.2f}s ({t_iter / t_arrow:.1f}x faster)")
-    print(f"to_pandas(): {len(frame):,} rows in {t_pandas:.2f}s ({t_iter / t_pandas:.1f}x faster)")
+    cold, n = _timed(lambda: run.to_arrow().num_rows)
+    print(f"to_arrow() cold (first call, imports included): {n:,} rows in {cold:.2f}s")
+    ways: dict[str, Callable[[], int]] = {
+        "floor read": lambda: _floor_read(db),
+        "results()": lambda: sum(1 for _ in run.results()),
+        "to_arrow() ADBC": lambda: run.to_arrow().num_rows,
+        "to_pandas() ADBC": lambda: len(run.to_pandas()),
+        "to_arrow() driver": lambda: run.to_arrow().num_rows,
+        "to_pandas() driver": lambda: len(run.to_pandas()),
+    }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(args.reps):
+        for name, way in ways.items():
+            if name.endswith("driver"):
+                with _without_adbc():
+                    seconds, got = _timed(way)
+            else:
+                seconds, got = _timed(way)
+            assert got == args.items, (name, got)
+            times[name].append(seconds)
+    print(f"{args.items:,} results, {args.reps} reps each, in turn (min / median seconds):")
+    for name, secs in times.items():
+        print(f"  {name:20s} {min(secs):6.2f} / {statistics.median(secs):6.2f}")
+    best = {name: min(secs) for name, secs in times.items()}
+    print(f"floor read / results(): {best['floor read'] / best['results()']:.2f}")
+    print(f"to_arrow() driver / ADBC: {best['to_arrow() driver'] / best['to_arrow() ADBC']:.2f}x")
+    print(f"results() / to_arrow() ADBC: {best['results()'] / best['to_arrow() ADBC']:.1f}x")
 
 
 if __name__ == "__main__":

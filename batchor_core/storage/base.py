@@ -17,11 +17,10 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from batchor_core.errors import (
     StorageError,
 )
-from batchor_core.models import ItemError, ItemStatus, JSONObject, RunStatus, Usage
+from batchor_core.models import ItemStatus, JSONObject, RunStatus
 from batchor_core.ports import (
     ChunkRecord,
     ChunkState,
-    ResultRow,
     RunRecord,
 )
 from batchor_core.storage.dialects import make_engine
@@ -217,31 +216,6 @@ class StoreBase:
             first_error_at=aware_utc(m["first_error_at"]),
             est_tokens=int(m["est_tokens"] or 0),
             model=m["model"],
-        )
-
-    @staticmethod
-    def _result_from_row(m: Any) -> ResultRow:
-        error = ItemError(m["error_code"], m["error_message"] or "") if m["error_code"] else None
-        usage = (
-            Usage(
-                int(m["input_tokens"] or 0),
-                int(m["output_tokens"] or 0),
-                int(m.get("cached_input_tokens") or 0),
-                int(m.get("reasoning_tokens") or 0),
-            )
-            if m["input_tokens"] is not None or m["output_tokens"] is not None
-            else None
-        )
-        return ResultRow(
-            seq=int(m["seq"]),
-            item_id=m["item_id"],
-            status=public_status(m["status"]),
-            output_json=m["output_json"],
-            error=error,
-            attempts=int(m["attempts"]),
-            usage=usage,
-            metadata_json=m["metadata_json"],
-            finished_seq=int(m["finished_seq"] or 0),
         )
 
 

@@ -7,15 +7,15 @@ Both are bulk reads, so they go through the driver's own cursor (see
 from __future__ import annotations
 
 from collections.abc import Collection
+from functools import partial
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 
-from batchor_core.models import ItemError, ItemStatus, Usage
 from batchor_core.ports import ResultColumns, ResultRow
 from batchor_core.storage.base import StoreBase, public_status
-from batchor_core.storage.dialects import fetch_tuples
+from batchor_core.storage.dialects import PreparedSelect, fetch_tuples
 from batchor_core.storage.schema import items
 
 __all__ = ["ResultOps", "result_columns_query"]
@@ -27,56 +27,12 @@ class ResultOps(StoreBase):
     def read_results(self, run_id: str, *, after: int, limit: int) -> list[ResultRow]:
         """Terminal items after the cursor, in finishing order.
 
-        The hot read-back path: only the needed columns, plain driver tuples, and no
-        per-row enum or usage lookups beyond what each row holds.
+        The hot read-back path: only the needed columns, and the driver's tuples taken
+        as they are (finished rows hold a terminal status, which is its public value).
         """
-        query = (
-            select(*_RESULT_ROW_COLUMNS)
-            .where(
-                items.c.run_id == run_id,
-                items.c.finished_seq.is_not(None),
-                items.c.finished_seq > after,
-            )
-            .order_by(items.c.finished_seq)
-            .limit(limit)
-        )
         with self._tx() as conn:
-            rows = fetch_tuples(conn, query)
-        statuses = _TERMINAL
-        out = []
-        for (
-            seq,
-            item_id,
-            status,
-            output,
-            code,
-            message,
-            attempts,
-            tin,
-            tout,
-            tcached,
-            treason,
-            meta,
-            fin,
-        ) in rows:
-            out.append(
-                ResultRow(
-                    seq=seq,
-                    item_id=item_id,
-                    status=statuses.get(status) or public_status(status),
-                    output_json=output,
-                    error=ItemError(code, message or "") if code else None,
-                    attempts=attempts,
-                    usage=(
-                        None
-                        if tin is None and tout is None
-                        else Usage(int(tin or 0), int(tout or 0), tcached or 0, treason or 0)
-                    ),
-                    metadata_json=meta,
-                    finished_seq=fin,
-                )
-            )
-        return out
+            rows = _RESULTS_PAGE.fetch(conn, run_id=run_id, after=after, limit=limit)
+        return list(map(_as_result_row, rows))
 
     def read_result_columns(
         self,
@@ -110,12 +66,19 @@ class ResultOps(StoreBase):
         return ResultColumns(**got, last_seq=int(rows[-1][0]) if rows else after_seq)
 
     def item_status(self, run_id: str, item_id: str) -> ResultRow | None:
-        """One item by id."""
+        """One item by id (an internal state reads as ``pending``, with cursor 0)."""
         with self._tx() as conn:
             row = conn.execute(
-                select(items).where(items.c.run_id == run_id, items.c.item_id == item_id)
+                select(*_RESULT_ROW_COLUMNS).where(
+                    items.c.run_id == run_id, items.c.item_id == item_id
+                )
             ).first()
-        return None if row is None else self._result_from_row(row._mapping)
+        if row is None:
+            return None
+        got = ResultRow(*row)
+        return got._replace(
+            status=public_status(got.status).value, finished_seq=got.finished_seq or 0
+        )
 
 
 def result_columns_query(
@@ -147,7 +110,6 @@ def result_columns_query(
 
 
 _RESULT_ROW_COLUMNS = (
-    items.c.seq,
     items.c.item_id,
     items.c.status,
     items.c.output_json,
@@ -161,8 +123,18 @@ _RESULT_ROW_COLUMNS = (
     items.c.metadata_json,
     items.c.finished_seq,
 )
-# Rows with a finished_seq hold one of these (never the internal queued/retry states).
-_TERMINAL = {s.value: s for s in (ItemStatus.COMPLETED, ItemStatus.FAILED, ItemStatus.CANCELLED)}
+_RESULTS_PAGE = PreparedSelect(
+    select(*_RESULT_ROW_COLUMNS)
+    .where(
+        items.c.run_id == bindparam("run_id"),
+        items.c.finished_seq.is_not(None),
+        items.c.finished_seq > bindparam("after"),
+    )
+    .order_by(items.c.finished_seq)
+    .limit(bindparam("limit"))
+)
+# A driver tuple of _RESULT_ROW_COLUMNS as a ResultRow, in C (no Python call per row).
+_as_result_row = partial(tuple.__new__, ResultRow)
 # ResultColumns' fields, which are also the items table's column names.
 _RESULT_FIELDS = (
     "item_id",

@@ -10,12 +10,18 @@ ADBC infers each column's type from the values of a batch (an all-NULL column co
 as int64). Every page is one batch, so a page never changes type midway; each column is
 then cast to its declared type, and a page whose values do not fit (which a batchor store
 never holds) is read through the ordinary driver instead: never a different answer.
+
+:func:`prefetch_pages` reads the pages on a worker thread, one page ahead of the caller:
+SQLite and ADBC run in C without the GIL, so the next page is fetched while the caller
+parses the last one (the two halves of ``to_arrow()`` take about as long each).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+import queue
+import threading
+from collections.abc import Collection, Generator
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from batchor_core.storage.results_sql import result_columns_query
 
@@ -24,7 +30,13 @@ if TYPE_CHECKING:
 
     from batchor_core.ports import StateStore
 
-__all__ = ["SQLiteArrowReader", "open_arrow_reader"]
+__all__ = ["ArrowPage", "SQLiteArrowReader", "open_arrow_reader", "prefetch_pages"]
+
+ArrowPage: TypeAlias = "tuple[dict[str, pa.Array], int]"
+"""A page's ``{stored column: array}`` and its last row's ``seq``."""
+
+# How long the reader waits for its worker before it checks that the worker still runs.
+_POLL_SECONDS = 1.0
 
 # Stored columns whose values are text; the rest are integers.
 _TEXT = frozenset(
@@ -41,26 +53,36 @@ def open_arrow_reader(storage: StateStore) -> SQLiteArrowReader | None:
     if not isinstance(storage, SQLiteStorage):
         return None
     try:
-        import adbc_driver_sqlite.dbapi
+        import adbc_driver_manager
+        import adbc_driver_sqlite
     except ImportError:
         return None
     try:
-        return SQLiteArrowReader(storage, adbc_driver_sqlite.dbapi)
+        return SQLiteArrowReader(storage, adbc_driver_sqlite, adbc_driver_manager)
     except Exception:  # the driver cannot open the file (locked, say): the driver path
         return None
 
 
 class SQLiteArrowReader:
-    """Reads result pages of one SQLite store as Arrow arrays; close it when done."""
+    """Reads result pages of one SQLite store as Arrow arrays; close it when done.
 
-    def __init__(self, storage: Any, dbapi: Any) -> None:
+    Uses ADBC's low-level API: its DB-API module imports ``pyarrow.dataset`` and pandas,
+    a third of a second before the first page for a caller who wants neither.
+    """
+
+    def __init__(self, storage: Any, driver: Any, manager: Any) -> None:
         from sqlalchemy.dialects import sqlite
 
         self._dialect = sqlite.dialect()
-        uri = storage.path.as_uri() + "?mode=ro"
-        self._conn = dbapi.connect(uri, autocommit=True)
-        self._cursor = self._conn.cursor()
-        self._cursor.execute("PRAGMA busy_timeout=30000")
+        self._database = driver.connect(storage.path.as_uri() + "?mode=ro")
+        try:
+            self._conn = manager.AdbcConnection(self._database)
+            self._stmt = manager.AdbcStatement(self._conn)
+            self._stmt.set_sql_query("PRAGMA busy_timeout=30000")
+            self._stmt.execute_update()
+        except BaseException:
+            self.close()
+            raise
 
     def read_page(
         self,
@@ -71,9 +93,14 @@ class SQLiteArrowReader:
         status: str | None,
         finished_after: int,
         fields: Collection[str] | None,
-    ) -> tuple[dict[str, pa.Array], int] | None:
+        json_lines: bool = False,
+    ) -> ArrowPage | None:
         """One page as ``{stored column: array}`` (text as ``string``, integers as
         ``int64``) and the last row's ``seq`` (``after_seq`` for an empty page).
+
+        With ``json_lines``, ``output_json`` holds each output followed by a newline
+        (``{}`` for none), built by SQLite: the array's text buffer is then the page's
+        outputs as JSON lines, ready for Arrow's JSON reader with no copy.
 
         Returns None when ADBC cannot give the page in those types; read it the
         ordinary way then.
@@ -88,13 +115,25 @@ class SQLiteArrowReader:
             finished_after=finished_after,
             fields=fields,
         )
-        compiled = query.compile(dialect=self._dialect)
-        params = tuple(compiled.params[name] for name in compiled.positiontup or ())
-        cursor = self._cursor
+        if json_lines and "output_json" in wanted:
+            query = query.with_only_columns(
+                *(
+                    _as_json_line(c) if c.name == "output_json" else c
+                    for c in query.selected_columns
+                ),
+                maintain_column_froms=True,
+            )
+        # Values inline (SQLAlchemy quotes them): binding them would take Arrow arrays
+        # built from Python values, and building one imports pandas (pyarrow checks for
+        # pandas objects), a third of a second for a caller who may not want it.
+        sql = str(query.compile(dialect=self._dialect, compile_kwargs={"literal_binds": True}))
+        stmt = self._stmt
         try:
-            cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(limit + 1)})
-            cursor.execute(str(compiled), params)
-            table = cursor.fetch_arrow_table()
+            stmt.set_sql_query(sql)
+            stmt.set_options(**{"adbc.sqlite.query.batch_rows": str(limit + 1)})
+            stream, _ = stmt.execute_query()
+            # As ADBC's own DB-API module does (from_stream needs pyarrow 15).
+            table = pa.RecordBatchReader._import_from_c(stream.address).read_all()
         except Exception:  # any driver error (a type change midway, say): the slow path
             return None
         if table.num_rows == 0:
@@ -106,12 +145,92 @@ class SQLiteArrowReader:
             if column.type != target:
                 if column.null_count != len(column) or not pa.types.is_integer(column.type):
                     return None  # values of another type: not what the store writes
-                column = pa.nulls(len(column), target)
+                column = column.cast(target)  # all NULL: the same NULLs, typed
             arrays[name] = column
         last = arrays.pop("seq")[-1].as_py()
         return arrays, int(last)
 
     def close(self) -> None:
-        """Close the connection."""
-        self._cursor.close()
-        self._conn.close()
+        """Close the statement, connection and database handles."""
+        for name in ("_stmt", "_conn", "_database"):
+            handle = getattr(self, name, None)
+            if handle is not None:
+                handle.close()
+
+
+def _as_json_line(column: Any) -> Any:
+    from sqlalchemy import func, literal
+
+    return (func.coalesce(column, "{}") + literal("\n")).label(column.name)
+
+
+def prefetch_pages(
+    reader: SQLiteArrowReader,
+    run_id: str,
+    *,
+    after_seq: int,
+    limit: int,
+    status: str | None,
+    finished_after: int,
+    fields: Collection[str] | None,
+    json_lines: bool = False,
+) -> Generator[ArrowPage | None, None, None]:
+    """The pages :meth:`SQLiteArrowReader.read_page` gives from ``after_seq`` on, read on
+    a worker thread one page ahead; ends after the first empty page.
+
+    A page ADBC cannot give comes as None and ends the pages: read the rest the
+    ordinary way, after the last page's ``seq``. The reader belongs to the worker from
+    here on (it is closed when the pages end, or when the caller closes this iterator).
+    At most three pages are alive at once: the caller's, one waiting, one being read.
+    """
+    pages: queue.Queue[ArrowPage | BaseException | None] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(item: ArrowPage | BaseException | None) -> None:
+        while not stop.is_set():
+            try:
+                pages.put(item, timeout=_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+
+    def work() -> None:
+        after = after_seq
+        try:
+            while not stop.is_set():
+                page = reader.read_page(
+                    run_id,
+                    after_seq=after,
+                    limit=limit,
+                    status=status,
+                    finished_after=finished_after,
+                    fields=fields,
+                    json_lines=json_lines,
+                )
+                hand_over(page)
+                if page is None or not page[0]:
+                    return
+                after = page[1]
+        except BaseException as exc:  # raised again in the caller's thread
+            hand_over(exc)
+        finally:
+            reader.close()
+
+    worker = threading.Thread(target=work, name="batchor-arrow-pages", daemon=True)
+    worker.start()
+    try:
+        while True:
+            try:
+                item = pages.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if worker.is_alive():
+                    continue  # a page takes long (a busy store waits up to its timeout)
+                item = None  # the worker is gone without a word: the ordinary way
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item is None or not item[0]:
+                return
+    finally:
+        stop.set()
+        worker.join(timeout=60)

@@ -214,7 +214,8 @@ def test_sqlite_to_arrow_takes_the_adbc_path_and_gives_the_same_table(
 ) -> None:
     """With ``batchor[fast]`` installed, a SQLite store's pages come from ADBC (the Python
     driver's page reader is never called) and the table is the one the driver path gives,
-    in small pages too, where some pages hold errors and metadata and others only NULLs."""
+    in small pages too, where some pages hold errors and metadata and others only NULLs;
+    to_pandas() and the Parquet export ride the same path."""
     pytest.importorskip("adbc_driver_sqlite")
     import sys
 
@@ -242,6 +243,8 @@ def test_sqlite_to_arrow_takes_the_adbc_path_and_gives_the_same_table(
                     pa.Table.from_batches(list(b), schema=s)
                     for s, b in [result_batches(store, "col", schema, page_size=4, after=5)]
                 ),
+                run.to_pandas().pipe(pa.Table.from_pandas, preserve_index=False),
+                pq.read_table(run.export(tmp_path / "r.parquet", format="parquet").path),
             ]
 
         monkeypatch.setattr(store, "read_result_columns", counted)
@@ -260,5 +263,58 @@ def test_sqlite_to_arrow_takes_the_adbc_path_and_gives_the_same_table(
             assert got.equals(want)
         expected = _expected(run)
         assert {r["item_id"]: _as_compared(r) for r in fast[0].to_pylist()} == expected
+    finally:
+        store.close()
+
+
+def test_adbc_pages_hand_over_to_the_driver_midway_and_stop_their_worker_when_left(
+    make_runner: Callable[..., BatchRunner], tmp_path: Path, emulator: Any, monkeypatch: Any
+) -> None:
+    """Pages are read ahead on a worker thread. When ADBC cannot give a page (its reader
+    returns None, as for values of an unexpected type), that page and the rest come
+    through the driver: the same table. A caller that stops early stops the worker."""
+    pytest.importorskip("adbc_driver_sqlite")
+    import threading
+
+    from batchor_core.columnar import result_batches
+    from batchor_core.storage import SQLiteStorage
+    from batchor_core.storage.sqlite_arrow import SQLiteArrowReader
+
+    store = SQLiteStorage(tmp_path / "fast.sqlite3")
+    try:
+        run = _finished_run(make_runner, store, emulator)
+        schema = run._output_schema()
+
+        def table() -> pa.Table:
+            s, b = result_batches(store, "col", schema, page_size=4, include_payload=True)
+            return pa.Table.from_batches(list(b), schema=s)
+
+        whole = table()
+        assert whole.num_rows == N and whole.equals(run.to_arrow(include_payload=True))
+        pages: list[int] = []
+        driver_pages: list[int] = []
+        read_page = SQLiteArrowReader.read_page
+        driver_read = store.read_result_columns
+
+        def third_page_fails(self: SQLiteArrowReader, *args: Any, **kwargs: Any) -> Any:
+            pages.append(kwargs["after_seq"])
+            return None if len(pages) == 3 else read_page(self, *args, **kwargs)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            driver_pages.append(kwargs["after_seq"])
+            return driver_read(*args, **kwargs)
+
+        monkeypatch.setattr(SQLiteArrowReader, "read_page", third_page_fails)
+        monkeypatch.setattr(store, "read_result_columns", counted)
+        handed = table()
+        assert pages[:3] == [-1, 3, 7] and driver_pages[0] == 7  # from the failed page on
+        assert handed.schema == whole.schema and handed.equals(whole)
+
+        monkeypatch.setattr(SQLiteArrowReader, "read_page", read_page)
+        _, batches = result_batches(store, "col", schema, page_size=4)
+        next(batches)
+        assert any(t.name == "batchor-arrow-pages" for t in threading.enumerate())
+        batches.close()  # type: ignore[attr-defined]
+        assert not any(t.name == "batchor-arrow-pages" for t in threading.enumerate())
     finally:
         store.close()
