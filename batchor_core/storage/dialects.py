@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import operator
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -14,21 +15,29 @@ from sqlalchemy import (
     Connection,
     Engine,
     String,
+    Text,
     any_,
     bindparam,
+    cast,
+    column,
     create_engine,
     event,
     func,
+    literal_column,
     select,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert, UpdateBase
 from sqlalchemy.sql.selectable import Select
+from sqlalchemy.types import TypeEngine
 
-__all__ = ["executemany", "fetch_tuples", "insert_rows", "make_engine", "values_in"]
+from batchor_core import jsoncodec
+
+__all__ = ["RowUpdate", "executemany", "fetch_tuples", "insert_rows", "make_engine", "values_in"]
 
 
 def make_engine(url: str) -> Engine:
@@ -213,3 +222,130 @@ def fetch_tuples(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
         ) from exc
     finally:
         cursor.close()
+
+
+class RowUpdate:
+    """One UPDATE applied to many rows of values, written once for every dialect.
+
+    ``build`` makes the statement from ``values``: for each name of ``columns``, a column
+    expression that stands for that value of the row being applied. Postgres applies a
+    whole call in ONE statement, ``UPDATE ... FROM (<the rows>) AS v``, the rows sent as
+    a single JSON array of arrays (encoded by orjson in C; psycopg's array dumpers walk
+    every element in Python, which cost more than the update) and taken apart by the
+    server. Other dialects run the statement once per row through the driver's
+    executemany, the rows bound as tuples in the compiled statement's order (no dict per
+    row), compiled once per dialect.
+
+    Args:
+        columns: Name and type of each value of a row, in the rows' order: ints, strs,
+            None and aware datetimes. The first identifies the row: a value repeated in
+            one call is applied once, for its first row, on every dialect (as
+            executemany does: its later rows find the row changed already).
+        build: Makes the statement; scalar binds it names (the same for every row) are
+            given to :meth:`execute` by keyword.
+    """
+
+    def __init__(
+        self,
+        columns: Mapping[str, TypeEngine[Any]],
+        build: Callable[[Mapping[str, ColumnElement[Any]]], UpdateBase],
+    ) -> None:
+        self.names = tuple(columns)
+        self._per_row = build({n: bindparam(f"r_{n}", type_=t) for n, t in columns.items()})
+        elements = func.jsonb_array_elements(
+            cast(bindparam("rows_json", type_=Text()), JSONB)
+        ).table_valued(column("value", JSONB))
+        rows = select(
+            *(
+                cast(elements.c.value.op("->>")(literal_column(str(i))), t).label(n)
+                for i, (n, t) in enumerate(columns.items())
+            )
+        ).subquery("v")
+        self._json = build({n: rows.c[n] for n in self.names})
+        self._plans: weakref.WeakKeyDictionary[Dialect, _TuplePlan] = weakref.WeakKeyDictionary()
+
+    def execute(self, conn: Connection, rows: Sequence[tuple[Any, ...]], **scalars: Any) -> int:
+        """Apply ``rows`` (tuples of values in ``columns`` order); return the rows changed.
+
+        Driver errors are raised as SQLAlchemy's ``DBAPIError`` subclasses.
+        """
+        if not rows:
+            return 0
+        if conn.dialect.name == "postgresql":
+            if len({r[0] for r in rows}) < len(rows):
+                rows = _first_per_key(rows)
+            params = {"rows_json": jsoncodec.dumps_text(rows), **scalars}
+            return int(conn.execute(self._json, params).rowcount)
+        plan = self._plans.get(conn.dialect)
+        if plan is None:
+            plan = self._plans[conn.dialect] = _TuplePlan(self._per_row, self.names, conn.dialect)
+        return plan.run(conn, rows, scalars)
+
+
+def _first_per_key(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    seen: set[Any] = set()
+    first = []
+    for row in rows:
+        if row[0] not in seen:
+            seen.add(row[0])
+            first.append(row)
+    return first
+
+
+class _TuplePlan:
+    """A statement compiled for one dialect, and how a row tuple becomes its parameters."""
+
+    def __init__(self, stmt: UpdateBase, names: Sequence[str], dialect: Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        self.sql = compiled.string
+        self.dialect = dialect
+        self.width = len(names)
+        row_names = [f"r_{n}" for n in names]
+        # Binds that are not row values: the statement's own constants, then the scalars
+        # each call gives (their names, in a fixed order, appended to every row).
+        self.constants = {k: v for k, v in compiled.params.items() if k not in row_names}
+        self.order = row_names + list(self.constants)
+        self.positional = compiled.positional
+        wanted = list(compiled.positiontup or []) if compiled.positional else self.order
+        self.index = [self.order.index(name) for name in wanted]
+        self.identity = self.index == list(range(len(self.order)))
+        self.processors = [
+            (i, proc)
+            for i, name in enumerate(self.order)
+            if (proc := compiled.binds[name].type.bind_processor(dialect)) is not None
+        ]
+
+    def run(
+        self, conn: Connection, rows: Sequence[tuple[Any, ...]], scalars: Mapping[str, Any]
+    ) -> int:
+        extra = tuple(scalars.get(k, v) for k, v in self.constants.items())
+        params: Iterator[Any] = iter(rows)
+        if extra:
+            params = (row + extra for row in params)
+        if self.processors:
+            processors = self.processors
+
+            def process(row: tuple[Any, ...]) -> tuple[Any, ...]:
+                values = list(row)
+                for i, proc in processors:
+                    values[i] = proc(values[i])
+                return tuple(values)
+
+            params = map(process, params)
+        if not self.positional:
+            order = self.order
+            params = (dict(zip(order, row, strict=True)) for row in params)
+        elif not self.identity:
+            index = self.index
+            pick = operator.itemgetter(*index)
+            params = map(pick, params) if len(index) > 1 else ((r[index[0]],) for r in params)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        error = self.dialect.loaded_dbapi.Error
+        try:
+            cursor.executemany(self.sql, params)  # type: ignore[arg-type]  # any iterable
+            return int(cursor.rowcount)
+        except error as exc:
+            raise DBAPIError.instance(self.sql, None, exc, error) from exc
+        finally:
+            cursor.close()

@@ -6,13 +6,17 @@ it expects, so replays change nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     DateTime,
+    Integer,
+    String,
+    Text,
     and_,
     bindparam,
     func,
@@ -36,7 +40,7 @@ from batchor_core.ports import (
     QueuedItem,
     RetryCandidate,
 )
-from batchor_core.storage.dialects import executemany, insert_rows, values_in
+from batchor_core.storage.dialects import RowUpdate, executemany, insert_rows, values_in
 from batchor_core.storage.results_sql import ResultOps
 from batchor_core.storage.schema import chunks, items, runs
 
@@ -209,6 +213,13 @@ class ItemOps(ResultOps):
             # Rows still change only while queued with the same submission number.
             # Each row changes only while queued with the same submission number; the
             # driver's rowcount says how many did, so counters never drift.
+            if len({o.seq for o in outcomes}) < len(outcomes):
+                # An item twice in one call: its first outcome counts, once (the others
+                # would find the row changed already, but must not count tokens twice).
+                first: dict[int, ItemOutcome] = {}
+                for o in outcomes:
+                    first.setdefault(o.seq, o)
+                outcomes = list(first.values())
             done = sorted((o for o in outcomes if o.status.is_terminal), key=lambda o: o.seq)
             retry = [o for o in outcomes if not o.status.is_terminal]
             counters: dict[str, Any] = {}
@@ -221,13 +232,10 @@ class ItemOps(ResultOps):
                     continue
                 n = 0
                 for part in range(0, len(group), BULK):  # bounded parameter lists
-                    n += executemany(
+                    n += _DONE.execute(
                         conn,
-                        _DONE_UPDATE,
-                        (
-                            _outcome_params(run_id, o, finished=start + i)
-                            for i, o in group[part : part + BULK]
-                        ),
+                        [_done_row(o, start + i) for i, o in group[part : part + BULK]],
+                        b_run=run_id,
                     )
                 changed += n
                 counters[column] = runs.c[column] + n
@@ -247,10 +255,8 @@ class ItemOps(ResultOps):
                 _add_usage(totals, (o for _, o in group))
             if retry:
                 n = sum(
-                    executemany(
-                        conn,
-                        _RETRY_UPDATE,
-                        (_outcome_params(run_id, o) for o in retry[part : part + BULK]),
+                    _RETRY.execute(
+                        conn, [_retry_row(o) for o in retry[part : part + BULK]], b_run=run_id
                     )
                     for part in range(0, len(retry), BULK)
                 )
@@ -456,39 +462,71 @@ def _bind(name: str) -> Any:
     return bindparam(name)
 
 
-_LIVE_ROW = and_(
-    items.c.run_id == bindparam("b_run"),
-    items.c.seq == bindparam("b_seq"),
-    items.c.status == QUEUED,
-    items.c.submissions == bindparam("b_sub"),
-)
-_DONE_UPDATE = (
-    update(items)
-    .where(_LIVE_ROW)
-    .values(
-        status=bindparam("b_status"),
-        output_json=bindparam("b_output"),
-        error_code=bindparam("b_code"),
-        error_message=bindparam("b_message"),
-        input_tokens=bindparam("b_in"),
-        output_tokens=bindparam("b_out"),
-        cached_input_tokens=bindparam("b_cached"),
-        reasoning_tokens=bindparam("b_reasoning"),
-        attempts=items.c.attempts + bindparam("b_spent"),
-        finished_seq=bindparam("b_finished"),
+def _live_row(v: Mapping[str, Any]) -> Any:
+    """The item a row of outcome values is for, while still queued in that submission."""
+    return and_(
+        items.c.run_id == bindparam("b_run"),
+        items.c.seq == v["seq"],
+        items.c.status == QUEUED,
+        items.c.submissions == v["sub"],
     )
+
+
+# Outcome updates, bound as one tuple per item in these columns' order (_done_row,
+# _retry_row): one statement per part on Postgres, executemany elsewhere.
+_DONE = RowUpdate(
+    {
+        "seq": BigInteger(),
+        "sub": Integer(),
+        "status": String(),
+        "output": Text(),
+        "code": String(),
+        "message": Text(),
+        "in": Integer(),
+        "out": Integer(),
+        "cached": Integer(),
+        "reasoning": Integer(),
+        "spent": Integer(),
+        "finished": BigInteger(),
+    },
+    lambda v: (
+        update(items)
+        .where(_live_row(v))
+        .values(
+            status=v["status"],
+            output_json=v["output"],
+            error_code=v["code"],
+            error_message=v["message"],
+            input_tokens=v["in"],
+            output_tokens=v["out"],
+            cached_input_tokens=v["cached"],
+            reasoning_tokens=v["reasoning"],
+            attempts=items.c.attempts + v["spent"],
+            finished_seq=v["finished"],
+        )
+    ),
 )
-_RETRY_UPDATE = (
-    update(items)
-    .where(_LIVE_ROW)
-    .values(
-        status=RETRY,
-        error_code=bindparam("b_code"),
-        error_message=bindparam("b_message"),
-        attempts=items.c.attempts + bindparam("b_spent"),
-        free_resubmits=items.c.free_resubmits + (1 - bindparam("b_spent")),
-        not_before=bindparam("b_not_before", type_=DateTime(timezone=True)),
-    )
+_RETRY = RowUpdate(
+    {
+        "seq": BigInteger(),
+        "sub": Integer(),
+        "code": String(),
+        "message": Text(),
+        "spent": Integer(),
+        "not_before": DateTime(timezone=True),
+    },
+    lambda v: (
+        update(items)
+        .where(_live_row(v))
+        .values(
+            status=RETRY,
+            error_code=v["code"],
+            error_message=v["message"],
+            attempts=items.c.attempts + v["spent"],
+            free_resubmits=items.c.free_resubmits + (1 - v["spent"]),
+            not_before=v["not_before"],
+        )
+    ),
 )
 
 _ITEM_INSERT = insert(items).values(
@@ -512,22 +550,48 @@ _ITEM_INSERT = insert(items).values(
 )
 
 
-def _outcome_params(run_id: str, o: ItemOutcome, *, finished: int | None = None) -> dict[str, Any]:
-    """One outcome's bind parameters (one dict per row: this runs once per item)."""
+def _done_row(o: ItemOutcome, finished: int) -> tuple[Any, ...]:
+    """A terminal outcome's values for :data:`_DONE` (this runs once per item)."""
     error, usage = o.error, o.usage
-    return {
-        "b_run": run_id,
-        "b_seq": o.seq,
-        "b_sub": o.submission,
-        "b_status": o.status.value,
-        "b_output": o.output_json,
-        "b_code": error.code if error else None,
-        "b_message": error.message if error else None,
-        "b_in": usage.input_tokens if usage else None,
-        "b_out": usage.output_tokens if usage else None,
-        "b_cached": usage.cached_input_tokens if usage else None,
-        "b_reasoning": usage.reasoning_tokens if usage else None,
-        "b_spent": 1 if o.spend_attempt else 0,
-        "b_not_before": o.retry_not_before,
-        "b_finished": finished,
-    }
+    if usage is None:
+        return (
+            o.seq,
+            o.submission,
+            o.status.value,
+            o.output_json,
+            error.code if error else None,
+            error.message if error else None,
+            None,
+            None,
+            None,
+            None,
+            1 if o.spend_attempt else 0,
+            finished,
+        )
+    return (
+        o.seq,
+        o.submission,
+        o.status.value,
+        o.output_json,
+        error.code if error else None,
+        error.message if error else None,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_input_tokens,
+        usage.reasoning_tokens,
+        1 if o.spend_attempt else 0,
+        finished,
+    )
+
+
+def _retry_row(o: ItemOutcome) -> tuple[Any, ...]:
+    """An outcome to retry: its values for :data:`_RETRY`."""
+    error = o.error
+    return (
+        o.seq,
+        o.submission,
+        error.code if error else None,
+        error.message if error else None,
+        1 if o.spend_attempt else 0,
+        o.retry_not_before,
+    )
