@@ -31,7 +31,7 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.dml import Insert, UpdateBase
+from sqlalchemy.sql.dml import Insert, Update, UpdateBase
 from sqlalchemy.sql.selectable import Select
 from sqlalchemy.types import TypeEngine
 
@@ -243,25 +243,41 @@ class RowUpdate:
             executemany does: its later rows find the row changed already).
         build: Makes the statement; scalar binds it names (the same for every row) are
             given to :meth:`execute` by keyword.
+        key: The table's column that the first value must equal (``build`` joins on
+            it); on Postgres the rows' keys also search the table's index directly.
     """
 
     def __init__(
         self,
         columns: Mapping[str, TypeEngine[Any]],
-        build: Callable[[Mapping[str, ColumnElement[Any]]], UpdateBase],
+        build: Callable[[Mapping[str, ColumnElement[Any]]], Update],
+        *,
+        key: ColumnElement[Any],
     ) -> None:
         self.names = tuple(columns)
         self._per_row = build({n: bindparam(f"r_{n}", type_=t) for n, t in columns.items()})
-        elements = func.jsonb_array_elements(
-            cast(bindparam("rows_json", type_=Text()), JSONB)
-        ).table_valued(column("value", JSONB))
+
+        def elements() -> Any:
+            return func.jsonb_array_elements(
+                cast(bindparam("rows_json", type_=Text()), JSONB)
+            ).table_valued(column("value", JSONB))
+
+        def value(row: Any, i: int, type_: TypeEngine[Any]) -> ColumnElement[Any]:
+            return cast(row.c.value.op("->>")(literal_column(str(i))), type_)
+
+        row = elements()
         rows = select(
-            *(
-                cast(elements.c.value.op("->>")(literal_column(str(i))), t).label(n)
-                for i, (n, t) in enumerate(columns.items())
-            )
+            *(value(row, i, t).label(n) for i, (n, t) in enumerate(columns.items()))
         ).subquery("v")
-        self._json = build({n: rows.c[n] for n in self.names})
+        # The keys again, as one array that the table's index is searched with (an
+        # InitPlan): left to the join alone, the planner, whose statistics lag behind a
+        # freshly ingested run, scanned every item of the run for each part.
+        key_row = elements()
+        first_type = next(iter(columns.values()))
+        keys = select(func.array_agg(value(key_row, 0, first_type))).scalar_subquery()
+        self._json = build({n: rows.c[n] for n in self.names}).where(
+            key == any_(cast(keys, ARRAY(first_type)))
+        )
         self._plans: weakref.WeakKeyDictionary[Dialect, _TuplePlan] = weakref.WeakKeyDictionary()
 
     def execute(self, conn: Connection, rows: Sequence[tuple[Any, ...]], **scalars: Any) -> int:

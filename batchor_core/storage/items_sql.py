@@ -505,6 +505,7 @@ _DONE = RowUpdate(
             finished_seq=v["finished"],
         )
     ),
+    key=items.c.seq,
 )
 _RETRY = RowUpdate(
     {
@@ -527,6 +528,7 @@ _RETRY = RowUpdate(
             not_before=v["not_before"],
         )
     ),
+    key=items.c.seq,
 )
 
 _ITEM_INSERT = insert(items).values(
