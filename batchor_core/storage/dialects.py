@@ -238,13 +238,15 @@ class RowUpdate:
 
     Args:
         columns: Name and type of each value of a row, in the rows' order: ints, strs,
-            None and aware datetimes. The first identifies the row: a value repeated in
-            one call is applied once, for its first row, on every dialect (as
-            executemany does: its later rows find the row changed already).
+            None and aware datetimes. The first identifies the row: of rows repeating
+            a value in one call, only the first is applied (one statement cannot apply
+            two rows to one table row in order).
         build: Makes the statement; scalar binds it names (the same for every row) are
             given to :meth:`execute` by keyword.
         key: The table's column that the first value must equal (``build`` joins on
             it); on Postgres the rows' keys also search the table's index directly.
+        max_json_bytes: On Postgres, rows whose JSON is larger are applied in several
+            statements (halving until each fits, a single row always goes).
     """
 
     def __init__(
@@ -253,8 +255,10 @@ class RowUpdate:
         build: Callable[[Mapping[str, ColumnElement[Any]]], Update],
         *,
         key: ColumnElement[Any],
+        max_json_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.names = tuple(columns)
+        self.max_json_bytes = max_json_bytes
         self._per_row = build({n: bindparam(f"r_{n}", type_=t) for n, t in columns.items()})
 
         def elements() -> Any:
@@ -287,15 +291,28 @@ class RowUpdate:
         """
         if not rows:
             return 0
+        if len({r[0] for r in rows}) < len(rows):
+            rows = _first_per_key(rows)
         if conn.dialect.name == "postgresql":
-            if len({r[0] for r in rows}) < len(rows):
-                rows = _first_per_key(rows)
-            params = {"rows_json": jsoncodec.dumps_text(rows), **scalars}
-            return int(conn.execute(self._json, params).rowcount)
+            return self._execute_json(conn, rows, scalars)
         plan = self._plans.get(conn.dialect)
         if plan is None:
             plan = self._plans[conn.dialect] = _TuplePlan(self._per_row, self.names, conn.dialect)
         return plan.run(conn, rows, scalars)
+
+    def _execute_json(
+        self, conn: Connection, rows: Sequence[tuple[Any, ...]], scalars: Mapping[str, Any]
+    ) -> int:
+        payload = jsoncodec.dumps(rows)
+        if len(payload) > self.max_json_bytes and len(rows) > 1:
+            # Large outputs: halve, to stay far below jsonb's 256 MB and keep the
+            # statement's memory bounded.
+            half = len(rows) // 2
+            return self._execute_json(conn, rows[:half], scalars) + self._execute_json(
+                conn, rows[half:], scalars
+            )
+        params = {"rows_json": payload.decode(), **scalars}
+        return int(conn.execute(self._json, params).rowcount)
 
 
 def _first_per_key(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

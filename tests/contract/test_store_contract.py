@@ -371,3 +371,43 @@ def test_a_lease_excludes_other_owners_even_through_the_same_store(
     assert store.break_lease(run_id) == "thishost:1:b"
     assert store.break_lease(run_id) is None
     store.release_lease(run_id, "thishost:1:b")
+
+
+def test_row_updates_apply_each_row_once_however_the_rows_are_split(
+    store: SQLStateStore, run_id: str
+) -> None:
+    # Postgres sends a call's rows as JSON, halving them past max_json_bytes (a part of
+    # large outputs); every store applies each row once, the first of a repeated key.
+    from sqlalchemy import BigInteger, Integer, Text, and_, bindparam, select, update
+
+    from batchor_core.storage.dialects import RowUpdate
+    from batchor_core.storage.schema import items
+
+    _seed(store, run_id, 6)
+    outputs = RowUpdate(
+        {"seq": BigInteger(), "sub": Integer(), "output": Text()},
+        lambda v: (
+            update(items)
+            .where(
+                and_(
+                    items.c.run_id == bindparam("b_run"),
+                    items.c.seq == v["seq"],
+                    items.c.submissions == v["sub"],
+                )
+            )
+            .values(output_json=v["output"])
+        ),
+        key=items.c.seq,
+        max_json_bytes=60,
+    )
+    rows = [(seq, 1, f'"output {seq} {"x" * 20}"') for seq in range(6)]
+    with store._tx() as conn:
+        assert (
+            outputs.execute(conn, [*rows, (2, 1, '"again"'), (5, 9, '"stale"')], b_run=run_id) == 6
+        )
+        stored = dict(
+            conn.execute(
+                select(items.c.seq, items.c.output_json).where(items.c.run_id == run_id)
+            ).all()
+        )
+    assert stored == {seq: output for seq, _, output in rows}
