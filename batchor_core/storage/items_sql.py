@@ -6,17 +6,12 @@ it expects, so replays change nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Connection,
-    DateTime,
-    Integer,
-    String,
-    Text,
     and_,
     bindparam,
     func,
@@ -40,7 +35,8 @@ from batchor_core.ports import (
     QueuedItem,
     RetryCandidate,
 )
-from batchor_core.storage.dialects import RowUpdate, executemany, insert_rows, values_in
+from batchor_core.storage.dialects import executemany, insert_rows, values_in
+from batchor_core.storage.outcomes_sql import DONE, RETRY_UPDATE, done_row, retry_row
 from batchor_core.storage.results_sql import ResultOps
 from batchor_core.storage.schema import chunks, items, runs
 
@@ -232,9 +228,9 @@ class ItemOps(ResultOps):
                     continue
                 n = 0
                 for part in range(0, len(group), BULK):  # bounded parameter lists
-                    n += _DONE.execute(
+                    n += DONE.execute(
                         conn,
-                        [_done_row(o, start + i) for i, o in group[part : part + BULK]],
+                        [done_row(o, start + i) for i, o in group[part : part + BULK]],
                         b_run=run_id,
                     )
                 changed += n
@@ -255,8 +251,8 @@ class ItemOps(ResultOps):
                 _add_usage(totals, (o for _, o in group))
             if retry:
                 n = sum(
-                    _RETRY.execute(
-                        conn, [_retry_row(o) for o in retry[part : part + BULK]], b_run=run_id
+                    RETRY_UPDATE.execute(
+                        conn, [retry_row(o) for o in retry[part : part + BULK]], b_run=run_id
                     )
                     for part in range(0, len(retry), BULK)
                 )
@@ -462,75 +458,6 @@ def _bind(name: str) -> Any:
     return bindparam(name)
 
 
-def _live_row(v: Mapping[str, Any]) -> Any:
-    """The item a row of outcome values is for, while still queued in that submission."""
-    return and_(
-        items.c.run_id == bindparam("b_run"),
-        items.c.seq == v["seq"],
-        items.c.status == QUEUED,
-        items.c.submissions == v["sub"],
-    )
-
-
-# Outcome updates, bound as one tuple per item in these columns' order (_done_row,
-# _retry_row): one statement per part on Postgres, executemany elsewhere.
-_DONE = RowUpdate(
-    {
-        "seq": BigInteger(),
-        "sub": Integer(),
-        "status": String(),
-        "output": Text(),
-        "code": String(),
-        "message": Text(),
-        "in": Integer(),
-        "out": Integer(),
-        "cached": Integer(),
-        "reasoning": Integer(),
-        "spent": Integer(),
-        "finished": BigInteger(),
-    },
-    lambda v: (
-        update(items)
-        .where(_live_row(v))
-        .values(
-            status=v["status"],
-            output_json=v["output"],
-            error_code=v["code"],
-            error_message=v["message"],
-            input_tokens=v["in"],
-            output_tokens=v["out"],
-            cached_input_tokens=v["cached"],
-            reasoning_tokens=v["reasoning"],
-            attempts=items.c.attempts + v["spent"],
-            finished_seq=v["finished"],
-        )
-    ),
-    key=items.c.seq,
-)
-_RETRY = RowUpdate(
-    {
-        "seq": BigInteger(),
-        "sub": Integer(),
-        "code": String(),
-        "message": Text(),
-        "spent": Integer(),
-        "not_before": DateTime(timezone=True),
-    },
-    lambda v: (
-        update(items)
-        .where(_live_row(v))
-        .values(
-            status=RETRY,
-            error_code=v["code"],
-            error_message=v["message"],
-            attempts=items.c.attempts + v["spent"],
-            free_resubmits=items.c.free_resubmits + (1 - v["spent"]),
-            not_before=v["not_before"],
-        )
-    ),
-    key=items.c.seq,
-)
-
 _ITEM_INSERT = insert(items).values(
     {
         name: bindparam(name, type_=items.c[name].type)
@@ -550,50 +477,3 @@ _ITEM_INSERT = insert(items).values(
         )
     }
 )
-
-
-def _done_row(o: ItemOutcome, finished: int) -> tuple[Any, ...]:
-    """A terminal outcome's values for :data:`_DONE` (this runs once per item)."""
-    error, usage = o.error, o.usage
-    if usage is None:
-        return (
-            o.seq,
-            o.submission,
-            o.status.value,
-            o.output_json,
-            error.code if error else None,
-            error.message if error else None,
-            None,
-            None,
-            None,
-            None,
-            1 if o.spend_attempt else 0,
-            finished,
-        )
-    return (
-        o.seq,
-        o.submission,
-        o.status.value,
-        o.output_json,
-        error.code if error else None,
-        error.message if error else None,
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cached_input_tokens,
-        usage.reasoning_tokens,
-        1 if o.spend_attempt else 0,
-        finished,
-    )
-
-
-def _retry_row(o: ItemOutcome) -> tuple[Any, ...]:
-    """An outcome to retry: its values for :data:`_RETRY`."""
-    error = o.error
-    return (
-        o.seq,
-        o.submission,
-        error.code if error else None,
-        error.message if error else None,
-        1 if o.spend_attempt else 0,
-        o.retry_not_before,
-    )
