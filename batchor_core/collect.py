@@ -66,11 +66,15 @@ def validate_output(
     try:
         output_model.model_validate_json(text)
     except ValidationError as exc:
-        errors = exc.errors()
-        if errors and errors[0]["type"] == "json_invalid":
-            return None, ItemError("invalid_json", f"output is not valid JSON: {errors[0]['msg']}")
-        return None, ItemError("schema_mismatch", _short_validation(exc))
+        return None, _invalid_output(exc)
     return text, None
+
+
+def _invalid_output(exc: ValidationError) -> ItemError:
+    errors = exc.errors()
+    if errors and errors[0]["type"] == "json_invalid":
+        return ItemError("invalid_json", f"output is not valid JSON: {errors[0]['msg']}")
+    return ItemError("schema_mismatch", _short_validation(exc))
 
 
 class LineSorter:
@@ -126,7 +130,7 @@ class LineSorter:
 
     def add(self, raw: bytes) -> None:
         """Sort one raw line (blank lines, other runs' and repeated lines are skipped)."""
-        if not raw.strip():
+        if not raw or raw.isspace():
             return
         try:
             parsed = self._parse(raw)
@@ -143,20 +147,29 @@ class LineSorter:
         ids = parse_custom_id(parsed.custom_id)
         if ids is None or ids[0] in self._seen:
             return  # not ours, or a repeated line
-        self._seen.add(ids[0])
-        self.lines += 1
         seq, sub = ids
+        self._seen.add(seq)
+        self.lines += 1
+        text = parsed.text
         if parsed.error is not None:
             self.failures.append((seq, sub, parsed.error, parsed.usage))
-        elif parsed.text is None:
+        elif text is None:
             self.failures.append((seq, sub, _NO_OUTPUT, None))
+        elif self._model is not None:
+            # validate_output, written out for the common case: this runs for every line.
+            try:
+                self._model.model_validate_json(text)
+            except ValidationError as exc:
+                self.failures.append((seq, sub, _invalid_output(exc), parsed.usage))
+            else:
+                self.successes.append(
+                    ItemOutcome(seq, sub, ItemStatus.COMPLETED, text, None, parsed.usage)
+                )
         else:
-            output_json, error = validate_output(parsed.text, self._model, self._schema)
+            output_json, error = validate_output(text, None, self._schema)
             if error is None and output_json is not None:
                 self.successes.append(
-                    ItemOutcome(
-                        seq, sub, ItemStatus.COMPLETED, output_json=output_json, usage=parsed.usage
-                    )
+                    ItemOutcome(seq, sub, ItemStatus.COMPLETED, output_json, None, parsed.usage)
                 )
             else:
                 self.failures.append((seq, sub, error or _NO_OUTPUT, parsed.usage))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from datetime import datetime
 
 from batchor_core import failpoints
@@ -58,14 +59,13 @@ def custom_id(seq: int, submission: int) -> str:
     return f"i{seq}s{submission}"
 
 
+_OUR_CUSTOM_ID = re.compile(r"i([0-9]+)s([0-9]+)").fullmatch
+
+
 def parse_custom_id(value: str) -> tuple[int, int] | None:
-    """``(seq, submission)`` from a custom_id we made, or None."""
-    if not value.startswith("i"):
-        return None
-    seq, sep, sub = value[1:].partition("s")
-    if not sep or not seq.isdigit() or not sub.isdigit():
-        return None
-    return int(seq), int(sub)
+    """``(seq, submission)`` from a custom_id we made (``i<seq>s<submission>``), or None."""
+    found = _OUR_CUSTOM_ID(value)
+    return None if found is None else (int(found[1]), int(found[2]))
 
 
 def request_line(cid: str, endpoint: bytes, body_json: bytes) -> bytes:

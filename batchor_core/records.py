@@ -1,7 +1,8 @@
 """Records that cross the ports: runs, chunks, items and provider data as the core sees them.
 
-Frozen dataclasses and enums with no I/O, like :mod:`batchor_core.models`, but internal:
-adapters and the runner exchange them; users see :mod:`batchor_core.models` types.
+Frozen dataclasses, named tuples (the records built once per result line) and enums with
+no I/O, like :mod:`batchor_core.models`, but internal: adapters and the runner exchange
+them; users see :mod:`batchor_core.models` types.
 """
 
 from __future__ import annotations
@@ -212,13 +213,13 @@ class NewItem(NamedTuple):
     error: ItemError | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ItemOutcome:
+class ItemOutcome(NamedTuple):
     """What one result line (or its absence) means for an item.
 
     ``status`` is the item's next status: terminal, or ``pending`` to retry.
     The update only applies while the item is still pending in the same submission,
-    so replaying a collection after a crash changes nothing.
+    so replaying a collection after a crash changes nothing. A named tuple, not a
+    dataclass: one is built for every line collected, and a tuple costs a third.
     """
 
     seq: int
@@ -363,9 +364,8 @@ class ProviderBatch:
         return self.status in ("completed", "failed", "expired", "cancelled")
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedLine:
-    """One line of a provider output or error file.
+class ParsedLine(NamedTuple):
+    """One line of a provider output or error file (a named tuple: one per line).
 
     Attributes:
         custom_id: The request's custom id.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import operator
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -16,8 +17,11 @@ from sqlalchemy import (
     Engine,
     String,
     Table,
+    Text,
     any_,
     bindparam,
+    cast,
+    column,
     create_engine,
     event,
     func,
@@ -25,15 +29,20 @@ from sqlalchemy import (
     literal_column,
     select,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.dml import Update, UpdateBase
 from sqlalchemy.sql.selectable import Select
+from sqlalchemy.types import TypeEngine
+
+from batchor_core import jsoncodec
 
 __all__ = [
     "PreparedSelect",
+    "RowUpdate",
     "executemany",
     "fetch_tuples",
     "insert_rows",
@@ -323,3 +332,163 @@ def _fetch_compiled(
         ) from exc
     finally:
         cursor.close()
+
+
+class RowUpdate:
+    """One UPDATE applied to many rows of values, written once for every dialect.
+
+    ``build`` makes the statement from ``values``: for each name of ``columns``, a column
+    expression that stands for that value of the row being applied. Postgres applies a
+    whole call in ONE statement, ``UPDATE ... FROM (<the rows>) AS v``, the rows sent as
+    a single JSON array of arrays (encoded by orjson in C; psycopg's array dumpers walk
+    every element in Python, which cost more than the update) and taken apart by the
+    server. Other dialects run the statement once per row through the driver's
+    executemany, the rows bound as tuples in the compiled statement's order (no dict per
+    row), compiled once per dialect.
+
+    Args:
+        columns: Name and type of each value of a row, in the rows' order: ints, strs,
+            None and aware datetimes. The first identifies the row: of rows repeating
+            a value in one call, only the first is applied (one statement cannot apply
+            two rows to one table row in order).
+        build: Makes the statement; scalar binds it names (the same for every row) are
+            given to :meth:`execute` by keyword.
+        key: The table's column that the first value must equal (``build`` joins on
+            it); on Postgres the rows' keys also search the table's index directly.
+        max_json_bytes: On Postgres, rows whose JSON is larger are applied in several
+            statements (halving until each fits, a single row always goes).
+    """
+
+    def __init__(
+        self,
+        columns: Mapping[str, TypeEngine[Any]],
+        build: Callable[[Mapping[str, ColumnElement[Any]]], Update],
+        *,
+        key: ColumnElement[Any],
+        max_json_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
+        self.names = tuple(columns)
+        self.max_json_bytes = max_json_bytes
+        self._per_row = build({n: bindparam(f"r_{n}", type_=t) for n, t in columns.items()})
+
+        def elements() -> Any:
+            return func.jsonb_array_elements(
+                cast(bindparam("rows_json", type_=Text()), JSONB)
+            ).table_valued(column("value", JSONB))
+
+        def value(row: Any, i: int, type_: TypeEngine[Any]) -> ColumnElement[Any]:
+            return cast(row.c.value.op("->>")(literal_column(str(i))), type_)
+
+        row = elements()
+        rows = select(
+            *(value(row, i, t).label(n) for i, (n, t) in enumerate(columns.items()))
+        ).subquery("v")
+        # The keys again, as one array that the table's index is searched with (an
+        # InitPlan): left to the join alone, the planner, whose statistics lag behind a
+        # freshly ingested run, scanned every item of the run for each part.
+        key_row = elements()
+        first_type = next(iter(columns.values()))
+        keys = select(func.array_agg(value(key_row, 0, first_type))).scalar_subquery()
+        self._json = build({n: rows.c[n] for n in self.names}).where(
+            key == any_(cast(keys, ARRAY(first_type)))
+        )
+        self._plans: weakref.WeakKeyDictionary[Dialect, _TuplePlan] = weakref.WeakKeyDictionary()
+
+    def execute(self, conn: Connection, rows: Sequence[tuple[Any, ...]], **scalars: Any) -> int:
+        """Apply ``rows`` (tuples of values in ``columns`` order); return the rows changed.
+
+        Driver errors are raised as SQLAlchemy's ``DBAPIError`` subclasses.
+        """
+        if not rows:
+            return 0
+        if len({r[0] for r in rows}) < len(rows):
+            rows = _first_per_key(rows)
+        if conn.dialect.name == "postgresql":
+            return self._execute_json(conn, rows, scalars)
+        plan = self._plans.get(conn.dialect)
+        if plan is None:
+            plan = self._plans[conn.dialect] = _TuplePlan(self._per_row, self.names, conn.dialect)
+        return plan.run(conn, rows, scalars)
+
+    def _execute_json(
+        self, conn: Connection, rows: Sequence[tuple[Any, ...]], scalars: Mapping[str, Any]
+    ) -> int:
+        payload = jsoncodec.dumps(rows)
+        if len(payload) > self.max_json_bytes and len(rows) > 1:
+            # Large outputs: halve, to stay far below jsonb's 256 MB and keep the
+            # statement's memory bounded.
+            half = len(rows) // 2
+            return self._execute_json(conn, rows[:half], scalars) + self._execute_json(
+                conn, rows[half:], scalars
+            )
+        params = {"rows_json": payload.decode(), **scalars}
+        return int(conn.execute(self._json, params).rowcount)
+
+
+def _first_per_key(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    seen: set[Any] = set()
+    first = []
+    for row in rows:
+        if row[0] not in seen:
+            seen.add(row[0])
+            first.append(row)
+    return first
+
+
+class _TuplePlan:
+    """A statement compiled for one dialect, and how a row tuple becomes its parameters."""
+
+    def __init__(self, stmt: UpdateBase, names: Sequence[str], dialect: Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        self.sql = compiled.string
+        self.dialect = dialect
+        self.width = len(names)
+        row_names = [f"r_{n}" for n in names]
+        # Binds that are not row values: the statement's own constants, then the scalars
+        # each call gives (their names, in a fixed order, appended to every row).
+        self.constants = {k: v for k, v in compiled.params.items() if k not in row_names}
+        self.order = row_names + list(self.constants)
+        self.positional = compiled.positional
+        wanted = list(compiled.positiontup or []) if compiled.positional else self.order
+        self.index = [self.order.index(name) for name in wanted]
+        self.identity = self.index == list(range(len(self.order)))
+        self.processors = [
+            (i, proc)
+            for i, name in enumerate(self.order)
+            if (proc := compiled.binds[name].type.bind_processor(dialect)) is not None
+        ]
+
+    def run(
+        self, conn: Connection, rows: Sequence[tuple[Any, ...]], scalars: Mapping[str, Any]
+    ) -> int:
+        extra = tuple(scalars.get(k, v) for k, v in self.constants.items())
+        params: Iterator[Any] = iter(rows)
+        if extra:
+            params = (row + extra for row in params)
+        if self.processors:
+            processors = self.processors
+
+            def process(row: tuple[Any, ...]) -> tuple[Any, ...]:
+                values = list(row)
+                for i, proc in processors:
+                    values[i] = proc(values[i])
+                return tuple(values)
+
+            params = map(process, params)
+        if not self.positional:
+            order = self.order
+            params = (dict(zip(order, row, strict=True)) for row in params)
+        elif not self.identity:
+            index = self.index
+            pick = operator.itemgetter(*index)
+            params = map(pick, params) if len(index) > 1 else ((r[index[0]],) for r in params)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        error = self.dialect.loaded_dbapi.Error
+        try:
+            cursor.executemany(self.sql, params)  # type: ignore[arg-type]  # any iterable
+            return int(cursor.rowcount)
+        except error as exc:
+            raise DBAPIError.instance(self.sql, None, exc, error) from exc
+        finally:
+            cursor.close()

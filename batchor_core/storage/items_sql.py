@@ -12,7 +12,6 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    DateTime,
     and_,
     bindparam,
     func,
@@ -36,6 +35,7 @@ from batchor_core.ports import (
     RetryCandidate,
 )
 from batchor_core.storage.dialects import executemany, insert_rows, values_in
+from batchor_core.storage.outcomes_sql import DONE, RETRY_UPDATE, done_row, retry_row
 from batchor_core.storage.results_sql import ResultOps
 from batchor_core.storage.schema import chunks, items, runs
 
@@ -218,6 +218,13 @@ class ItemOps(ResultOps):
             # Rows still change only while queued with the same submission number.
             # Each row changes only while queued with the same submission number; the
             # driver's rowcount says how many did, so counters never drift.
+            if len({o.seq for o in outcomes}) < len(outcomes):
+                # An item twice in one call: its first outcome counts, once (the others
+                # would find the row changed already, but must not count tokens twice).
+                first: dict[int, ItemOutcome] = {}
+                for o in outcomes:
+                    first.setdefault(o.seq, o)
+                outcomes = list(first.values())
             done = sorted((o for o in outcomes if o.status.is_terminal), key=lambda o: o.seq)
             retry = [o for o in outcomes if not o.status.is_terminal]
             counters: dict[str, Any] = {}
@@ -230,13 +237,10 @@ class ItemOps(ResultOps):
                     continue
                 n = 0
                 for part in range(0, len(group), BULK):  # bounded parameter lists
-                    n += executemany(
+                    n += DONE.execute(
                         conn,
-                        _DONE_UPDATE,
-                        (
-                            _outcome_params(run_id, o, finished=start + i)
-                            for i, o in group[part : part + BULK]
-                        ),
+                        [done_row(o, start + i) for i, o in group[part : part + BULK]],
+                        b_run=run_id,
                     )
                 changed += n
                 counters[column] = runs.c[column] + n
@@ -256,10 +260,8 @@ class ItemOps(ResultOps):
                 _add_usage(totals, (o for _, o in group))
             if retry:
                 n = sum(
-                    executemany(
-                        conn,
-                        _RETRY_UPDATE,
-                        (_outcome_params(run_id, o) for o in retry[part : part + BULK]),
+                    RETRY_UPDATE.execute(
+                        conn, [retry_row(o) for o in retry[part : part + BULK]], b_run=run_id
                     )
                     for part in range(0, len(retry), BULK)
                 )
@@ -465,65 +467,9 @@ def _bind(name: str) -> Any:
     return bindparam(name)
 
 
-_LIVE_ROW = and_(
-    items.c.run_id == bindparam("b_run"),
-    items.c.seq == bindparam("b_seq"),
-    items.c.status == QUEUED,
-    items.c.submissions == bindparam("b_sub"),
-)
-_DONE_UPDATE = (
-    update(items)
-    .where(_LIVE_ROW)
-    .values(
-        status=bindparam("b_status"),
-        output_json=bindparam("b_output"),
-        error_code=bindparam("b_code"),
-        error_message=bindparam("b_message"),
-        input_tokens=bindparam("b_in"),
-        output_tokens=bindparam("b_out"),
-        cached_input_tokens=bindparam("b_cached"),
-        reasoning_tokens=bindparam("b_reasoning"),
-        attempts=items.c.attempts + bindparam("b_spent"),
-        finished_seq=bindparam("b_finished"),
-    )
-)
-_RETRY_UPDATE = (
-    update(items)
-    .where(_LIVE_ROW)
-    .values(
-        status=RETRY,
-        error_code=bindparam("b_code"),
-        error_message=bindparam("b_message"),
-        attempts=items.c.attempts + bindparam("b_spent"),
-        free_resubmits=items.c.free_resubmits + (1 - bindparam("b_spent")),
-        not_before=bindparam("b_not_before", type_=DateTime(timezone=True)),
-    )
-)
-
 # What append_items inserts: the leading fields of a NewItem, then constants per kind of
 # row (a pending item is queued in its chunk, its first submission prepared; a rejected
 # one is finished, having spent its one attempt).
 _NEW_ITEM_COLUMNS = ("seq", "item_id", "payload_json", "metadata_json", "chunk_id")
 _QUEUED_ITEM = {"status": QUEUED, "attempts": 0, "submissions": 1, "free_resubmits": 0}
 _REJECTED_ITEM = {"attempts": 1, "submissions": 0, "free_resubmits": 0}
-
-
-def _outcome_params(run_id: str, o: ItemOutcome, *, finished: int | None = None) -> dict[str, Any]:
-    """One outcome's bind parameters (one dict per row: this runs once per item)."""
-    error, usage = o.error, o.usage
-    return {
-        "b_run": run_id,
-        "b_seq": o.seq,
-        "b_sub": o.submission,
-        "b_status": o.status.value,
-        "b_output": o.output_json,
-        "b_code": error.code if error else None,
-        "b_message": error.message if error else None,
-        "b_in": usage.input_tokens if usage else None,
-        "b_out": usage.output_tokens if usage else None,
-        "b_cached": usage.cached_input_tokens if usage else None,
-        "b_reasoning": usage.reasoning_tokens if usage else None,
-        "b_spent": 1 if o.spend_attempt else 0,
-        "b_not_before": o.retry_not_before,
-        "b_finished": finished,
-    }

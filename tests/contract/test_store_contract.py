@@ -177,6 +177,33 @@ def test_outcomes_apply_once_and_feed_counters_and_cursor(
     assert pending is not None and (pending.status, pending.finished_seq) == ("pending", 0)
 
 
+def test_an_item_repeated_in_one_part_is_recorded_once_for_its_first_outcome(
+    store: SQLStateStore, run_id: str
+) -> None:
+    # Postgres applies a part in one statement, the other stores row by row: both keep
+    # the first outcome of an item and count it once (tokens included).
+    chunk = _seed(store, run_id, 3)
+    submitted = dataclasses.replace(chunk, state=ChunkState.SUBMITTED, batch_id="b1")
+    assert store.save_chunk(submitted, expected=ChunkState.BUILDING)
+    outcomes = [
+        ItemOutcome(1, 1, ItemStatus.COMPLETED, output_json='"first"', usage=Usage(4, 2)),
+        ItemOutcome(0, 1, ItemStatus.COMPLETED, output_json='"a"', usage=Usage(1, 1)),
+        ItemOutcome(1, 1, ItemStatus.COMPLETED, output_json='"second"', usage=Usage(40, 20)),
+        ItemOutcome(2, 1, ItemStatus.PENDING, error=ItemError("http_500", "first")),
+        ItemOutcome(2, 1, ItemStatus.PENDING, error=ItemError("http_502", "second")),
+    ]
+    done = dataclasses.replace(submitted, state=ChunkState.COLLECTED)
+    assert store.record_outcomes(run_id, done, outcomes) == 3
+    run = store.load_run(run_id)
+    assert run is not None
+    assert (run.completed_items, run.input_tokens, run.output_tokens) == (2, 5, 3)
+    rows = store.read_results(run_id, after=0, limit=10)
+    assert [(r.item_id, r.output_json) for r in rows] == [("item-0", '"a"'), ("item-1", '"first"')]
+    assert [r.finished_seq for r in rows] == [1, 2]
+    retried = store.item_status(run_id, "item-2")
+    assert retried is not None and retried.error == ItemError("http_500", "first")
+
+
 def test_outcomes_recorded_in_parts_are_fenced_by_the_lease_and_replay_as_no_ops(
     store: SQLStateStore, run_id: str
 ) -> None:
@@ -411,3 +438,43 @@ def test_appended_rows_are_stored_column_for_column(store: SQLStateStore, run_id
     assert run is not None and (run.total_items, run.failed_items) == (4, 1)
     assert [q.seq for q in store.queued_items(odd, "c00000")] == [0, 1]
     assert store.existing_item_ids(run_id, ["plain", "item-0"]) == {"item-0"}
+
+
+def test_row_updates_apply_each_row_once_however_the_rows_are_split(
+    store: SQLStateStore, run_id: str
+) -> None:
+    # Postgres sends a call's rows as JSON, halving them past max_json_bytes (a part of
+    # large outputs); every store applies each row once, the first of a repeated key.
+    from sqlalchemy import BigInteger, Integer, Text, and_, bindparam, select, update
+
+    from batchor_core.storage.dialects import RowUpdate
+    from batchor_core.storage.schema import items
+
+    _seed(store, run_id, 6)
+    outputs = RowUpdate(
+        {"seq": BigInteger(), "sub": Integer(), "output": Text()},
+        lambda v: (
+            update(items)
+            .where(
+                and_(
+                    items.c.run_id == bindparam("b_run"),
+                    items.c.seq == v["seq"],
+                    items.c.submissions == v["sub"],
+                )
+            )
+            .values(output_json=v["output"])
+        ),
+        key=items.c.seq,
+        max_json_bytes=60,
+    )
+    rows = [(seq, 1, f'"output {seq} {"x" * 20}"') for seq in range(6)]
+    with store._tx() as conn:
+        assert (
+            outputs.execute(conn, [*rows, (2, 1, '"again"'), (5, 9, '"stale"')], b_run=run_id) == 6
+        )
+        stored = dict(
+            conn.execute(
+                select(items.c.seq, items.c.output_json).where(items.c.run_id == run_id)
+            ).all()
+        )
+    assert stored == {seq: output for seq, _, output in rows}

@@ -289,6 +289,16 @@ def test_unknown_endpoint(provider: OpenAIBatchProvider) -> None:
             {"prompt_tokens": "12", "completion_tokens": 5.0, "completion_tokens_details": True},
             Usage(0, 0, 0, 0),
         ),
+        # Booleans are ints to Python, not to us; 2**31 - 1 is the last count kept.
+        (
+            {
+                "prompt_tokens": True,
+                "completion_tokens": 2**31 - 1,
+                "prompt_tokens_details": {"cached_tokens": 2**31},
+                "completion_tokens_details": {"reasoning_tokens": False},
+            },
+            Usage(0, 2**31 - 1, 0, 0),
+        ),
         (
             {
                 "prompt_tokens": 12,

@@ -109,6 +109,9 @@ def test_seal_cuts_uncommitted_bytes_after_a_crash(tmp_path: Path) -> None:
 def test_custom_ids_round_trip_and_swap_keeps_body_bytes() -> None:
     assert parse_custom_id(custom_id(42, 3)) == (42, 3)
     assert parse_custom_id("foreign-id") is None
+    # Only ASCII digits: "²" is a digit to str.isdigit() but not to int().
+    for foreign in ("i\u00b2s1", "i\u0661s1", "i5s", "is1", "i5s1\n", "i-5s1", "I5s1"):
+        assert parse_custom_id(foreign) is None, foreign
     line = request_line("i5s1", b"/v1/chat/completions", b'{"a":"\\"quoted\\""}')
     swapped = swap_custom_id(line, "i5s2")
     assert swapped.startswith(b'{"custom_id":"i5s2"')

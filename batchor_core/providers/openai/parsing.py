@@ -91,7 +91,7 @@ def parse_line(endpoint: str, line: bytes) -> ParsedLine:
 
 
 def _chat(custom_id: str, body: JSONObject) -> ParsedLine:
-    usage = _usage(body.get("usage"), "prompt_tokens", "completion_tokens")
+    usage = _usage(body.get("usage"), _CHAT_USAGE)
     choices = body.get("choices")
     if not choices or type(choices) is not list or type(choices[0]) is not dict:
         return ParsedLine(
@@ -128,7 +128,7 @@ def _chat(custom_id: str, body: JSONObject) -> ParsedLine:
 
 
 def _responses(custom_id: str, body: JSONObject) -> ParsedLine:
-    usage = _usage(body.get("usage"), "input_tokens", "output_tokens")
+    usage = _usage(body.get("usage"), _RESPONSES_USAGE)
     status = body.get("status")
     error = body.get("error")
     if status == "failed" or error:
@@ -204,35 +204,44 @@ def _code_and_message(error: JSONObject) -> str:
 _MAX_COUNT = 2**31
 
 
-def _usage(raw: object, input_key: str, output_key: str) -> Usage | None:
-    """Usage from a chat (``prompt_tokens``, ``*_tokens_details``) or responses body."""
+# The usage keys of each endpoint: input, output, input details, output details.
+_CHAT_USAGE = (
+    "prompt_tokens",
+    "completion_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+)
+_RESPONSES_USAGE = (
+    "input_tokens",
+    "output_tokens",
+    "input_tokens_details",
+    "output_tokens_details",
+)
+
+
+def _usage(raw: object, keys: tuple[str, str, str, str]) -> Usage | None:
+    """Usage from a chat (``prompt_tokens``, ``*_tokens_details``) or responses body.
+
+    A count reads as 0 unless it is a plausible one (an int, not a bool, in
+    ``[0, 2**31)``): negative counts would lower a run's totals and cost; counts past
+    2**31 (no request comes near that) would not fit the per-item columns, and recording
+    the batch would then fail on every step, so the run could never go on. The rule is
+    written out for each count rather than called: this runs for every line.
+    """
     if type(raw) is not dict:
         return None
-    inp = raw.get(input_key)
-    out = raw.get(output_key)
-    prefix = "prompt" if input_key == "prompt_tokens" else "input"
-    out_prefix = "completion" if output_key == "completion_tokens" else "output"
+    inp = raw.get(keys[0])
+    out = raw.get(keys[1])
+    cached = raw.get(keys[2])
+    cached = cached.get("cached_tokens") if type(cached) is dict else None
+    reasoning = raw.get(keys[3])
+    reasoning = reasoning.get("reasoning_tokens") if type(reasoning) is dict else None
     return Usage(
-        input_tokens=_count(inp),
-        output_tokens=_count(out),
-        cached_input_tokens=_detail(raw, f"{prefix}_tokens_details", "cached_tokens"),
-        reasoning_tokens=_detail(raw, f"{out_prefix}_tokens_details", "reasoning_tokens"),
+        inp if type(inp) is int and 0 <= inp < _MAX_COUNT else 0,
+        out if type(out) is int and 0 <= out < _MAX_COUNT else 0,
+        cached if type(cached) is int and 0 <= cached < _MAX_COUNT else 0,
+        reasoning if type(reasoning) is int and 0 <= reasoning < _MAX_COUNT else 0,
     )
-
-
-def _detail(raw: JSONObject, group: str, key: str) -> int:
-    details = raw.get(group)
-    return _count(details.get(key) if type(details) is dict else None)
-
-
-def _count(value: object) -> int:
-    """A token count as the provider reports it, or 0 when it is not a plausible one.
-
-    Negative counts would lower a run's totals and cost; counts past 2**31 (no request
-    comes near that) would not fit the per-item columns, and recording the batch would
-    then fail on every step, so the run could never go on.
-    """
-    return value if type(value) is int and 0 <= value < _MAX_COUNT else 0
 
 
 def _snippet(line: bytes) -> str:
