@@ -29,7 +29,6 @@ from sqlalchemy import (
     literal_column,
     select,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
@@ -370,6 +369,20 @@ class RowUpdate:
         self.names = tuple(columns)
         self.max_json_bytes = max_json_bytes
         self._per_row = build({n: bindparam(f"r_{n}", type_=t) for n, t in columns.items()})
+        self._columns = dict(columns)
+        self._build = build
+        self._key = key
+        self._json: Update | None = None  # built on first use: only Postgres needs it
+        self._plans: weakref.WeakKeyDictionary[Dialect, _TuplePlan] = weakref.WeakKeyDictionary()
+
+    def _json_statement(self) -> Update:
+        """The Postgres statement: the rows arrive as one JSON array of arrays."""
+        if self._json is not None:
+            return self._json
+        # Imported here: a SQLite process never loads SQLAlchemy's Postgres dialect.
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        columns = self._columns
 
         def elements() -> Any:
             return func.jsonb_array_elements(
@@ -389,10 +402,10 @@ class RowUpdate:
         key_row = elements()
         first_type = next(iter(columns.values()))
         keys = select(func.array_agg(value(key_row, 0, first_type))).scalar_subquery()
-        self._json = build({n: rows.c[n] for n in self.names}).where(
-            key == any_(cast(keys, ARRAY(first_type)))
+        self._json = self._build({n: rows.c[n] for n in self.names}).where(
+            self._key == any_(cast(keys, ARRAY(first_type)))
         )
-        self._plans: weakref.WeakKeyDictionary[Dialect, _TuplePlan] = weakref.WeakKeyDictionary()
+        return self._json
 
     def execute(self, conn: Connection, rows: Sequence[tuple[Any, ...]], **scalars: Any) -> int:
         """Apply ``rows`` (tuples of values in ``columns`` order); return the rows changed.
@@ -422,7 +435,7 @@ class RowUpdate:
                 conn, rows[half:], scalars
             )
         params = {"rows_json": payload.decode(), **scalars}
-        return int(conn.execute(self._json, params).rowcount)
+        return int(conn.execute(self._json_statement(), params).rowcount)
 
 
 def _first_per_key(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
