@@ -184,6 +184,17 @@ def _short_validation(exc: ValidationError) -> str:
     return "output does not match the schema: " + "; ".join(parts) + more
 
 
+def _storable(error: ItemError) -> ItemError:
+    """``error`` with any NUL escaped (as ``\\x00``). Its text comes from the provider (an
+    error line's message, a refusal), and Postgres text columns refuse NUL: recording the
+    part would fail on every try, and the run could never go on."""
+    if "\x00" in error.message or "\x00" in error.code:
+        return ItemError(
+            error.code.replace("\x00", "\\x00"), error.message.replace("\x00", "\\x00")
+        )
+    return error
+
+
 @dataclass
 class OutcomeBuilder:
     """Decides each item's next status from what the provider returned.
@@ -204,6 +215,7 @@ class OutcomeBuilder:
         self, seq: int, submission: int, error: ItemError, usage: Usage | None = None
     ) -> ItemOutcome:
         """An attempt that ran and failed."""
+        error = _storable(error)
         spent, _free = self.attempts.get(seq, (0, 0))
         if self.cancelling:
             return ItemOutcome(seq, submission, ItemStatus.FAILED, error=error, usage=usage)
@@ -222,6 +234,7 @@ class OutcomeBuilder:
         self, seq: int, submission: int, error: ItemError, *, delay_seconds: float = 0.0
     ) -> ItemOutcome:
         """A request the provider never executed; resubmit for free while the bound allows."""
+        error = _storable(error)
         _spent, free = self.attempts.get(seq, (0, 0))
         if self.cancelling:
             return ItemOutcome(

@@ -59,7 +59,9 @@ def custom_id(seq: int, submission: int) -> str:
     return f"i{seq}s{submission}"
 
 
-_OUR_CUSTOM_ID = re.compile(r"i([0-9]+)s([0-9]+)").fullmatch
+# At most 18 digits of seq (BIGINT) and 9 of submission (INTEGER): a longer number is not
+# one we made, and taken for an item it would overflow the store's update (or int()).
+_OUR_CUSTOM_ID = re.compile(r"i([0-9]{1,18})s([0-9]{1,9})").fullmatch
 
 
 def parse_custom_id(value: str) -> tuple[int, int] | None:

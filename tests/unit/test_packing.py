@@ -175,3 +175,23 @@ def test_offer_packs_like_add_and_refuses_only_what_fits_no_chunk(tmp_path: Path
         with art.open_read(chunk_key("r", chunk.chunk_id)) as fh:
             written += fh.read()
     assert written == b"".join(lines)  # every line once, in order, none of the refused
+
+
+def test_custom_ids_too_long_for_the_store_are_not_ours() -> None:
+    """A line whose custom_id has more digits than a seq (BIGINT) or a submission
+    (INTEGER) can hold is not one of ours: taken for an item it made int() raise (past
+    4,300 digits) or the store's update overflow, failing the collection on every try."""
+    from functools import partial
+
+    from batchor_core.collect import LineSorter
+    from batchor_core.providers.openai.parsing import parse_line
+
+    assert parse_custom_id(custom_id(10**17, 10**8)) == (10**17, 10**8)
+    sorter = LineSorter(
+        parse=partial(parse_line, "/v1/chat/completions"), output_model=None, output_schema=None
+    )
+    body = b'"response":{"status_code":200,"body":{"choices":[{"message":{"content":"x"}}]}}'
+    for cid in ("i" + "9" * 5000 + "s1", "i" + "9" * 20 + "s1", "i1s" + "9" * 11, "i1s1"):
+        sorter.add(b'{"custom_id":"%s",%s}' % (cid.encode(), body))
+    successes, failures = sorter.take()
+    assert [(o.seq, o.submission) for o in successes] == [(1, 1)] and not failures
