@@ -316,18 +316,12 @@ def _typed_outputs(outputs: Sequence[str | None], typed: pa.Schema) -> pa.Table:
 def _typed_output_array(outputs: pa.Array, typed: pa.Schema) -> pa.Table:
     """:func:`_typed_outputs` for outputs already in an Arrow string array: the reader
     parses the array's own text buffer, one output per line, with no Python strings."""
-    import pyarrow as pa
     import pyarrow.compute as pc  # type: ignore[import-untyped]
 
     if not len(outputs):
         return _typed_outputs((), typed)
     lines = pc.binary_join_element_wise(pc.fill_null(outputs, "{}"), "", "\n")
-    _, offset_buffer, data = lines.buffers()
-    offsets = pa.Array.from_buffers(
-        pa.int32(), len(lines) + 1, [None, offset_buffer], offset=lines.offset
-    )
-    start, end = offsets[0].as_py(), offsets[-1].as_py()
-    table = _parse_lines(data.slice(start, end - start), len(outputs), typed)
+    table = _parse_line_array(lines, typed)
     if table is not None:
         return table
     return _python_outputs(outputs.to_pylist(), typed)  # unusual text: the same table, slower
@@ -337,20 +331,26 @@ def _typed_output_lines(lines: pa.Array, typed: pa.Schema) -> pa.Table:
     """:func:`_typed_outputs` for outputs as the SQLite Arrow reader's JSON lines (each
     output followed by a newline, ``{}`` for none): the array's text buffer is parsed
     as it is."""
-    import pyarrow as pa
-
     if not len(lines):
         return _typed_outputs((), typed)
+    table = _parse_line_array(lines, typed)
+    if table is not None:
+        return table
+    texts = [line[:-1] for line in lines.to_pylist()]  # "{}" for none parses as none
+    return _python_outputs(texts, typed)  # unusual text: the same table, slower
+
+
+def _parse_line_array(lines: pa.Array, typed: pa.Schema) -> pa.Table | None:
+    """Parse a string array whose values are JSON lines (each ending in a newline) from
+    its own text buffer; None when they are not one output per value."""
+    import pyarrow as pa
+
     _, offset_buffer, data = lines.buffers()
     offsets = pa.Array.from_buffers(
         pa.int32(), len(lines) + 1, [None, offset_buffer], offset=lines.offset
     )
     start, end = offsets[0].as_py(), offsets[-1].as_py()
-    table = _parse_lines(data.slice(start, end - start), len(lines), typed)
-    if table is not None:
-        return table
-    texts = [line[:-1] for line in lines.to_pylist()]  # "{}" for none parses as none
-    return _python_outputs(texts, typed)  # unusual text: the same table, slower
+    return _parse_lines(data.slice(start, end - start), len(lines), typed)
 
 
 def _parse_lines(data: pa.Buffer, rows: int, typed: pa.Schema) -> pa.Table | None:

@@ -142,12 +142,19 @@ def executemany(conn: Connection, stmt: UpdateBase, rows: Iterable[Mapping[str, 
         params = map(getter, prepared) if len(order) > 1 else ((getter(r),) for r in prepared)
     else:
         params = prepared
+    return _driver_executemany(conn, compiled.string, params)
+
+
+def _driver_executemany(conn: Connection, sql: str, params: Iterable[Any]) -> int:
+    """``sql`` once per parameter row on the driver's own cursor; driver errors are raised
+    as SQLAlchemy's ``DBAPIError`` subclasses. Returns the rows changed."""
+    dialect = conn.dialect
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.executemany(compiled.string, params)  # type: ignore[arg-type]  # any iterable
+        cursor.executemany(sql, params)  # type: ignore[arg-type]  # any iterable
         return int(cursor.rowcount)
     except dialect.loaded_dbapi.Error as exc:
-        raise DBAPIError.instance(compiled.string, None, exc, dialect.loaded_dbapi.Error) from exc
+        raise DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error) from exc
     finally:
         cursor.close()
 
@@ -195,14 +202,7 @@ def insert_rows(
     # The driver takes the row tuples in the statement's bind order, picked out in C.
     order = operator.itemgetter(*[names.index(n) for n in compiled.positiontup or []])
     params = map(order, rows) if len(names) > 1 else ((row[0],) for row in rows)
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.executemany(compiled.string, params)  # type: ignore[arg-type]  # any iterable
-        return int(cursor.rowcount)
-    except dialect.loaded_dbapi.Error as exc:
-        raise DBAPIError.instance(compiled.string, None, exc, dialect.loaded_dbapi.Error) from exc
-    finally:
-        cursor.close()
+    return _driver_executemany(conn, compiled.string, params)
 
 
 def _literal(type_: Any, dialect: Any, value: Any) -> str:
