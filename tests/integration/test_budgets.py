@@ -212,7 +212,10 @@ def test_a_run_waiting_on_a_run_no_process_advances_names_it(
     limits = {MODEL: EnqueueLimit(tokens=LIMIT)}
     with _runner(tmp_path, stepwise, enqueue_limits=limits) as gone:
         gone.start(_job(), items=_items(8, "a"), run_id="holder")
-    ttl = 0.3  # a run whose lease lapsed longer than this is not being advanced
+    # A run whose lease lapsed longer than this is not being advanced. Long enough that
+    # the holder, stepped just before this runner starts, is not flagged yet on a loaded
+    # machine (0.3 s was not: starting the waiter alone can take longer).
+    ttl = 2.0
     with BatchRunner(
         storage=SQLiteStorage(tmp_path / "runs.sqlite3"),
         artifacts=LocalArtifactStore(tmp_path / "artifacts"),
