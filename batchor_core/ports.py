@@ -8,6 +8,7 @@ The records that cross them live in :mod:`batchor_core.records` and are re-expor
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -226,6 +227,11 @@ class StateStore(Protocol):
 
     def create_run(self, record: RunRecord) -> RunRecord:
         """Insert ``record`` unless the run exists; return the stored run."""
+        ...
+
+    def read(self) -> AbstractContextManager[None]:
+        """A block whose reads (by this thread) come from one snapshot and wait for no
+        writer; a write inside it raises ``StorageError``. Blocks nest."""
         ...
 
     def load_run(self, run_id: str) -> RunRecord | None:

@@ -156,8 +156,10 @@ class Run:
 
     def summary(self) -> RunSummary:
         """Status, counts, usage and cost, read from the store (cheap at any size)."""
-        record = self._record()
-        stats = self._runner.storage.chunk_stats([self._run_id])[self._run_id]
+        storage = self._runner.storage
+        with storage.read():  # the run and its batches as of one moment; no writer waits
+            record = self._record()
+            stats = storage.chunk_stats([self._run_id])[self._run_id]
         return summarize(record, stats, self._runner.price_of(record))
 
     # ------------------------------------------------------------------ results

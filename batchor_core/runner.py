@@ -413,12 +413,13 @@ class BatchRunner:
         if status is not None:
             wanted = [status] if isinstance(status, str) else list(status)
             statuses = [RunStatus(s) for s in wanted]
-        records = self.storage.list_runs(
-            statuses=statuses, collected=collected, collected_after=collected_after
-        )
-        if owner is not None:
-            records = [r for r in records if _owned_by(r.owner, owner)]
-        stats = self.storage.chunk_stats([r.run_id for r in records])
+        with self.storage.read():  # runs and their batches as of one moment
+            records = self.storage.list_runs(
+                statuses=statuses, collected=collected, collected_after=collected_after
+            )
+            if owner is not None:
+                records = [r for r in records if _owned_by(r.owner, owner)]
+            stats = self.storage.chunk_stats([r.run_id for r in records])
         return [summarize(r, stats[r.run_id], self.price_of(r)) for r in records]
 
     def price_of(self, record: RunRecord) -> tuple[Price | None, str]:

@@ -33,7 +33,8 @@ def status(
     artifacts: ArtifactsOpt = None,
 ) -> int:
     """Show a run's status, counts, batches, tokens and error codes."""
-    with open_runner(settings(store, artifacts)) as runner:
+    # One snapshot, waiting for no writer: the counts agree with the error codes.
+    with open_runner(settings(store, artifacts)) as runner, runner.storage.read():
         run = runner.get_run(run_id)
         summary = run.summary()
         errors = run.error_counts()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +26,7 @@ from batchor_core.ports import (
     ChunkState,
     RunRecord,
 )
-from batchor_core.storage.dialects import make_engine
+from batchor_core.storage.dialects import ReadOnlyTransaction, make_engine
 from batchor_core.storage.migrate import ensure_current
 from batchor_core.storage.schema import chunks
 
@@ -32,6 +35,7 @@ __all__ = [
     "COUNTERS",
     "QUEUED",
     "RETRY",
+    "ReadTransaction",
     "StoreBase",
     "Transaction",
     "aware_utc",
@@ -94,6 +98,8 @@ class StoreBase:
 
     def __init__(self, url: str, *, create_tables: bool = True) -> None:
         self.url = url
+        # The connection of this thread's open read() block, if any.
+        self._reading = threading.local()
         try:
             self._engine: Engine = make_engine(url)
         except SQLAlchemyError as exc:
@@ -163,7 +169,43 @@ class StoreBase:
 
     # ------------------------------------------------------------------ helpers
 
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        """Read from one snapshot, without waiting for writers: ``with store.read(): ...``.
+
+        The store's reads made by this thread inside the block share one read-only
+        transaction, so they agree with each other (a run's counters and its batches,
+        say) and see the state last committed when the first of them ran. On SQLite it
+        takes no write lock: a collection committing meanwhile neither waits for it nor
+        makes it wait. Blocks nest (the outermost one holds the transaction). A write
+        to the store inside the block raises :class:`StorageError`: the block is for
+        reading only. Do not keep a block open across a ``yield``: the caller's code
+        would run inside it.
+
+        Raises:
+            StorageError: The store cannot be reached, or a write was attempted inside.
+        """
+        if getattr(self._reading, "conn", None) is not None:
+            yield
+            return
+        with ReadTransaction(self._engine, self._reading) as conn:
+            self._reading.conn = conn
+            try:
+                yield
+            finally:
+                self._reading.conn = None
+
+    def _read(self) -> ReadTransaction:
+        """A transaction for work that never writes: this thread's open :meth:`read`
+        block, else a read-only transaction of its own."""
+        return ReadTransaction(self._engine, self._reading)
+
     def _tx(self) -> Any:
+        if getattr(self._reading, "conn", None) is not None:
+            raise StorageError(
+                "cannot write to the batchor store inside its read() block: the block "
+                "is one read-only snapshot; write after it ends"
+            )
         return Transaction(self._engine)
 
     @staticmethod
@@ -240,3 +282,34 @@ class Transaction:
             raise StorageError(f"batchor store transaction failed: {err}") from err
         if isinstance(exc, SQLAlchemyError) and not isinstance(exc, IntegrityError):
             raise StorageError(f"batchor store operation failed: {exc}") from exc
+
+
+class ReadTransaction:
+    """A read-only transaction (see :class:`~batchor_core.storage.dialects.ReadOnlyTransaction`),
+    or the one of this thread's open ``read()`` block; SQLAlchemy errors become
+    StorageError at this edge (a write attempted in it among them)."""
+
+    def __init__(self, engine: Engine, reading: threading.local) -> None:
+        self._engine = engine
+        self._reading = reading
+        self._own: ReadOnlyTransaction | None = None
+
+    def __enter__(self) -> Connection:
+        bound: Connection | None = getattr(self._reading, "conn", None)
+        if bound is not None:
+            return bound
+        self._own = ReadOnlyTransaction(self._engine)
+        try:
+            return self._own.__enter__()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot reach the batchor store: {exc}") from exc
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._own is not None:
+            try:
+                self._own.__exit__(exc_type, exc, tb)
+            except SQLAlchemyError as err:
+                if err is not exc:
+                    raise StorageError(f"batchor store read failed: {err}") from err
+        if isinstance(exc, SQLAlchemyError):
+            raise StorageError(f"batchor store read failed: {exc}") from exc

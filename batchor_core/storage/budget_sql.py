@@ -38,14 +38,15 @@ def _lock_key(model: str) -> int:
 
 
 class BudgetOps:
-    """Mixed into :class:`SQLStateStore` (needs ``_tx`` and ``_swap_chunk``)."""
+    """Mixed into :class:`SQLStateStore` (needs ``_tx``, ``_read`` and ``_swap_chunk``)."""
 
     _tx: Any
+    _read: Any
     _swap_chunk: Any
 
     def in_flight_tokens(self, model: str) -> int:
         """Estimated tokens of the model's chunks in flight, over every run."""
-        with self._tx() as conn:
+        with self._read() as conn:
             return _in_flight(conn, model)
 
     def budget_holders(self, model: str) -> list[BudgetHolder]:
@@ -67,7 +68,7 @@ class BudgetOps:
             .group_by(runs.c.run_id, runs.c.status, runs.c.lease_owner, runs.c.lease_expires_at)
             .order_by(tokens.desc(), runs.c.run_id)
         )
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(query).mappings().all()
         holders = []
         for row in rows:

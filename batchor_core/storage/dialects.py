@@ -41,6 +41,7 @@ from batchor_core import jsoncodec
 
 __all__ = [
     "PreparedSelect",
+    "ReadOnlyTransaction",
     "RowUpdate",
     "executemany",
     "fetch_tuples",
@@ -54,7 +55,8 @@ def make_engine(url: str) -> Engine:
     """Create an engine with the settings batchor needs for ``url``'s dialect.
 
     SQLite: WAL, ``synchronous=NORMAL``, a busy timeout, and ``BEGIN IMMEDIATE`` for every
-    transaction so two processes never deadlock upgrading read locks to write locks.
+    transaction that may write, so two processes never deadlock upgrading read locks to
+    write locks; a :class:`ReadOnlyTransaction` begins deferred instead and cannot write.
     An in-memory SQLite URL shares one connection (the memory store).
     Postgres: a pre-pinged pool; conditional updates give the serialisation we need.
     """
@@ -96,7 +98,82 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.get_execution_options().get(_READ_ONLY):
+            # Deferred: WAL gives the transaction a snapshot at its first read and never
+            # makes it wait for the write lock, nor a writer for it. query_only makes a
+            # write in it fail at once (upgrading a deferred read to a write is what
+            # could deadlock two processes), until ReadOnlyTransaction turns it off.
+            conn.exec_driver_sql("BEGIN")
+            conn.connection.dbapi_connection.execute("PRAGMA query_only=1")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# Connection execution option: the transaction only reads (see ReadOnlyTransaction).
+_READ_ONLY = "batchor_read_only"
+
+
+class ReadOnlyTransaction:
+    """A transaction that only reads, on a connection of its own: one snapshot.
+
+    SQLite begins it deferred (``BEGIN``, not ``BEGIN IMMEDIATE``): in WAL mode it reads
+    the last committed state without the write lock, so it neither waits behind a
+    writer nor holds one up. ``PRAGMA query_only`` is on for its duration, so a write in
+    it fails at once (``attempt to write a readonly database``) rather than trying to
+    upgrade to the write lock. The busy timeout still bounds the rare waits a WAL
+    reader has (the WAL index being rebuilt after a crash).
+    Postgres: ``REPEATABLE READ READ ONLY``, so several statements see one snapshot
+    too, and a write fails at once.
+
+    Use it only for work that never writes, and not for a read that must be followed
+    by a write on the state it read (fencing): that belongs in the write transaction.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __enter__(self) -> Connection:
+        conn = self._engine.connect()
+        try:
+            name = conn.dialect.name
+            if name == "postgresql":
+                # Attributes of the driver's connection (no round trip), reset by the
+                # pool when the connection goes back.
+                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            elif name == "sqlite":
+                conn.execution_options(**{_READ_ONLY: True})
+            self._tx = conn.begin()
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        conn = self._conn
+        try:
+            if exc_type is None:
+                self._tx.commit()
+            else:
+                self._tx.rollback()
+        finally:
+            try:
+                if conn.dialect.name == "sqlite" and not conn.invalidated:
+                    _writable_again(conn)
+            finally:
+                conn.close()
+
+
+def _writable_again(conn: Connection) -> None:
+    """Turn ``query_only`` off, so the connection goes back to the pool writable; one
+    that cannot be is discarded instead."""
+    try:
+        # Straight to the driver: a statement through SQLAlchemy would begin another
+        # transaction.
+        conn.connection.dbapi_connection.execute("PRAGMA query_only=0")  # type: ignore[union-attr]
+    except Exception:
+        conn.invalidate()
+        raise
 
 
 def executemany(conn: Connection, stmt: UpdateBase, rows: Iterable[Mapping[str, Any]]) -> int:

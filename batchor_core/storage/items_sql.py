@@ -141,7 +141,7 @@ class ItemOps(ResultOps):
                     item_id=item_id,
                 )
             seen.add(item_id)
-        with self._tx() as conn:
+        with self._read() as conn:
             clash = conn.execute(
                 select(items.c.item_id)
                 .where(items.c.run_id == run_id, items.c.item_id.in_(ids[:30000]))
@@ -156,7 +156,7 @@ class ItemOps(ResultOps):
     def existing_item_ids(self, run_id: str, item_ids: Sequence[str]) -> set[str]:
         """Which of ``item_ids`` the run already has."""
         found: set[str] = set()
-        with self._tx() as conn:
+        with self._read() as conn:
             for start in range(0, len(item_ids), 20000):
                 part = item_ids[start : start + 20000]
                 found.update(
@@ -170,7 +170,7 @@ class ItemOps(ResultOps):
 
     def max_item_seq(self, run_id: str) -> int:
         """Highest item seq of the run, or -1."""
-        with self._tx() as conn:
+        with self._read() as conn:
             value = conn.execute(
                 select(func.max(items.c.seq)).where(items.c.run_id == run_id)
             ).scalar()
@@ -313,7 +313,7 @@ class ItemOps(ResultOps):
     def item_attempts(self, run_id: str, seqs: Sequence[int]) -> dict[int, tuple[int, int]]:
         """seq -> (attempts spent, free resubmits used), for the given items."""
         out: dict[int, tuple[int, int]] = {}
-        with self._tx() as conn:
+        with self._read() as conn:
             for start in range(0, len(seqs), 5000):
                 part = list(seqs[start : start + 5000])
                 for row in conn.execute(
@@ -326,7 +326,7 @@ class ItemOps(ResultOps):
 
     def queued_items(self, run_id: str, chunk_id: str) -> list[QueuedItem]:
         """Items still queued in ``chunk_id``, with their attempt bookkeeping."""
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(
                     items.c.seq, items.c.submissions, items.c.attempts, items.c.free_resubmits
@@ -342,7 +342,7 @@ class ItemOps(ResultOps):
         self, run_id: str, *, now: datetime, limit: int, after_seq: int = -1
     ) -> list[RetryCandidate]:
         """Items waiting for a retry whose backoff has passed, in seq order."""
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(items.c.seq, items.c.chunk_id, items.c.submissions, items.c.not_before)
                 .where(
@@ -364,7 +364,7 @@ class ItemOps(ResultOps):
 
     def next_retry_time(self, run_id: str) -> datetime | None:
         """Earliest backoff end among items waiting for a retry."""
-        with self._tx() as conn:
+        with self._read() as conn:
             value = conn.execute(
                 select(func.min(items.c.not_before)).where(
                     items.c.run_id == run_id,
@@ -376,7 +376,7 @@ class ItemOps(ResultOps):
 
     def count_retry(self, run_id: str) -> int:
         """How many items wait for a retry."""
-        with self._tx() as conn:
+        with self._read() as conn:
             return int(
                 conn.execute(
                     select(func.count())

@@ -37,6 +37,7 @@ from sqlalchemy.sql import column, table
 
 from batchor_core.errors import ConfigurationError
 from batchor_core.storage import schema
+from batchor_core.storage.dialects import ReadOnlyTransaction
 
 __all__ = ["MIGRATIONS", "VERSION_TABLE", "ensure_current", "known_revisions"]
 
@@ -84,7 +85,9 @@ def ensure_current(
     """
     revisions = known_revisions(directory)
     head = revisions[-1]
-    with engine.begin() as conn:
+    # Read-only first: opening a current store (every CLI command does) waits for no
+    # writer; only an upgrade takes the write lock below.
+    with ReadOnlyTransaction(engine) as conn:
         current = _current(conn)
     if current == head:
         return head

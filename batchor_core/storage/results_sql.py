@@ -30,7 +30,7 @@ class ResultOps(StoreBase):
         The hot read-back path: only the needed columns, and the driver's tuples taken
         as they are (finished rows hold a terminal status, which is its public value).
         """
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = _RESULTS_PAGE.fetch(conn, run_id=run_id, after=after, limit=limit)
         return list(map(_as_result_row, rows))
 
@@ -58,7 +58,7 @@ class ResultOps(StoreBase):
             finished_after=finished_after,
             fields=fields,
         )
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = fetch_tuples(conn, query)
         got: dict[str, Any] = dict.fromkeys(_RESULT_FIELDS)
         for i, name in enumerate(wanted, start=1):  # column by column, in C (zip(*rows) is slower)
@@ -67,7 +67,7 @@ class ResultOps(StoreBase):
 
     def item_status(self, run_id: str, item_id: str) -> ResultRow | None:
         """One item by id (an internal state reads as ``pending``, with cursor 0)."""
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 select(*_RESULT_ROW_COLUMNS).where(
                     items.c.run_id == run_id, items.c.item_id == item_id
@@ -75,7 +75,7 @@ class ResultOps(StoreBase):
             ).first()
         if row is None:
             return None
-        got = ResultRow(*row)
+        got = ResultRow._make(row)
         return got._replace(
             status=public_status(got.status).value, finished_seq=got.finished_seq or 0
         )

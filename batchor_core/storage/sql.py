@@ -122,13 +122,13 @@ class SQLStateStore(BudgetOps, ItemOps):
 
     def load_run(self, run_id: str) -> RunRecord | None:
         """The run, or None."""
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(_RUNS_WITH_MARKER.where(runs.c.run_id == run_id)).first()
         return None if row is None else self._run_from_row(row._mapping)
 
     def list_run_ids(self) -> list[str]:
         """Every run id, oldest first."""
-        with self._tx() as conn:
+        with self._read() as conn:
             return list(conn.execute(select(runs.c.run_id).order_by(runs.c.created_at)).scalars())
 
     def list_runs(
@@ -151,7 +151,7 @@ class SQLStateStore(BudgetOps, ItemOps):
             stmt = stmt.where(collections.c.run_id.is_(None))
         if run_ids is not None:
             stmt = stmt.where(runs.c.run_id.in_(list(run_ids)))
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(stmt.order_by(runs.c.created_at, runs.c.run_id)).all()
         return [self._run_from_row(r._mapping) for r in rows]
 
@@ -164,7 +164,7 @@ class SQLStateStore(BudgetOps, ItemOps):
         latest: dict[str, tuple[datetime, str | None]] = {}
         submitted = ChunkState.SUBMITTED.value
         collected = ChunkState.COLLECTED.value
-        with self._tx() as conn:
+        with self._read() as conn:
             for start in range(0, len(wanted), 500):
                 rows = conn.execute(
                     select(
@@ -247,7 +247,7 @@ class SQLStateStore(BudgetOps, ItemOps):
 
     def error_counts(self, run_id: str) -> dict[str, int]:
         """Error codes of failed and cancelled items, with how many items carry each."""
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(items.c.error_code, func.count())
                 .where(
@@ -406,7 +406,7 @@ class SQLStateStore(BudgetOps, ItemOps):
 
     def chunks_with_pending_items(self, run_id: str) -> set[str]:
         """Chunks still holding the request line of a queued or retrying item."""
-        with self._tx() as conn:
+        with self._read() as conn:
             return {
                 str(c)
                 for c in conn.execute(
@@ -456,7 +456,7 @@ class SQLStateStore(BudgetOps, ItemOps):
         stmt = select(chunks).where(chunks.c.run_id == run_id)
         if states is not None:
             stmt = stmt.where(chunks.c.state.in_([s.value for s in states]))
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(stmt.order_by(chunks.c.seq)).all()
         return [self._chunk_from_row(r._mapping) for r in rows]
 
