@@ -38,6 +38,8 @@ RECORD_BATCH = 2_000
 """Outcomes recorded per transaction while a chunk is collected (bounds its memory)."""
 NEVER_RAN_CODES = frozenset({"batch_expired", "batch_cancelled"})
 _NO_OUTPUT = ItemError("empty_output", "no output")
+_COMPLETED = ItemStatus.COMPLETED
+_new_tuple = tuple.__new__
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"([^"\\]{1,200})"')
 
 
@@ -162,8 +164,13 @@ class LineSorter:
             except ValidationError as exc:
                 self.failures.append((seq, sub, _invalid_output(exc), parsed.usage))
             else:
+                # ItemOutcome(seq, sub, COMPLETED, text, None, usage), built without the
+                # named tuple's Python-level __new__ (all eight fields, defaults included).
                 self.successes.append(
-                    ItemOutcome(seq, sub, ItemStatus.COMPLETED, text, None, parsed.usage)
+                    _new_tuple(
+                        ItemOutcome,
+                        (seq, sub, _COMPLETED, text, None, parsed.usage, True, None),
+                    )
                 )
         else:
             output_json, error = validate_output(text, None, self._schema)

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from batchor_core import failpoints
 from batchor_core.collect import RECORD_BATCH, LineSorter, OutcomeBuilder
+from batchor_core.gcpause import gc_paused
 from batchor_core.jobspec import retry_policy
 from batchor_core.lease import LeaseKeeper
 from batchor_core.models import ItemError, RetryPolicy, Usage
@@ -127,7 +128,9 @@ class ChunkCollector:
                 stream = self.lease.renewing(run.run_id, self.provider.download_file(file_id))
                 self.artifacts.write_stream(key, stream)
                 failpoints.reach("collect.downloaded")
-            with self.artifacts.open_read(key) as fh:
+            # A file's lines are parsed into objects that die by reference counting:
+            # the cycle collector is paused while it is read (see gcpause).
+            with self.artifacts.open_read(key) as fh, gc_paused():
                 for raw in fh:
                     # Record in parts, checked before adding a line so that at least
                     # one outcome is left for the last part: the items of a chunk never

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 from batchor_core.artifacts import LocalArtifactStore
 from batchor_core.clock import SystemClock
 from batchor_core.errors import ConfigurationError
+from batchor_core.gcpause import gc_paused
 from batchor_core.ports import ArtifactStore, BatchProvider, Clock, StateStore
 from batchor_core.providers.openai.config import OpenAIProviderConfig
 from batchor_core.storage import MemoryStateStore, PostgresStorage, SQLiteStorage
@@ -199,7 +200,10 @@ class DeferredOpenAIProvider:
     def _real(self) -> OpenAIBatchProvider:
         with self._lock:
             if self._provider is None:
-                from batchor_core.providers.openai import OpenAIBatchProvider
+                # Importing the SDK builds a few hundred thousand objects, none of them
+                # garbage: collecting cycles meanwhile only costs time (see gcpause).
+                with gc_paused():
+                    from batchor_core.providers.openai import OpenAIBatchProvider
 
                 self._provider = OpenAIBatchProvider(self._config)
             return self._provider

@@ -21,6 +21,7 @@ import orjson
 from batchor_core import failpoints, jsoncodec, tokens
 from batchor_core.budget import enqueue_limit
 from batchor_core.errors import InvalidItemError, SourceChangedError, SourceError
+from batchor_core.gcpause import gc_paused
 from batchor_core.jobspec import chunk_policy
 from batchor_core.lease import LeaseKeeper
 from batchor_core.models import (
@@ -279,27 +280,35 @@ class Ingestor:
         added = 0
         started = time.monotonic()
         last_log = started
+        slices = source.read_slices(run.source_checkpoint, slice_size=self._slice_size)
         try:
-            for piece in source.read_slices(run.source_checkpoint, slice_size=self._slice_size):
-                rows = build.rows(piece, next_seq)
-                next_seq += len(rows)
-                touched = packer.sync()
-                failpoints.reach("ingest.lines_written")
-                self._lease.renew(run_id)  # renew; a lost lease stops the ingest here
-                self._store.append_items(
-                    run_id,
-                    rows,
-                    chunks=touched,
-                    checkpoint=dict(piece.checkpoint),
-                    lease_owner=self._lease.owner,
-                )
-                failpoints.reach("ingest.slice_committed")
+            while True:
+                # Reading, building and committing a slice: its objects die by reference
+                # counting, so the cycle collector is paused for it (see gcpause).
+                with gc_paused():
+                    piece = next(slices, None)
+                    if piece is None:
+                        break
+                    rows = build.rows(piece, next_seq)
+                    next_seq += len(rows)
+                    touched = packer.sync()
+                    failpoints.reach("ingest.lines_written")
+                    self._lease.renew(run_id)  # renew; a lost lease stops the ingest here
+                    self._store.append_items(
+                        run_id,
+                        rows,
+                        chunks=touched,
+                        checkpoint=dict(piece.checkpoint),
+                        lease_owner=self._lease.owner,
+                    )
+                    failpoints.reach("ingest.slice_committed")
+                    count = len(rows)
+                    # Let this slice go before the next is read: holding both raised the
+                    # peak RSS of a run by 2 MB.
+                    del piece, rows, touched
                 if packer.after_commit() and on_sealed is not None:
                     on_sealed()
-                added += len(rows)
-                # Let this slice go before the next is read: holding both raised the
-                # peak RSS of a run by 2 MB.
-                del piece, rows, touched
+                added += count
                 if on_slice is not None:
                     on_slice()
                 if self._stop_requested(run_id):
@@ -389,12 +398,16 @@ class _RowBuilder:
         # The default estimate is estimate_line_tokens, one len(): computed inline.
         by_length = estimate is tokens.estimate_line_tokens
         per_token = tokens.BYTES_PER_TOKEN
+        new_tuple, pending, odumps = tuple.__new__, ItemStatus.PENDING, orjson.dumps
         for item, item_id, where in zip(items, ids, locations, strict=True):
             problem = None if clean else _id_problem(item_id, where, seen, existing)
             payload_json, metadata_json = "{}", None
             if problem is None:
                 try:
-                    payload_json = dumps_text(item.payload)
+                    try:  # dumps_text, inline: orjson, else its standard-library fallback
+                        payload_json = odumps(item.payload).decode()
+                    except TypeError:
+                        payload_json = dumps_text(item.payload)
                     if item.metadata is not None:
                         metadata_json = dumps_text(item.metadata)
                 except (TypeError, ValueError) as exc:
@@ -414,7 +427,22 @@ class _RowBuilder:
                         )
                         chunk_id = offer(line, n_tokens)
                         if chunk_id is not None:
-                            append(NewItem(seq, item_id, payload_json, metadata_json, chunk_id))
+                            # NewItem(seq, item_id, payload_json, metadata_json, chunk_id),
+                            # without the named tuple's Python-level __new__.
+                            append(
+                                new_tuple(
+                                    NewItem,
+                                    (
+                                        seq,
+                                        item_id,
+                                        payload_json,
+                                        metadata_json,
+                                        chunk_id,
+                                        pending,
+                                        None,
+                                    ),
+                                )
+                            )
                             if not clean:
                                 seen.add(item_id)
                             seq += 1

@@ -23,13 +23,18 @@ and raises :class:`~batchor_core.errors.ProviderError`: the file is corrupt.
 
 from __future__ import annotations
 
-from batchor_core import jsoncodec
+import orjson
+
 from batchor_core.errors import ConfigurationError, ProviderError
 from batchor_core.models import Endpoint, ItemError, JSONObject, Usage
 from batchor_core.ports import ParsedLine
 
 __all__ = ["parse_line"]
 
+# jsoncodec.loads without its Python frame (one call per line).
+_loads = orjson.loads
+# ParsedLine(...) without the named tuple's Python-level __new__ (one per line).
+_new_tuple = tuple.__new__
 _CHAT = Endpoint.CHAT_COMPLETIONS.value
 _RESPONSES = Endpoint.RESPONSES.value
 _SNIPPET = 200
@@ -52,7 +57,7 @@ def parse_line(endpoint: str, line: bytes) -> ParsedLine:
     if endpoint != _CHAT and endpoint != _RESPONSES:
         raise ConfigurationError(f"Cannot parse results of unsupported endpoint {endpoint!r}")
     try:
-        obj = jsoncodec.loads(line)
+        obj = _loads(line)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ProviderError(
             f"Batch result line is not valid JSON ({exc}): {_snippet(line)}", retryable=False
@@ -124,7 +129,7 @@ def _chat(custom_id: str, body: JSONObject) -> ParsedLine:
             ItemError("empty_output", f"response has no message content (finish_reason={finish})"),
             usage,
         )
-    return ParsedLine(custom_id, content, None, usage)
+    return _new_tuple(ParsedLine, (custom_id, content, None, usage))
 
 
 def _responses(custom_id: str, body: JSONObject) -> ParsedLine:
@@ -236,12 +241,25 @@ def _usage(raw: object, keys: tuple[str, str, str, str]) -> Usage | None:
     cached = cached.get("cached_tokens") if type(cached) is dict else None
     reasoning = raw.get(keys[3])
     reasoning = reasoning.get("reasoning_tokens") if type(reasoning) is dict else None
-    return Usage(
+    counts = (
         inp if type(inp) is int and 0 <= inp < _MAX_COUNT else 0,
         out if type(out) is int and 0 <= out < _MAX_COUNT else 0,
         cached if type(cached) is int and 0 <= cached < _MAX_COUNT else 0,
         reasoning if type(reasoning) is int and 0 <= reasoning < _MAX_COUNT else 0,
     )
+    usage = _USAGES.get(counts)
+    if usage is None:
+        if len(_USAGES) >= _USAGES_KEPT:
+            _USAGES.clear()
+        usage = _USAGES[counts] = Usage(*counts)
+    return usage
+
+
+# Usage is frozen, so lines with the same counts can share one: building a frozen
+# dataclass costs about five times a dict lookup, and the lines of one run repeat their
+# counts (similar prompts, short structured outputs). Bounded: cleared when full.
+_USAGES: dict[tuple[int, int, int, int], Usage] = {}
+_USAGES_KEPT = 4096
 
 
 def _snippet(line: bytes) -> str:
