@@ -446,6 +446,7 @@ def test_a_0002_store_with_a_run_in_flight_is_upgraded_and_the_run_finishes(
             before = run.summary()
         assert before.status is RunStatus.RUNNING and before.batches_in_flight > 0
         # Take the store back to what batchor wrote at revision 0002.
+        _back_to_0003(fresh_url)
         engine = create_engine(fresh_url)
         with engine.begin() as conn:
             conn.execute(text("DROP INDEX ix_batchor_chunks_model_state"))
@@ -478,3 +479,331 @@ def test_a_0002_store_with_a_run_in_flight_is_upgraded_and_the_run_finishes(
             final = run.wait(timeout=60, poll_interval=0.01)
             assert final.status is RunStatus.COMPLETED and final.completed_items == 9
             assert new.storage.in_flight_tokens("gpt-4o-mini") == 0
+
+
+# ---------------------------------------------------------------------------- revision 0004
+
+# The items table as batchor wrote it at revision 0003 (0001's, plus 0003's two columns),
+# to take a store back to 0003; a test checks it against what the 0003 scripts build.
+_ITEM_FIELDS = (
+    "seq",
+    "item_id",
+    "payload_json",
+    "metadata_json",
+    "status",
+    "chunk_id",
+    "attempts",
+    "submissions",
+    "free_resubmits",
+    "not_before",
+    "output_json",
+    "error_code",
+    "error_message",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "finished_seq",
+)
+
+
+def _items_0003() -> Any:
+    import sqlalchemy as sa
+
+    ts = sa.DateTime(timezone=True)
+    finished = sa.text("finished_seq IS NOT NULL")
+    return sa.Table(
+        "batchor_items",
+        sa.MetaData(),
+        sa.Column("run_id", sa.String(512), primary_key=True),
+        sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("item_id", sa.String(512), nullable=False),
+        sa.Column("payload_json", sa.Text, nullable=False),
+        sa.Column("metadata_json", sa.Text),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("chunk_id", sa.String(64)),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("submissions", sa.Integer, nullable=False),
+        sa.Column("free_resubmits", sa.Integer, nullable=False),
+        sa.Column("not_before", ts),
+        sa.Column("output_json", sa.Text),
+        sa.Column("error_code", sa.String(64)),
+        sa.Column("error_message", sa.Text),
+        sa.Column("input_tokens", sa.Integer),
+        sa.Column("output_tokens", sa.Integer),
+        sa.Column("finished_seq", sa.BigInteger),
+        sa.Column("cached_input_tokens", sa.Integer),
+        sa.Column("reasoning_tokens", sa.Integer),
+        sa.UniqueConstraint("run_id", "item_id", name="uq_batchor_items_item_id"),
+        sa.Index("ix_batchor_items_chunk", "run_id", "chunk_id"),
+        sa.Index(
+            "ix_batchor_items_finished",
+            "run_id",
+            "finished_seq",
+            sqlite_where=finished,
+            postgresql_where=finished,
+        ),
+    )
+
+
+def _back_to_0003(url: str) -> None:
+    """Rewrite a head store as batchor wrote it at revision 0003, rows and all."""
+    fields = ", ".join(_ITEM_FIELDS)
+    picked = ", ".join(f"h.{f}" for f in _ITEM_FIELDS)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_batchor_items_chunk"))
+        conn.execute(text("DROP INDEX ix_batchor_items_finished"))
+        conn.execute(text("ALTER TABLE batchor_items RENAME TO batchor_items_head"))
+        if conn.dialect.name == "postgresql":  # their index names are the old table's
+            conn.execute(text("ALTER TABLE batchor_items_head DROP CONSTRAINT batchor_items_pkey"))
+            conn.execute(
+                text("ALTER TABLE batchor_items_head DROP CONSTRAINT uq_batchor_items_item_id")
+            )
+        _items_0003().create(conn)
+        conn.execute(
+            text(
+                f"INSERT INTO batchor_items (run_id, {fields}) SELECT r.run_id, {picked} "
+                "FROM batchor_items_head h JOIN batchor_runs r ON r.run_key = h.run_key"
+            )
+        )
+        conn.execute(text("DROP TABLE batchor_items_head"))
+        conn.execute(text("DROP INDEX ux_batchor_runs_run_key"))
+        conn.execute(text("ALTER TABLE batchor_runs DROP COLUMN run_key"))
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0003'"))
+    engine.dispose()
+
+
+def _dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of runs, chunks and items (items by run id), in a stable order."""
+    from sqlalchemy import inspect
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            keyed = "run_key" in {c["name"] for c in inspect(conn).get_columns("batchor_items")}
+            on = "r.run_key = i.run_key" if keyed else "r.run_id = i.run_id"
+            fields = ", ".join(f"i.{f}" for f in _ITEM_FIELDS)
+            run_columns = ", ".join(
+                c["name"]
+                for c in inspect(conn).get_columns("batchor_runs")
+                if c["name"] != "run_key"
+            )
+            return {
+                "items": list(
+                    conn.execute(
+                        text(
+                            f"SELECT r.run_id, {fields} FROM batchor_items i "
+                            f"JOIN batchor_runs r ON {on} ORDER BY r.run_id, i.seq"
+                        )
+                    ).all()
+                ),
+                "runs": list(
+                    conn.execute(
+                        text(f"SELECT {run_columns} FROM batchor_runs ORDER BY run_id")
+                    ).all()
+                ),
+                "chunks": list(
+                    conn.execute(
+                        text("SELECT * FROM batchor_chunks ORDER BY run_id, chunk_id")
+                    ).all()
+                ),
+            }
+    finally:
+        engine.dispose()
+
+
+def _shape(url: str) -> dict[str, Any]:
+    """Columns, keys and indexes of every batchor table, as SQLAlchemy reflects them."""
+    from sqlalchemy import inspect
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = inspect(conn)
+            return {
+                name: (
+                    sorted(
+                        (c["name"], str(c["type"]), c["nullable"]) for c in found.get_columns(name)
+                    ),
+                    found.get_pk_constraint(name)["constrained_columns"],
+                    sorted(
+                        (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                        for i in found.get_indexes(name)
+                    ),
+                    sorted(
+                        (u["name"], tuple(u["column_names"]))
+                        for u in found.get_unique_constraints(name)
+                    ),
+                )
+                for name in sorted(found.get_table_names())
+            }
+    finally:
+        engine.dispose()
+
+
+def test_a_store_taken_back_to_0003_has_the_schema_the_0003_scripts_build(
+    tmp_path: Path,
+) -> None:
+    # What the migration tests start from is what batchor 0003 really wrote.
+    scripts = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    for later in (scripts / "versions").glob("rev_000[4-9]_*.py"):
+        later.unlink()
+    reference = f"sqlite:///{tmp_path / 'ref.sqlite3'}"
+    engine = create_engine(reference)
+    assert ensure_current(engine, where="ref", directory=scripts, create_fresh=False) == "0003"
+    engine.dispose()
+    ours = f"sqlite:///{tmp_path / 'ours.sqlite3'}"
+    _open(ours).close()
+    _back_to_0003(ours)
+    assert _shape(ours) == _shape(reference)
+
+
+def test_a_0003_store_with_runs_in_every_state_is_upgraded_row_for_row_and_goes_on(
+    fresh_url: str, tmp_path: Path
+) -> None:
+    from batchor_core import ChunkPolicy
+    from batchor_core.testing import OpenAIEmulator
+
+    job = BatchJob(
+        model="gpt-4o-mini",
+        build_prompt=lambda item: f"t: {item.payload['t']}",
+        chunk_policy=ChunkPolicy(max_requests=3),
+    )
+    # Ids that share prefixes, and one as long as a run id may be.
+    done_id, live_id, idle_id = "r", "r-" + "x" * 198, "r-"
+    with OpenAIEmulator(processing="stepwise", in_progress_polls=2, seed=5) as emu:
+        emu.faults.line_fault(contains='t: 1"', kind="error")  # failed for good
+        emu.faults.line_fault(contains='t: 2"', kind="server_error", times=1)  # retried
+
+        def runner() -> BatchRunner:
+            return BatchRunner(
+                storage=_open(fresh_url),
+                artifacts=LocalArtifactStore(tmp_path / "artifacts"),
+                provider=OpenAIProviderConfig(api_key="sk-test", base_url=emu.base_url),
+                create_grace_seconds=0.0,
+            )
+
+        def items(tag: str) -> list[BatchItem]:
+            return [BatchItem(f"{tag}{n}", {"t": n}, metadata={"n": n}) for n in range(9)]
+
+        with runner() as old:
+            done = old.start(job, items=items("d"), run_id=done_id)
+            assert done.wait(timeout=60, poll_interval=0.01).status is RunStatus.COMPLETED
+            live = old.start(job, items=items("l"), run_id=live_id)
+            while live.summary().completed_items == 0:  # results recorded, batches in flight
+                live.refresh()
+            old.start(job, items=items("i"), run_id=idle_id)  # ingested, never advanced
+            before = {r: old.get_run(r).summary() for r in (done_id, live_id, idle_id)}
+            results = {r: list(old.get_run(r).results()) for r in (done_id, live_id, idle_id)}
+        assert before[live_id].batches_in_flight > 0
+        assert before[done_id].failed_items == 1 and before[done_id].completed_items == 8
+        rows = _dump(fresh_url)
+        assert {r[0] for r in rows["items"]} == {done_id, live_id, idle_id}
+        assert any(r[5] == "retry" or r[8] > 1 for r in rows["items"])  # a retried item
+        _back_to_0003(fresh_url)
+        assert _dump(fresh_url) == rows
+
+        with runner() as new:  # upgraded on open
+            assert new.storage.schema_revision == MIGRATIONS_HEAD
+            assert _dump(fresh_url) == rows
+            for run_id in (done_id, live_id, idle_id):
+                run = new.get_run(run_id)
+                assert run.summary() == before[run_id]
+                assert list(run.results()) == results[run_id]
+            for run_id in (live_id, idle_id):
+                final = new.get_run(run_id).wait(timeout=60, poll_interval=0.01)
+                assert (final.status, final.completed_items, final.failed_items) == (
+                    RunStatus.COMPLETED,
+                    8,
+                    1,
+                )
+            engine = create_engine(fresh_url)
+            with engine.connect() as conn:  # numbered in creation order
+                keys = conn.execute(
+                    text("SELECT run_id, run_key FROM batchor_runs ORDER BY created_at")
+                ).all()
+            engine.dispose()
+            assert [k for _, k in keys] == [1, 2, 3]
+            assert [r for r, _ in keys] == [done_id, live_id, idle_id]
+
+
+def test_an_upgrade_that_fails_midway_leaves_the_store_at_0003(fresh_url: str) -> None:
+    from batchor_core.errors import StorageError
+
+    store = _open(fresh_url)
+    _finished_write(store)
+    store.close()
+    _back_to_0003(fresh_url)
+    engine = create_engine(fresh_url)
+    with engine.begin() as conn:  # an item of a run that is not there stops the copy
+        conn.execute(
+            text(
+                "INSERT INTO batchor_items (run_id, seq, item_id, payload_json, status, "
+                "attempts, submissions, free_resubmits) "
+                "VALUES ('gone', 0, 'a', '{}', 'queued', 0, 1, 0)"
+            )
+        )
+    engine.dispose()
+    before = _shape(fresh_url)
+    with pytest.raises(StorageError, match="stays at revision 0003"):
+        _open(fresh_url)
+    assert _shape(fresh_url) == before
+    engine = create_engine(fresh_url)
+    with engine.connect() as conn:
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0003"
+    engine.dispose()
+
+
+def test_runs_created_at_once_get_distinct_keys(fresh_url: str) -> None:
+    from batchor_core.jobspec import job_spec
+    from batchor_core.ports import RunRecord
+    from batchor_core.testing import FakeBatchProvider
+
+    spec, fingerprint = job_spec(_job(), FakeBatchProvider())
+    stores = [_open(fresh_url) for _ in range(4)]
+    barrier = threading.Barrier(16)
+    errors: list[BaseException] = []
+
+    def create(store: SQLStateStore, n: int) -> None:
+        now = _now()
+        record = RunRecord(
+            run_id=f"run-{n}",
+            status=RunStatus.RUNNING,
+            status_reason=None,
+            job_spec=spec,
+            job_fingerprint=fingerprint,
+            source_identity=None,
+            source_checkpoint=None,
+            ingest_complete=False,
+            total_items=0,
+            completed_items=0,
+            failed_items=0,
+            cancelled_items=0,
+            input_tokens=0,
+            output_tokens=0,
+            owner=None,
+            created_at=now,
+            updated_at=now,
+        )
+        barrier.wait()
+        try:
+            store.create_run(record)
+        except BaseException as exc:  # what the test exists to catch
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(stores[n % 4], n)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for s in stores:
+        s.close()
+    assert errors == []
+    engine = create_engine(fresh_url)
+    with engine.connect() as conn:
+        keys = conn.execute(text("SELECT run_id, run_key FROM batchor_runs")).all()
+    engine.dispose()
+    assert sorted(k for _, k in keys) == list(range(1, 17))
+    assert sorted(r for r, _ in keys) == sorted(f"run-{n}" for n in range(16))
