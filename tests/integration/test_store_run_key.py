@@ -38,7 +38,7 @@ from tests.integration.test_store_schema import (
 pytestmark = pytest.mark.integration
 
 
-def test_a_store_takenback_to_0003_has_the_schema_the_0003_scripts_build(
+def test_a_store_taken_back_to_0003_has_the_schema_the_0003_scripts_build(
     tmp_path: Path,
 ) -> None:
     # What the migration tests start from is what batchor 0003 really wrote.
