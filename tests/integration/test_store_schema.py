@@ -315,7 +315,7 @@ def test_sqlite_wal_and_shm_files_are_private(tmp_path: Path) -> None:
         os.umask(old)
 
 
-def _finished_write(store: SQLStateStore) -> None:
+def _finished_write(store: SQLStateStore, run_id: str = "r") -> None:
     from batchor_core.jobspec import job_spec
     from batchor_core.ports import RunRecord
     from batchor_core.testing import FakeBatchProvider
@@ -324,7 +324,7 @@ def _finished_write(store: SQLStateStore) -> None:
     now = _now()
     store.create_run(
         RunRecord(
-            run_id="r",
+            run_id=run_id,
             status=RunStatus.RUNNING,
             status_reason=None,
             job_spec=spec,

@@ -9,9 +9,9 @@
 The copy runs in the upgrade's one transaction (DDL is transactional on SQLite and
 Postgres): a crash midway leaves the store at 0003. It rewrites every item, so on a
 large store it takes a while (7 s for 1M items of short rows on SQLite, 6.5 s on
-Postgres, on a 2-core machine; longer outputs take longer) and needs room for a second copy of the items
-table until it commits (SQLite reuses the freed pages afterwards; ``VACUUM`` returns
-them). Other processes opening the store wait for it.
+Postgres, on a 2-core machine; longer outputs take longer) and needs room for a second
+copy of the items table until it commits (SQLite reuses the freed pages afterwards;
+``VACUUM`` returns them). Other processes opening the store wait for it.
 """
 
 from __future__ import annotations
