@@ -479,8 +479,15 @@ class RowUpdate:
         key_row = elements()
         first_type = next(iter(columns.values()))
         keys = select(func.array_agg(value(key_row, 0, first_type))).scalar_subquery()
+        # And their range, as plain values: when the statistics know nothing of the run
+        # yet, the planner reckons it one row and searches the index by the run alone,
+        # filtering every item of the run against the array (2 s per 5,000 rows of a
+        # 100k run); a range on the key is searched in the index at no extra cost.
         self._json = self._build({n: rows.c[n] for n in self.names}).where(
-            self._key == any_(cast(keys, ARRAY(first_type)))
+            self._key == any_(cast(keys, ARRAY(first_type))),
+            self._key.between(
+                bindparam("rows_lo", type_=first_type), bindparam("rows_hi", type_=first_type)
+            ),
         )
         return self._json
 
@@ -511,7 +518,9 @@ class RowUpdate:
             return self._execute_json(conn, rows[:half], scalars) + self._execute_json(
                 conn, rows[half:], scalars
             )
-        params = {"rows_json": payload.decode(), **scalars}
+        keys = [r[0] for r in rows]
+        params = {"rows_json": payload.decode(), "rows_lo": min(keys), "rows_hi": max(keys)}
+        params.update(scalars)
         return int(conn.execute(self._json_statement(), params).rowcount)
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from batchor_core.errors import (
     InvalidItemError,
     RunLeasedError,
+    RunNotFoundError,
 )
 from batchor_core.models import ItemStatus, JSONObject
 from batchor_core.ports import (
@@ -37,7 +38,7 @@ from batchor_core.ports import (
 from batchor_core.storage.dialects import executemany, insert_rows, values_in
 from batchor_core.storage.outcomes_sql import DONE, RETRY_UPDATE, done_row, retry_row
 from batchor_core.storage.results_sql import ResultOps
-from batchor_core.storage.schema import chunks, items, runs
+from batchor_core.storage.schema import chunks, items, run_key_of, runs
 
 __all__ = ["ItemOps"]
 
@@ -83,13 +84,14 @@ class ItemOps(ResultOps):
         failed = [it.seq for it in rejected if it.status is ItemStatus.FAILED]
         try:
             with self._tx() as conn:
+                key = _run_key(conn, run_id)
                 if pending:
                     insert_rows(
                         conn,
                         items,
                         _NEW_ITEM_COLUMNS,
                         pending,
-                        constants={"run_id": run_id, **_QUEUED_ITEM},
+                        constants={"run_key": key, **_QUEUED_ITEM},
                     )
                 if rejected:
                     insert_rows(
@@ -105,10 +107,10 @@ class ItemOps(ResultOps):
                             )
                             for it in rejected
                         ],
-                        constants={"run_id": run_id, **_REJECTED_ITEM},
+                        constants={"run_key": key, **_REJECTED_ITEM},
                     )
                 if failed:
-                    self._assign_finished_seqs(conn, run_id, failed)
+                    self._assign_finished_seqs(conn, run_id, key, failed)
                 for chunk in chunks:
                     self._upsert_chunk(conn, chunk)
                 values: dict[str, Any] = {
@@ -144,7 +146,7 @@ class ItemOps(ResultOps):
         with self._read() as conn:
             clash = conn.execute(
                 select(items.c.item_id)
-                .where(items.c.run_id == run_id, items.c.item_id.in_(ids[:30000]))
+                .where(items.c.run_key == run_key_of(run_id), items.c.item_id.in_(ids[:30000]))
                 .limit(1)
             ).scalar()
         return InvalidItemError(
@@ -162,7 +164,8 @@ class ItemOps(ResultOps):
                 found.update(
                     conn.execute(
                         select(items.c.item_id).where(
-                            items.c.run_id == run_id, values_in(conn, items.c.item_id, part)
+                            items.c.run_key == run_key_of(run_id),
+                            values_in(conn, items.c.item_id, part),
                         )
                     ).scalars()
                 )
@@ -172,7 +175,7 @@ class ItemOps(ResultOps):
         """Highest item seq of the run, or -1."""
         with self._read() as conn:
             value = conn.execute(
-                select(func.max(items.c.seq)).where(items.c.run_id == run_id)
+                select(func.max(items.c.seq)).where(items.c.run_key == run_key_of(run_id))
             ).scalar()
         return -1 if value is None else int(value)
 
@@ -215,6 +218,7 @@ class ItemOps(ResultOps):
             )
             if claimed.rowcount == 0:
                 return 0
+            key = _run_key(conn, run_id)
             # Rows still change only while queued with the same submission number.
             # Each row changes only while queued with the same submission number; the
             # driver's rowcount says how many did, so counters never drift.
@@ -240,7 +244,7 @@ class ItemOps(ResultOps):
                     n += DONE.execute(
                         conn,
                         [done_row(o, start + i) for i, o in group[part : part + BULK]],
-                        b_run=run_id,
+                        b_run=key,
                     )
                 changed += n
                 counters[column] = runs.c[column] + n
@@ -250,7 +254,7 @@ class ItemOps(ResultOps):
                     applied = set(
                         conn.execute(
                             select(items.c.seq).where(
-                                items.c.run_id == run_id,
+                                items.c.run_key == key,
                                 items.c.finished_seq >= start,
                                 items.c.finished_seq < start + len(done),
                             )
@@ -261,7 +265,7 @@ class ItemOps(ResultOps):
             if retry:
                 n = sum(
                     RETRY_UPDATE.execute(
-                        conn, [retry_row(o) for o in retry[part : part + BULK]], b_run=run_id
+                        conn, [retry_row(o) for o in retry[part : part + BULK]], b_run=key
                     )
                     for part in range(0, len(retry), BULK)
                 )
@@ -300,12 +304,14 @@ class ItemOps(ResultOps):
         ).scalar_one()
         return int(end) - count
 
-    def _assign_finished_seqs(self, conn: Connection, run_id: str, seqs: Sequence[int]) -> None:
+    def _assign_finished_seqs(
+        self, conn: Connection, run_id: str, key: int, seqs: Sequence[int]
+    ) -> None:
         start = self._reserve_finished_seqs(conn, run_id, len(seqs))
         executemany(
             conn,
             update(items)
-            .where(and_(items.c.run_id == run_id, items.c.seq == _bind("b_seq")))
+            .where(and_(items.c.run_key == key, items.c.seq == _bind("b_seq")))
             .values(finished_seq=_bind("b_finished")),
             [{"b_seq": s, "b_finished": start + i} for i, s in enumerate(sorted(seqs))],
         )
@@ -318,7 +324,7 @@ class ItemOps(ResultOps):
                 part = list(seqs[start : start + 5000])
                 for row in conn.execute(
                     select(items.c.seq, items.c.attempts, items.c.free_resubmits).where(
-                        items.c.run_id == run_id, items.c.seq.in_(part)
+                        items.c.run_key == run_key_of(run_id), items.c.seq.in_(part)
                     )
                 ):
                     out[int(row[0])] = (int(row[1]), int(row[2]))
@@ -331,7 +337,7 @@ class ItemOps(ResultOps):
                 select(
                     items.c.seq, items.c.submissions, items.c.attempts, items.c.free_resubmits
                 ).where(
-                    items.c.run_id == run_id,
+                    items.c.run_key == run_key_of(run_id),
                     items.c.chunk_id == chunk_id,
                     items.c.status == QUEUED,
                 )
@@ -346,7 +352,7 @@ class ItemOps(ResultOps):
             rows = conn.execute(
                 select(items.c.seq, items.c.chunk_id, items.c.submissions, items.c.not_before)
                 .where(
-                    items.c.run_id == run_id,
+                    items.c.run_key == run_key_of(run_id),
                     items.c.chunk_id.in_(_collected_chunks(run_id)),
                     items.c.status == RETRY,
                     items.c.seq > after_seq,
@@ -367,7 +373,7 @@ class ItemOps(ResultOps):
         with self._read() as conn:
             value = conn.execute(
                 select(func.min(items.c.not_before)).where(
-                    items.c.run_id == run_id,
+                    items.c.run_key == run_key_of(run_id),
                     items.c.chunk_id.in_(_collected_chunks(run_id)),
                     items.c.status == RETRY,
                 )
@@ -382,7 +388,7 @@ class ItemOps(ResultOps):
                     select(func.count())
                     .select_from(items)
                     .where(
-                        items.c.run_id == run_id,
+                        items.c.run_key == run_key_of(run_id),
                         items.c.chunk_id.in_(_collected_chunks(run_id)),
                         items.c.status == RETRY,
                     )
@@ -395,12 +401,13 @@ class ItemOps(ResultOps):
         """Put retrying items into ``chunk`` with their new submission number."""
         with self._tx() as conn:
             if rows:
+                key = _run_key(conn, run_id)
                 executemany(
                     conn,
                     update(items)
                     .where(
                         and_(
-                            items.c.run_id == run_id,
+                            items.c.run_key == key,
                             items.c.seq == _bind("b_seq"),
                             items.c.status == RETRY,
                         )
@@ -418,10 +425,11 @@ class ItemOps(ResultOps):
     def cancel_pending(self, run_id: str, *, reason: str) -> int:
         """Cancel every pending item; return how many."""
         with self._tx() as conn:
+            key = _run_key(conn, run_id)
             seqs = list(
                 conn.execute(
                     select(items.c.seq).where(
-                        items.c.run_id == run_id, items.c.status.in_([QUEUED, RETRY])
+                        items.c.run_key == key, items.c.status.in_([QUEUED, RETRY])
                     )
                 ).scalars()
             )
@@ -429,14 +437,14 @@ class ItemOps(ResultOps):
                 return 0
             conn.execute(
                 update(items)
-                .where(items.c.run_id == run_id, items.c.status.in_([QUEUED, RETRY]))
+                .where(items.c.run_key == key, items.c.status.in_([QUEUED, RETRY]))
                 .values(
                     status=ItemStatus.CANCELLED.value,
                     error_code="cancelled",
                     error_message=reason,
                 )
             )
-            self._assign_finished_seqs(conn, run_id, seqs)
+            self._assign_finished_seqs(conn, run_id, key, seqs)
             conn.execute(
                 update(runs)
                 .where(runs.c.run_id == run_id)
@@ -454,6 +462,19 @@ def _add_usage(totals: list[int], outcomes: Iterable[ItemOutcome]) -> None:
             totals[1] += usage.output_tokens
             totals[2] += usage.cached_input_tokens
             totals[3] += usage.reasoning_tokens
+
+
+def _run_key(conn: Connection, run_id: str) -> int:
+    """The run's key, read in the caller's transaction (never cached: one indexed read
+    per transaction, against a stale key naming another run's items).
+
+    Raises:
+        RunNotFoundError: No run has this id.
+    """
+    key = conn.execute(select(runs.c.run_key).where(runs.c.run_id == run_id)).scalar()
+    if key is None:
+        raise RunNotFoundError(f"no run {run_id!r} in this store", run_id=run_id)
+    return int(key)
 
 
 def _collected_chunks(run_id: str) -> Any:

@@ -24,7 +24,7 @@ __all__ = ["DONE", "RETRY_UPDATE", "done_row", "retry_row"]
 def _live_row(v: Mapping[str, Any]) -> Any:
     """The item a row of outcome values is for, while still queued in that submission."""
     return and_(
-        items.c.run_id == bindparam("b_run"),
+        items.c.run_key == bindparam("b_run"),
         items.c.seq == v["seq"],
         items.c.status == QUEUED,
         items.c.submissions == v["sub"],

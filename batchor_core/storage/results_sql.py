@@ -16,7 +16,7 @@ from sqlalchemy import Select, bindparam, select
 from batchor_core.ports import ResultColumns, ResultRow
 from batchor_core.storage.base import StoreBase, public_status
 from batchor_core.storage.dialects import PreparedSelect, fetch_tuples
-from batchor_core.storage.schema import items
+from batchor_core.storage.schema import items, run_key_of
 
 __all__ = ["ResultOps", "result_columns_query"]
 
@@ -70,7 +70,7 @@ class ResultOps(StoreBase):
         with self._read() as conn:
             row = conn.execute(
                 select(*_RESULT_ROW_COLUMNS).where(
-                    items.c.run_id == run_id, items.c.item_id == item_id
+                    items.c.run_key == run_key_of(run_id), items.c.item_id == item_id
                 )
             ).first()
         if row is None:
@@ -98,7 +98,7 @@ def result_columns_query(
         if f != "item_id" and (f in fields if fields else f != "payload_json")
     ]
     query = select(items.c.seq, *(items.c[f] for f in wanted)).where(
-        items.c.run_id == run_id,
+        items.c.run_key == run_key_of(run_id),
         items.c.seq > after_seq,
         items.c.finished_seq.is_not(None),
     )
@@ -126,7 +126,7 @@ _RESULT_ROW_COLUMNS = (
 _RESULTS_PAGE = PreparedSelect(
     select(*_RESULT_ROW_COLUMNS)
     .where(
-        items.c.run_id == bindparam("run_id"),
+        items.c.run_key == run_key_of(bindparam("run_id")),
         items.c.finished_seq.is_not(None),
         items.c.finished_seq > bindparam("after"),
     )

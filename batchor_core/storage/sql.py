@@ -39,7 +39,7 @@ from batchor_core.ports import (
     LeaseGrant,
     RunRecord,
 )
-from batchor_core.storage.schema import chunks, collections, items, runs
+from batchor_core.storage.schema import chunks, collections, items, run_key_of, runs
 
 __all__ = [
     "MemoryStateStore",
@@ -53,6 +53,43 @@ from batchor_core.storage.base import QUEUED, RETRY, aware_utc, dump_json, utc_n
 from batchor_core.storage.budget_sql import BudgetOps
 from batchor_core.storage.items_sql import ItemOps
 from batchor_core.storage.liveness import FileLiveness, Liveness, PostgresLiveness
+
+# A new run's key: one more than the largest so far. SQLite serialises writers, so the
+# read and the insert cannot interleave there; two Postgres transactions can read the same
+# largest key, and the unique index lets one of them commit (the other retries).
+_NEXT_RUN_KEY = select(func.coalesce(func.max(runs.c.run_key), 0) + 1).scalar_subquery()
+_RUN_KEY_ATTEMPTS = 100
+
+
+def _new_run(record: RunRecord) -> dict[str, Any]:
+    """The columns of a new run's row (all but its key)."""
+    return {
+        "run_id": record.run_id,
+        "status": record.status.value,
+        "status_reason": record.status_reason,
+        "job_spec": dump_json(record.job_spec),
+        "job_fingerprint": record.job_fingerprint,
+        "source_identity": dump_json(record.source_identity),
+        "source_checkpoint": dump_json(record.source_checkpoint),
+        "ingest_complete": record.ingest_complete,
+        "total_items": 0,
+        "completed_items": 0,
+        "failed_items": 0,
+        "cancelled_items": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cached_input_tokens": 0,
+        "reasoning_tokens": 0,
+        "token_limit_strikes": 0,
+        "limits": dump_json(record.limits),
+        "next_finished_seq": 1,
+        "owner": dump_json(record.owner),
+        "lease_token": 0,
+        # Free, as if just released (a NULL expiry marks a broken lease).
+        "lease_expires_at": record.created_at,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
 
 
 def _host_of(owner: str) -> str:
@@ -80,45 +117,21 @@ class SQLStateStore(BudgetOps, ItemOps):
         existing = self.load_run(record.run_id)
         if existing is not None:
             return existing
-        try:
-            with self._tx() as conn:
-                conn.execute(
-                    insert(runs).values(
-                        run_id=record.run_id,
-                        status=record.status.value,
-                        status_reason=record.status_reason,
-                        job_spec=dump_json(record.job_spec),
-                        job_fingerprint=record.job_fingerprint,
-                        source_identity=dump_json(record.source_identity),
-                        source_checkpoint=dump_json(record.source_checkpoint),
-                        ingest_complete=record.ingest_complete,
-                        total_items=0,
-                        completed_items=0,
-                        failed_items=0,
-                        cancelled_items=0,
-                        input_tokens=0,
-                        output_tokens=0,
-                        cached_input_tokens=0,
-                        reasoning_tokens=0,
-                        token_limit_strikes=0,
-                        limits=dump_json(record.limits),
-                        next_finished_seq=1,
-                        owner=dump_json(record.owner),
-                        lease_token=0,
-                        # Free, as if just released (a NULL expiry marks a broken lease).
-                        lease_expires_at=record.created_at,
-                        created_at=record.created_at,
-                        updated_at=record.updated_at,
-                    )
-                )
-            return record
-        except IntegrityError as exc:
-            winner = self.load_run(record.run_id)
-            if winner is None:
-                raise StorageError(
-                    f"cannot create run {record.run_id!r}: {exc.orig}", run_id=record.run_id
-                ) from exc
-            return winner
+        for _ in range(_RUN_KEY_ATTEMPTS):
+            try:
+                with self._tx() as conn:
+                    conn.execute(insert(runs).values(run_key=_NEXT_RUN_KEY, **_new_run(record)))
+                return record
+            except IntegrityError as exc:
+                winner = self.load_run(record.run_id)
+                if winner is not None:
+                    return winner
+                # Not this run id: another run took the same key (two Postgres
+                # transactions read the same largest key). Read it again and retry.
+                error = exc
+        raise StorageError(
+            f"cannot create run {record.run_id!r}: {error.orig}", run_id=record.run_id
+        ) from error
 
     def load_run(self, run_id: str) -> RunRecord | None:
         """The run, or None."""
@@ -251,7 +264,7 @@ class SQLStateStore(BudgetOps, ItemOps):
             rows = conn.execute(
                 select(items.c.error_code, func.count())
                 .where(
-                    items.c.run_id == run_id,
+                    items.c.run_key == run_key_of(run_id),
                     items.c.status.in_(["failed", "cancelled"]),
                     items.c.error_code.is_not(None),
                 )
@@ -411,7 +424,9 @@ class SQLStateStore(BudgetOps, ItemOps):
                 str(c)
                 for c in conn.execute(
                     select(items.c.chunk_id)
-                    .where(items.c.run_id == run_id, items.c.status.in_([QUEUED, RETRY]))
+                    .where(
+                        items.c.run_key == run_key_of(run_id), items.c.status.in_([QUEUED, RETRY])
+                    )
                     .distinct()
                 ).scalars()
                 if c is not None

@@ -386,7 +386,7 @@ def test_appended_rows_are_stored_column_for_column(store: SQLStateStore, run_id
     NULL, and a run id with quotes or percent signs is stored as it is."""
     from sqlalchemy import select
 
-    from batchor_core.storage.schema import items
+    from batchor_core.storage.schema import items, run_key_of
 
     odd = f'{run_id} it\'s 100% "odd" \\ ?'
     store.create_run(_run(odd))
@@ -421,11 +421,13 @@ def test_appended_rows_are_stored_column_for_column(store: SQLStateStore, run_id
     unset = (items.c.output_json, items.c.not_before, items.c.input_tokens)
     with store._tx() as conn:
         stored = conn.execute(
-            select(*columns).where(items.c.run_id == odd).order_by(items.c.seq)
+            select(*columns).where(items.c.run_key == run_key_of(odd)).order_by(items.c.seq)
         ).all()
-        nulls = conn.execute(select(*unset).where(items.c.run_id == odd)).all()
+        nulls = conn.execute(select(*unset).where(items.c.run_key == run_key_of(odd))).all()
         finished = conn.execute(
-            select(items.c.seq).where(items.c.run_id == odd, items.c.finished_seq.is_not(None))
+            select(items.c.seq).where(
+                items.c.run_key == run_key_of(odd), items.c.finished_seq.is_not(None)
+            )
         ).all()
     assert [tuple(r) for r in stored] == [
         (0, "plain", '{"t": 0}', None, "queued", "c00000", 0, 1, 0, None, None),
@@ -449,7 +451,7 @@ def test_row_updates_apply_each_row_once_however_the_rows_are_split(
     from sqlalchemy import BigInteger, Integer, Text, and_, bindparam, select, update
 
     from batchor_core.storage.dialects import RowUpdate
-    from batchor_core.storage.schema import items
+    from batchor_core.storage.schema import items, run_key_of
 
     _seed(store, run_id, 6)
     outputs = RowUpdate(
@@ -458,7 +460,7 @@ def test_row_updates_apply_each_row_once_however_the_rows_are_split(
             update(items)
             .where(
                 and_(
-                    items.c.run_id == bindparam("b_run"),
+                    items.c.run_key == run_key_of(bindparam("b_run")),
                     items.c.seq == v["seq"],
                     items.c.submissions == v["sub"],
                 )
@@ -475,7 +477,9 @@ def test_row_updates_apply_each_row_once_however_the_rows_are_split(
         )
         stored = dict(
             conn.execute(
-                select(items.c.seq, items.c.output_json).where(items.c.run_id == run_id)
+                select(items.c.seq, items.c.output_json).where(
+                    items.c.run_key == run_key_of(run_id)
+                )
             ).all()
         )
     assert stored == {seq: output for seq, _, output in rows}

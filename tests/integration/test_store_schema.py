@@ -9,7 +9,6 @@ import sqlite3
 import stat
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,36 +32,11 @@ from batchor_core.storage import SQLStateStore, upgrade
 from batchor_core.storage.migrate import MIGRATIONS, VERSION_TABLE, ensure_current
 from batchor_core.storage.schema import metadata
 from tests.conftest import POSTGRES_URL, postgres_param
+from tests.integration.store_revisions import back_to_0003
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def fresh_postgres() -> Iterator[str]:
-    """A new, empty Postgres database of its own (dropped afterwards)."""
-    if not POSTGRES_URL:
-        pytest.skip("BATCHOR_TEST_POSTGRES_URL not set")
-    name = f"batchor_t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", postgres_param()])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A URL to a store that does not exist yet: a new SQLite file or Postgres database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
-    else:
-        yield request.getfixturevalue("fresh_postgres")
 
 
 def _open(url: str) -> SQLStateStore:
@@ -341,7 +315,7 @@ def test_sqlite_wal_and_shm_files_are_private(tmp_path: Path) -> None:
         os.umask(old)
 
 
-def _finished_write(store: SQLStateStore) -> None:
+def _finished_write(store: SQLStateStore, run_id: str = "r") -> None:
     from batchor_core.jobspec import job_spec
     from batchor_core.ports import RunRecord
     from batchor_core.testing import FakeBatchProvider
@@ -350,7 +324,7 @@ def _finished_write(store: SQLStateStore) -> None:
     now = _now()
     store.create_run(
         RunRecord(
-            run_id="r",
+            run_id=run_id,
             status=RunStatus.RUNNING,
             status_reason=None,
             job_spec=spec,
@@ -446,6 +420,7 @@ def test_a_0002_store_with_a_run_in_flight_is_upgraded_and_the_run_finishes(
             before = run.summary()
         assert before.status is RunStatus.RUNNING and before.batches_in_flight > 0
         # Take the store back to what batchor wrote at revision 0002.
+        back_to_0003(fresh_url)
         engine = create_engine(fresh_url)
         with engine.begin() as conn:
             conn.execute(text("DROP INDEX ix_batchor_chunks_model_state"))
