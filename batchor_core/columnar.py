@@ -276,8 +276,12 @@ def _page_batch(
             parsed = _typed_output_array(outputs, typed)
         else:
             parsed = _typed_outputs(outputs or (), typed)
+        # Parsed as one block, so one batch: its arrays as they are (combining chunks
+        # copies even a single one).
+        chunks = parsed.to_batches()
         for name in parsed.column_names:
-            arrays[name] = parsed.column(name).combine_chunks()
+            column = parsed.column(name)
+            arrays[name] = chunks[0].column(name) if len(chunks) == 1 else column.combine_chunks()
     for field in schema:
         if field.name in arrays:
             continue
@@ -375,11 +379,12 @@ def _read_json(data: bytes | pa.Buffer, typed: pa.Schema, *, multiline: bool) ->
     import pyarrow as pa
     import pyarrow.json as pj  # type: ignore[import-untyped]
 
-    size = len(data)
-    block = max(size + 1, 1 << 20) if multiline else max(1 << 20, size // 8 + 1)
+    # The page as one block on this thread: the reader's threads would only contend with
+    # the page reader's worker for the same cores, and several blocks come back as
+    # several chunks, which a record batch must copy into one.
     return pj.read_json(
         pa.BufferReader(data),
-        read_options=pj.ReadOptions(block_size=block),
+        read_options=pj.ReadOptions(block_size=max(len(data) + 1, 1 << 20), use_threads=False),
         parse_options=pj.ParseOptions(
             explicit_schema=typed,
             unexpected_field_behavior="ignore",

@@ -140,7 +140,7 @@ class SQLiteArrowReader:
             return {}, after_seq
         arrays: dict[str, pa.Array] = {}
         for i, name in enumerate(["seq", *wanted]):
-            column = table.column(i).combine_chunks()
+            column = _one_array(table.column(i))
             target = pa.string() if name in _TEXT else pa.int64()
             if column.type != target:
                 if column.null_count != len(column) or not pa.types.is_integer(column.type):
@@ -156,6 +156,14 @@ class SQLiteArrowReader:
             handle = getattr(self, name, None)
             if handle is not None:
                 handle.close()
+
+
+def _one_array(column: pa.ChunkedArray) -> pa.Array:
+    """A column as one array: a page is one batch, so its one chunk as it is (pyarrow's
+    ``combine_chunks`` copies even a single chunk, the page's whole text once more)."""
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    return column.combine_chunks()
 
 
 def _as_json_line(column: Any) -> Any:
