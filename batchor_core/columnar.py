@@ -18,6 +18,8 @@ from batchor_core.ports import StateStore
 if TYPE_CHECKING:
     import pyarrow as pa  # type: ignore[import-untyped]
 
+    from batchor_core.records import ResultColumns
+
 __all__ = ["BASE_COLUMNS", "arrow_type", "result_batches", "result_schema", "results_table"]
 
 BASE_COLUMNS = ("item_id", "status")
@@ -180,6 +182,7 @@ def result_batches(
         fields.add("output_json")
 
     def batches() -> Iterator[pa.RecordBatch]:
+        from batchor_core.storage.read_ahead import read_ahead, reads_ahead_safely
         from batchor_core.storage.sqlite_arrow import open_arrow_reader, prefetch_pages
 
         after_seq = -1  # seqs start at 0
@@ -206,7 +209,8 @@ def result_batches(
                     after_seq = last_seq
             finally:
                 pages.close()
-        while True:
+
+        def read(after_seq: int) -> tuple[ResultColumns, int]:
             page = storage.read_result_columns(
                 run_id,
                 after_seq=after_seq,
@@ -215,11 +219,31 @@ def result_batches(
                 finished_after=after,
                 fields=fields,
             )
+            return page, page.last_seq
+
+        def batch(page: ResultColumns) -> pa.RecordBatch:
+            columns = {f: getattr(page, f) for f in fields | {"item_id"}}
+            return _page_batch(columns, schema, typed if parse else None)
+
+        if reads_ahead_safely(storage):
+            # The driver's next page is read while this one is parsed (outside the GIL).
+            ahead = read_ahead(read, after_seq=after_seq, is_last=lambda page: not len(page))
+            try:
+                for read_page in ahead:
+                    if read_page is None:
+                        break  # the worker is gone without a word: the rest on this thread
+                    if not len(read_page[0]):
+                        return
+                    yield batch(read_page[0])
+                    after_seq = read_page[1]
+            finally:
+                ahead.close()
+        while True:
+            page, last_seq = read(after_seq)
             if len(page) == 0:
                 return
-            columns = {f: getattr(page, f) for f in fields | {"item_id"}}
-            yield _page_batch(columns, schema, typed if parse else None)
-            after_seq = page.last_seq
+            yield batch(page)
+            after_seq = last_seq
 
     return schema, batches()
 
