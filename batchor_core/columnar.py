@@ -18,6 +18,8 @@ from batchor_core.ports import StateStore
 if TYPE_CHECKING:
     import pyarrow as pa  # type: ignore[import-untyped]
 
+    from batchor_core.records import ResultColumns
+
 __all__ = ["BASE_COLUMNS", "arrow_type", "result_batches", "result_schema", "results_table"]
 
 BASE_COLUMNS = ("item_id", "status")
@@ -180,6 +182,7 @@ def result_batches(
         fields.add("output_json")
 
     def batches() -> Iterator[pa.RecordBatch]:
+        from batchor_core.storage.read_ahead import read_ahead, reads_ahead_safely
         from batchor_core.storage.sqlite_arrow import open_arrow_reader, prefetch_pages
 
         after_seq = -1  # seqs start at 0
@@ -206,7 +209,8 @@ def result_batches(
                     after_seq = last_seq
             finally:
                 pages.close()
-        while True:
+
+        def read(after_seq: int) -> tuple[ResultColumns, int]:
             page = storage.read_result_columns(
                 run_id,
                 after_seq=after_seq,
@@ -215,11 +219,31 @@ def result_batches(
                 finished_after=after,
                 fields=fields,
             )
+            return page, page.last_seq
+
+        def batch(page: ResultColumns) -> pa.RecordBatch:
+            columns = {f: getattr(page, f) for f in fields | {"item_id"}}
+            return _page_batch(columns, schema, typed if parse else None)
+
+        if reads_ahead_safely(storage):
+            # The driver's next page is read while this one is parsed (outside the GIL).
+            ahead = read_ahead(read, after_seq=after_seq, is_last=lambda page: not len(page))
+            try:
+                for read_page in ahead:
+                    if read_page is None:
+                        break  # the worker is gone without a word: the rest on this thread
+                    if not len(read_page[0]):
+                        return
+                    yield batch(read_page[0])
+                    after_seq = read_page[1]
+            finally:
+                ahead.close()
+        while True:
+            page, last_seq = read(after_seq)
             if len(page) == 0:
                 return
-            columns = {f: getattr(page, f) for f in fields | {"item_id"}}
-            yield _page_batch(columns, schema, typed if parse else None)
-            after_seq = page.last_seq
+            yield batch(page)
+            after_seq = last_seq
 
     return schema, batches()
 
@@ -276,8 +300,12 @@ def _page_batch(
             parsed = _typed_output_array(outputs, typed)
         else:
             parsed = _typed_outputs(outputs or (), typed)
+        # Parsed as one block, so one batch: its arrays as they are (combining chunks
+        # copies even a single one).
+        chunks = parsed.to_batches()
         for name in parsed.column_names:
-            arrays[name] = parsed.column(name).combine_chunks()
+            column = parsed.column(name)
+            arrays[name] = chunks[0].column(name) if len(chunks) == 1 else column.combine_chunks()
     for field in schema:
         if field.name in arrays:
             continue
@@ -375,11 +403,12 @@ def _read_json(data: bytes | pa.Buffer, typed: pa.Schema, *, multiline: bool) ->
     import pyarrow as pa
     import pyarrow.json as pj  # type: ignore[import-untyped]
 
-    size = len(data)
-    block = max(size + 1, 1 << 20) if multiline else max(1 << 20, size // 8 + 1)
+    # The page as one block on this thread: the reader's threads would only contend with
+    # the page reader's worker for the same cores, and several blocks come back as
+    # several chunks, which a record batch must copy into one.
     return pj.read_json(
         pa.BufferReader(data),
-        read_options=pj.ReadOptions(block_size=block),
+        read_options=pj.ReadOptions(block_size=max(len(data) + 1, 1 << 20), use_threads=False),
         parse_options=pj.ParseOptions(
             explicit_schema=typed,
             unexpected_field_behavior="ignore",

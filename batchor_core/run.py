@@ -239,9 +239,11 @@ class Run:
         include_payload: bool = False,
     ) -> pd.DataFrame:
         """Terminal results as a ``pandas.DataFrame`` (see :meth:`to_arrow`)."""
-        return self.to_arrow(
-            status=status, columns=columns, include_payload=include_payload
-        ).to_pandas()
+        table = self.to_arrow(status=status, columns=columns, include_payload=include_payload)
+        # The table is ours alone: each column's Arrow memory is freed once converted,
+        # and columns are not copied into one block per type, so the peak stays near one
+        # copy of the results rather than two.
+        return table.to_pandas(split_blocks=True, self_destruct=True)
 
     def mark_collected(self, by: str, *, replace: str | None = None) -> bool:
         """Record that ``by`` turned this finished run into its one downstream result.

@@ -2,7 +2,8 @@
 
 Builds a finished run of N items once (in-process fake provider, real SQLite file; the
 file is kept with ``--db`` and reused), then times each way of reading it, ``--reps``
-times in turn, and prints the min and median of each and their ratios:
+times in turn, and prints the min and median of each (and its least CPU time over all
+threads, which a busy shared machine disturbs less than wall time) and their ratios:
 
 - ``floor read``: the least a reader can do (``select item_id, status, output_json`` and
   ``model_validate_json`` per row, as ``floor.py``), against ``results()``;
@@ -21,6 +22,7 @@ import argparse
 import contextlib
 import enum
 import json
+import resource
 import sqlite3
 import statistics
 import sys
@@ -114,9 +116,18 @@ def _without_adbc() -> Iterator[None]:
             sys.modules["adbc_driver_sqlite"] = saved
 
 
-def _timed(fn: Callable[[], int]) -> tuple[float, int]:
-    t = time.perf_counter()
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+_CPU: dict[str, list[float]] = {}
+
+
+def _timed(fn: Callable[[], int], name: str = "") -> tuple[float, int]:
+    t, c = time.perf_counter(), _cpu()
     n = fn()
+    _CPU.setdefault(name, []).append(_cpu() - c)
     return time.perf_counter() - t, n
 
 
@@ -159,14 +170,20 @@ def main() -> None:
         for name, way in ways.items():
             if name.endswith("driver"):
                 with _without_adbc():
-                    seconds, got = _timed(way)
+                    seconds, got = _timed(way, name)
             else:
-                seconds, got = _timed(way)
+                seconds, got = _timed(way, name)
             assert got == args.items, (name, got)
             times[name].append(seconds)
-    print(f"{args.items:,} results, {args.reps} reps each, in turn (min / median seconds):")
+    print(
+        f"{args.items:,} results, {args.reps} reps each, in turn "
+        "(min / median seconds; least CPU seconds, all threads):"
+    )
     for name, secs in times.items():
-        print(f"  {name:20s} {min(secs):6.2f} / {statistics.median(secs):6.2f}")
+        print(
+            f"  {name:20s} {min(secs):6.2f} / {statistics.median(secs):6.2f}"
+            f"   CPU {min(_CPU[name]):6.2f}"
+        )
     best = {name: min(secs) for name, secs in times.items()}
     print(f"floor read / results(): {best['floor read'] / best['results()']:.2f}")
     print(f"to_arrow() driver / ADBC: {best['to_arrow() driver'] / best['to_arrow() ADBC']:.2f}x")

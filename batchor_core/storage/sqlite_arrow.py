@@ -18,11 +18,10 @@ parses the last one (the two halves of ``to_arrow()`` take about as long each).
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Collection, Generator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from batchor_core.storage.read_ahead import read_ahead
 from batchor_core.storage.results_sql import result_columns_query
 
 if TYPE_CHECKING:
@@ -34,9 +33,6 @@ __all__ = ["ArrowPage", "SQLiteArrowReader", "open_arrow_reader", "prefetch_page
 
 ArrowPage: TypeAlias = "tuple[dict[str, pa.Array], int]"
 """A page's ``{stored column: array}`` and its last row's ``seq``."""
-
-# How long the reader waits for its worker before it checks that the worker still runs.
-_POLL_SECONDS = 1.0
 
 # Stored columns whose values are text; the rest are integers.
 _TEXT = frozenset(
@@ -140,7 +136,7 @@ class SQLiteArrowReader:
             return {}, after_seq
         arrays: dict[str, pa.Array] = {}
         for i, name in enumerate(["seq", *wanted]):
-            column = table.column(i).combine_chunks()
+            column = _one_array(table.column(i))
             target = pa.string() if name in _TEXT else pa.int64()
             if column.type != target:
                 if column.null_count != len(column) or not pa.types.is_integer(column.type):
@@ -156,6 +152,14 @@ class SQLiteArrowReader:
             handle = getattr(self, name, None)
             if handle is not None:
                 handle.close()
+
+
+def _one_array(column: pa.ChunkedArray) -> pa.Array:
+    """A column as one array: a page is one batch, so its one chunk as it is (pyarrow's
+    ``combine_chunks`` copies even a single chunk, the page's whole text once more)."""
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    return column.combine_chunks()
 
 
 def _as_json_line(column: Any) -> Any:
@@ -176,61 +180,29 @@ def prefetch_pages(
     json_lines: bool = False,
 ) -> Generator[ArrowPage | None, None, None]:
     """The pages :meth:`SQLiteArrowReader.read_page` gives from ``after_seq`` on, read on
-    a worker thread one page ahead; ends after the first empty page.
+    a worker thread one page ahead (see :func:`~batchor_core.storage.read_ahead.read_ahead`);
+    ends after the first empty page.
 
     A page ADBC cannot give comes as None and ends the pages: read the rest the
     ordinary way, after the last page's ``seq``. The reader belongs to the worker from
     here on (it is closed when the pages end, or when the caller closes this iterator).
-    At most three pages are alive at once: the caller's, one waiting, one being read.
     """
-    pages: queue.Queue[ArrowPage | BaseException | None] = queue.Queue(maxsize=1)
-    stop = threading.Event()
 
-    def hand_over(item: ArrowPage | BaseException | None) -> None:
-        while not stop.is_set():
-            try:
-                pages.put(item, timeout=_POLL_SECONDS)
-                return
-            except queue.Full:
-                continue
+    def read(after: int) -> ArrowPage | None:
+        return reader.read_page(
+            run_id,
+            after_seq=after,
+            limit=limit,
+            status=status,
+            finished_after=finished_after,
+            fields=fields,
+            json_lines=json_lines,
+        )
 
-    def work() -> None:
-        after = after_seq
-        try:
-            while not stop.is_set():
-                page = reader.read_page(
-                    run_id,
-                    after_seq=after,
-                    limit=limit,
-                    status=status,
-                    finished_after=finished_after,
-                    fields=fields,
-                    json_lines=json_lines,
-                )
-                hand_over(page)
-                if page is None or not page[0]:
-                    return
-                after = page[1]
-        except BaseException as exc:  # raised again in the caller's thread
-            hand_over(exc)
-        finally:
-            reader.close()
-
-    worker = threading.Thread(target=work, name="batchor-arrow-pages", daemon=True)
-    worker.start()
-    try:
-        while True:
-            try:
-                item = pages.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
-                if worker.is_alive():
-                    continue  # a page takes long (a busy store waits up to its timeout)
-                item = None  # the worker is gone without a word: the ordinary way
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if item is None or not item[0]:
-                return
-    finally:
-        stop.set()
-        worker.join(timeout=60)
+    return read_ahead(
+        read,
+        after_seq=after_seq,
+        is_last=lambda columns: not columns,
+        close=reader.close,
+        name="batchor-arrow-pages",
+    )

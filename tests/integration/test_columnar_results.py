@@ -318,3 +318,72 @@ def test_adbc_pages_hand_over_to_the_driver_midway_and_stop_their_worker_when_le
         assert not any(t.name == "batchor-arrow-pages" for t in threading.enumerate())
     finally:
         store.close()
+
+
+def test_driver_pages_are_read_ahead_on_a_worker_except_for_the_memory_store(
+    make_runner: Callable[..., BatchRunner], tmp_path: Path, emulator: Any, monkeypatch: Any
+) -> None:
+    """Without ADBC, a SQLite file store's driver pages are read on a worker thread one
+    page ahead (the parse of one overlaps the read of the next): the same table, a store
+    error on a later page reaches the caller as itself, and a caller that stops early
+    stops the worker. The memory store (one shared connection) is read on the caller's
+    thread."""
+    import sys
+    import threading
+
+    from batchor_core.columnar import result_batches
+    from batchor_core.errors import StorageError
+    from batchor_core.storage import MemoryStateStore, SQLiteStorage
+
+    monkeypatch.setitem(sys.modules, "adbc_driver_sqlite", None)  # as if not installed
+
+    def workers() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == "batchor-result-pages"]
+
+    store = SQLiteStorage(tmp_path / "driver.sqlite3")
+    try:
+        run = _finished_run(make_runner, store, emulator)
+        schema = run._output_schema()
+        s, b = result_batches(store, "col", schema, page_size=4, include_payload=True)
+        first = next(b)
+        assert workers() == ["batchor-result-pages"]
+        whole = pa.Table.from_batches([first, *b], schema=s)
+        assert not workers()
+        assert whole.num_rows == N and whole.equals(run.to_arrow(include_payload=True))
+        assert {r["item_id"]: _as_compared(r) for r in run.to_arrow().to_pylist()} == (
+            _expected(run)
+        )
+
+        driver_read = store.read_result_columns
+        calls: list[int] = []
+
+        def third_page_fails(*args: Any, **kwargs: Any) -> Any:
+            calls.append(kwargs["after_seq"])
+            if len(calls) == 3:
+                raise StorageError("the store went away")
+            return driver_read(*args, **kwargs)
+
+        monkeypatch.setattr(store, "read_result_columns", third_page_fails)
+        _, b = result_batches(store, "col", schema, page_size=4)
+        assert next(b).num_rows == 4 and next(b).num_rows == 4
+        with pytest.raises(StorageError, match="went away"):
+            next(b)
+        assert not workers()
+        monkeypatch.setattr(store, "read_result_columns", driver_read)
+
+        _, b = result_batches(store, "col", schema, page_size=4)
+        next(b)
+        b.close()  # type: ignore[attr-defined]
+        assert not workers()
+    finally:
+        store.close()
+
+    memory = MemoryStateStore()
+    try:
+        run = _finished_run(make_runner, memory, emulator)
+        _, b = result_batches(memory, "col", run._output_schema(), page_size=4)
+        next(b)
+        assert not workers()
+        assert pa.Table.from_batches(list(b)).num_rows == N - 4
+    finally:
+        memory.close()
