@@ -104,13 +104,21 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
             # write in it fail at once (upgrading a deferred read to a write is what
             # could deadlock two processes), until ReadOnlyTransaction turns it off.
             conn.exec_driver_sql("BEGIN")
+            # Marked before it is set: the mark outlives whatever interrupts what follows.
+            conn.connection.info[_QUERY_ONLY] = True
             conn.connection.dbapi_connection.execute("PRAGMA query_only=1")
         else:
+            if conn.connection.info.get(_QUERY_ONLY):
+                # A read ended before it could turn query_only off (a KeyboardInterrupt
+                # between its last two statements): this write would fail on it.
+                _query_only_off(conn)
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 # Connection execution option: the transaction only reads (see ReadOnlyTransaction).
 _READ_ONLY = "batchor_read_only"
+# Key of a pooled SQLite connection's info: query_only may still be on.
+_QUERY_ONLY = "batchor_query_only"
 
 
 class ReadOnlyTransaction:
@@ -135,6 +143,9 @@ class ReadOnlyTransaction:
     def __enter__(self) -> Connection:
         conn = self._engine.connect()
         try:
+            # Everything up to the return may be interrupted (a KeyboardInterrupt): the
+            # connection is closed then, never left checked out in a transaction.
+            self._conn = conn
             name = conn.dialect.name
             if name == "postgresql":
                 # Attributes of the driver's connection (no round trip), reset by the
@@ -143,11 +154,10 @@ class ReadOnlyTransaction:
             elif name == "sqlite":
                 conn.execution_options(**{_READ_ONLY: True})
             self._tx = conn.begin()
+            return conn
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
-        return conn
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         conn = self._conn
@@ -168,12 +178,17 @@ def _writable_again(conn: Connection) -> None:
     """Turn ``query_only`` off, so the connection goes back to the pool writable; one
     that cannot be is discarded instead."""
     try:
-        # Straight to the driver: a statement through SQLAlchemy would begin another
-        # transaction.
-        conn.connection.dbapi_connection.execute("PRAGMA query_only=0")  # type: ignore[union-attr]
+        _query_only_off(conn)
     except Exception:
         conn.invalidate()
         raise
+
+
+def _query_only_off(conn: Connection) -> None:
+    # Straight to the driver: a statement through SQLAlchemy would begin another
+    # transaction.
+    conn.connection.dbapi_connection.execute("PRAGMA query_only=0")  # type: ignore[union-attr]
+    conn.connection.info.pop(_QUERY_ONLY, None)
 
 
 def executemany(conn: Connection, stmt: UpdateBase, rows: Iterable[Mapping[str, Any]]) -> int:
