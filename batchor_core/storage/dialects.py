@@ -15,6 +15,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Integer,
     String,
     Table,
     Text,
@@ -465,6 +466,8 @@ class RowUpdate:
         self._build = build
         self._key = key
         self._json: Update | None = None  # built on first use: only Postgres needs it
+        # Whether the Postgres statement also bounds the key by the rows' range.
+        self._ranged = isinstance(next(iter(columns.values())), Integer)
         self._plans: weakref.WeakKeyDictionary[Dialect, _TuplePlan] = weakref.WeakKeyDictionary()
 
     def _json_statement(self) -> Update:
@@ -494,16 +497,23 @@ class RowUpdate:
         key_row = elements()
         first_type = next(iter(columns.values()))
         keys = select(func.array_agg(value(key_row, 0, first_type))).scalar_subquery()
+        statement = self._build({n: rows.c[n] for n in self.names}).where(
+            self._key == any_(cast(keys, ARRAY(first_type)))
+        )
         # And their range, as plain values: when the statistics know nothing of the run
         # yet, the planner reckons it one row and searches the index by the run alone,
         # filtering every item of the run against the array (2 s per 5,000 rows of a
         # 100k run); a range on the key is searched in the index at no extra cost.
-        self._json = self._build({n: rows.c[n] for n in self.names}).where(
-            self._key == any_(cast(keys, ARRAY(first_type))),
-            self._key.between(
-                bindparam("rows_lo", type_=first_type), bindparam("rows_hi", type_=first_type)
-            ),
-        )
+        # Integer keys only: Python orders text by code point, the column by its
+        # collation (en_US puts "a" before "B"), and a range in the wrong order would
+        # leave rows out.
+        if self._ranged:
+            statement = statement.where(
+                self._key.between(
+                    bindparam("rows_lo", type_=first_type), bindparam("rows_hi", type_=first_type)
+                )
+            )
+        self._json = statement
         return self._json
 
     def execute(self, conn: Connection, rows: Sequence[tuple[Any, ...]], **scalars: Any) -> int:
@@ -533,10 +543,13 @@ class RowUpdate:
             return self._execute_json(conn, rows[:half], scalars) + self._execute_json(
                 conn, rows[half:], scalars
             )
-        keys = [r[0] for r in rows]
-        params = {"rows_json": payload.decode(), "rows_lo": min(keys), "rows_hi": max(keys)}
+        statement = self._json_statement()
+        params: dict[str, Any] = {"rows_json": payload.decode()}
+        if self._ranged:
+            keys = [r[0] for r in rows]
+            params["rows_lo"], params["rows_hi"] = min(keys), max(keys)
         params.update(scalars)
-        return int(conn.execute(self._json_statement(), params).rowcount)
+        return int(conn.execute(statement, params).rowcount)
 
 
 def _first_per_key(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
