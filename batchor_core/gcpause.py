@@ -14,12 +14,14 @@ made meanwhile (by user code called in the loop, say) wait at most that long. It
 calls ``gc.collect()`` and never freezes objects. It is safe across threads: the
 collector is off while any thread is inside, and on again when the last one leaves,
 unless it was already off when the first one entered (a process that disabled it keeps
-it disabled).
+it disabled). A process forked while other threads are inside keeps only the forking
+thread's pauses: the others' threads are not in it, and would never end theirs.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +31,9 @@ __all__ = ["gc_paused"]
 _lock = threading.Lock()
 _inside = 0
 _was_enabled = False
+# This thread's own depth of pauses (what a forked child keeps: only the forking thread
+# lives on in it).
+_mine = threading.local()
 
 
 @contextmanager
@@ -40,10 +45,31 @@ def gc_paused() -> Iterator[None]:
             _was_enabled = gc.isenabled()
             gc.disable()
         _inside += 1
+        _mine.depth = getattr(_mine, "depth", 0) + 1
     try:
         yield
     finally:
         with _lock:
             _inside -= 1
+            _mine.depth -= 1
             if _inside == 0 and _was_enabled:
                 gc.enable()
+
+
+def _after_fork_in_child() -> None:
+    """A child process forked while other threads were inside a pause (they do not live
+    on in it) keeps only the forking thread's own pauses; none left, it collects again."""
+    global _lock, _inside
+    _lock = threading.Lock()  # held by a thread of the parent, maybe: not ours
+    was_inside, _inside = _inside, getattr(_mine, "depth", 0)
+    if was_inside and not _inside and _was_enabled:
+        gc.enable()
+
+
+if hasattr(os, "register_at_fork"):
+    # The lock is taken around the fork, so the counts are copied between two changes.
+    os.register_at_fork(
+        before=lambda: _lock.acquire(),
+        after_in_parent=lambda: _lock.release(),
+        after_in_child=_after_fork_in_child,
+    )

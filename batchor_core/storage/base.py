@@ -185,12 +185,12 @@ class StoreBase:
         Raises:
             StorageError: The store cannot be reached, or a write was attempted inside.
         """
-        if getattr(self._reading, "conn", None) is not None:
+        if _read_block(self._reading) is not None:
             yield
             return
         with ReadTransaction(self._engine, self._reading) as conn:
-            self._reading.conn = conn
-            try:
+            try:  # set inside: whatever interrupts the block, the thread leaves it
+                self._reading.conn = conn
                 yield
             finally:
                 self._reading.conn = None
@@ -201,7 +201,7 @@ class StoreBase:
         return ReadTransaction(self._engine, self._reading)
 
     def _tx(self) -> Any:
-        if getattr(self._reading, "conn", None) is not None:
+        if _read_block(self._reading) is not None:
             raise StorageError(
                 "cannot write to the batchor store inside its read() block: the block "
                 "is one read-only snapshot; write after it ends"
@@ -261,6 +261,16 @@ class StoreBase:
         )
 
 
+def _read_block(reading: threading.local) -> Connection | None:
+    """The connection of this thread's open ``read()`` block, if any. One already closed
+    belongs to a block that was interrupted on its way out (a KeyboardInterrupt before
+    it let go of it): that block is over."""
+    conn: Connection | None = getattr(reading, "conn", None)
+    if conn is not None and conn.closed:
+        reading.conn = conn = None
+    return conn
+
+
 class Transaction:
     """One transaction; SQLAlchemy errors become StorageError at this edge."""
 
@@ -295,7 +305,7 @@ class ReadTransaction:
         self._own: ReadOnlyTransaction | None = None
 
     def __enter__(self) -> Connection:
-        bound: Connection | None = getattr(self._reading, "conn", None)
+        bound = _read_block(self._reading)
         if bound is not None:
             return bound
         self._own = ReadOnlyTransaction(self._engine)

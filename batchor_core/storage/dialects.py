@@ -15,6 +15,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Integer,
     String,
     Table,
     Text,
@@ -104,13 +105,21 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
             # write in it fail at once (upgrading a deferred read to a write is what
             # could deadlock two processes), until ReadOnlyTransaction turns it off.
             conn.exec_driver_sql("BEGIN")
+            # Marked before it is set: the mark outlives whatever interrupts what follows.
+            conn.connection.info[_QUERY_ONLY] = True
             conn.connection.dbapi_connection.execute("PRAGMA query_only=1")
         else:
+            if conn.connection.info.get(_QUERY_ONLY):
+                # A read ended before it could turn query_only off (a KeyboardInterrupt
+                # between its last two statements): this write would fail on it.
+                _query_only_off(conn)
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 # Connection execution option: the transaction only reads (see ReadOnlyTransaction).
 _READ_ONLY = "batchor_read_only"
+# Key of a pooled SQLite connection's info: query_only may still be on.
+_QUERY_ONLY = "batchor_query_only"
 
 
 class ReadOnlyTransaction:
@@ -135,6 +144,9 @@ class ReadOnlyTransaction:
     def __enter__(self) -> Connection:
         conn = self._engine.connect()
         try:
+            # Everything up to the return may be interrupted (a KeyboardInterrupt): the
+            # connection is closed then, never left checked out in a transaction.
+            self._conn = conn
             name = conn.dialect.name
             if name == "postgresql":
                 # Attributes of the driver's connection (no round trip), reset by the
@@ -143,11 +155,10 @@ class ReadOnlyTransaction:
             elif name == "sqlite":
                 conn.execution_options(**{_READ_ONLY: True})
             self._tx = conn.begin()
+            return conn
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
-        return conn
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         conn = self._conn
@@ -168,12 +179,17 @@ def _writable_again(conn: Connection) -> None:
     """Turn ``query_only`` off, so the connection goes back to the pool writable; one
     that cannot be is discarded instead."""
     try:
-        # Straight to the driver: a statement through SQLAlchemy would begin another
-        # transaction.
-        conn.connection.dbapi_connection.execute("PRAGMA query_only=0")  # type: ignore[union-attr]
+        _query_only_off(conn)
     except Exception:
         conn.invalidate()
         raise
+
+
+def _query_only_off(conn: Connection) -> None:
+    # Straight to the driver: a statement through SQLAlchemy would begin another
+    # transaction.
+    conn.connection.dbapi_connection.execute("PRAGMA query_only=0")  # type: ignore[union-attr]
+    conn.connection.info.pop(_QUERY_ONLY, None)
 
 
 def executemany(conn: Connection, stmt: UpdateBase, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -450,6 +466,8 @@ class RowUpdate:
         self._build = build
         self._key = key
         self._json: Update | None = None  # built on first use: only Postgres needs it
+        # Whether the Postgres statement also bounds the key by the rows' range.
+        self._ranged = isinstance(next(iter(columns.values())), Integer)
         self._plans: weakref.WeakKeyDictionary[Dialect, _TuplePlan] = weakref.WeakKeyDictionary()
 
     def _json_statement(self) -> Update:
@@ -479,16 +497,23 @@ class RowUpdate:
         key_row = elements()
         first_type = next(iter(columns.values()))
         keys = select(func.array_agg(value(key_row, 0, first_type))).scalar_subquery()
+        statement = self._build({n: rows.c[n] for n in self.names}).where(
+            self._key == any_(cast(keys, ARRAY(first_type)))
+        )
         # And their range, as plain values: when the statistics know nothing of the run
         # yet, the planner reckons it one row and searches the index by the run alone,
         # filtering every item of the run against the array (2 s per 5,000 rows of a
         # 100k run); a range on the key is searched in the index at no extra cost.
-        self._json = self._build({n: rows.c[n] for n in self.names}).where(
-            self._key == any_(cast(keys, ARRAY(first_type))),
-            self._key.between(
-                bindparam("rows_lo", type_=first_type), bindparam("rows_hi", type_=first_type)
-            ),
-        )
+        # Integer keys only: Python orders text by code point, the column by its
+        # collation (en_US puts "a" before "B"), and a range in the wrong order would
+        # leave rows out.
+        if self._ranged:
+            statement = statement.where(
+                self._key.between(
+                    bindparam("rows_lo", type_=first_type), bindparam("rows_hi", type_=first_type)
+                )
+            )
+        self._json = statement
         return self._json
 
     def execute(self, conn: Connection, rows: Sequence[tuple[Any, ...]], **scalars: Any) -> int:
@@ -518,10 +543,13 @@ class RowUpdate:
             return self._execute_json(conn, rows[:half], scalars) + self._execute_json(
                 conn, rows[half:], scalars
             )
-        keys = [r[0] for r in rows]
-        params = {"rows_json": payload.decode(), "rows_lo": min(keys), "rows_hi": max(keys)}
+        statement = self._json_statement()
+        params: dict[str, Any] = {"rows_json": payload.decode()}
+        if self._ranged:
+            keys = [r[0] for r in rows]
+            params["rows_lo"], params["rows_hi"] = min(keys), max(keys)
         params.update(scalars)
-        return int(conn.execute(self._json_statement(), params).rowcount)
+        return int(conn.execute(statement, params).rowcount)
 
 
 def _first_per_key(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

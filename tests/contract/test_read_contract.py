@@ -62,3 +62,70 @@ def test_reads_in_one_block_do_not_see_a_commit_made_meanwhile(
     assert first.waiting_reason is None and again.waiting_reason is None
     latest = store.load_run(run_id)
     assert latest is not None and latest.waiting_reason == "moved on"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_read_interrupted_at_any_line_leaves_the_store_writable(
+    store: SQLStateStore, run_id: str
+) -> None:
+    """A KeyboardInterrupt (Ctrl-C in a notebook polling ``summary()``) can land on any
+    line of a read's way in and out. Whichever, the next write commits: no pooled
+    connection is left read-only (SQLite's query_only, Postgres' READ ONLY) and no
+    thread is left inside a read() block."""
+    import gc
+    import sys
+    from types import FrameType
+    from typing import Any
+
+    from batchor_core.storage import base, dialects
+
+    _seed(store, run_id)
+    traced = {
+        f.__code__
+        for f in (
+            dialects.ReadOnlyTransaction.__enter__,
+            dialects.ReadOnlyTransaction.__exit__,
+            dialects._writable_again,
+            dialects._query_only_off,
+            base.ReadTransaction.__enter__,
+            base.ReadTransaction.__exit__,
+            base.StoreBase.read.__wrapped__,  # type: ignore[attr-defined]
+        )
+    }
+    interrupted_at = 0
+    while True:
+        lines = 0
+
+        def trace(frame: FrameType, event: str, _arg: Any, at: int = interrupted_at + 1) -> Any:
+            nonlocal lines
+            if frame.f_code not in traced:
+                return None
+            if event == "line":
+                lines += 1
+                if lines == at:
+                    raise KeyboardInterrupt
+            return trace
+
+        sys.settrace(trace)
+        try:
+            with store.read():
+                store.load_run(run_id)
+            store.chunk_stats([run_id])
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        finally:
+            sys.settrace(None)
+        # A read interrupted before it closed its connection lets it go when it is
+        # collected (the memory store's one connection is busy until then): collected
+        # here, within this test.
+        gc.collect(1)  # the young generations: what this iteration made
+        reason = f"after an interrupt at line {interrupted_at + 1}"
+        store.set_waiting(run_id, reason)  # a write: each pooled connection in turn
+        store.set_waiting(run_id, reason)
+        record = store.load_run(run_id)
+        assert record is not None and record.waiting_reason == reason
+        if finished:
+            break
+        interrupted_at += 1
+    assert interrupted_at > 10  # every line of the way in and out was interrupted once

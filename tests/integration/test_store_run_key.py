@@ -300,3 +300,40 @@ def test_postgres_outcomes_of_a_run_the_statistics_do_not_know_search_a_key_rang
         store.close()
     searched = [line for line in plan.splitlines() if "Index Cond" in line and "run_key" in line]
     assert searched and all("seq >=" in line and "seq <=" in line for line in searched), plan
+
+
+def test_postgres_row_updates_keyed_by_text_apply_every_row_whatever_the_collation(
+    postgres_url: str,
+) -> None:
+    # The key range is Python's min and max of the keys: code point order. A text column
+    # sorts by its collation (en: "a" < "B" < "c"; code points: "B" < "a" < "c"), so a
+    # range on a text key would leave "a" out. Only integer keys are bounded.
+    from sqlalchemy import Column, MetaData, Table, Text, insert, select, update
+
+    from batchor_core.storage.dialects import RowUpdate
+
+    table = Table(
+        "batchor_t_collated",
+        MetaData(),
+        Column("k", Text(collation="en-x-icu"), primary_key=True),
+        Column("v", Text),
+        prefixes=["TEMPORARY"],
+    )
+    by_text = RowUpdate(
+        {"k": Text(), "v": Text()},
+        lambda v: update(table).where(table.c.k == v["k"]).values(v=v["v"]),
+        key=table.c.k,
+    )
+    engine = create_engine(postgres_url)
+    try:
+        with engine.begin() as conn:
+            table.create(conn)
+            conn.execute(insert(table), [{"k": k} for k in ("a", "B", "c")])
+            assert by_text.execute(conn, [("B", "2"), ("a", "1"), ("c", "3")]) == 3
+            assert dict(conn.execute(select(table.c.k, table.c.v)).all()) == {
+                "a": "1",
+                "B": "2",
+                "c": "3",
+            }
+    finally:
+        engine.dispose()

@@ -77,3 +77,58 @@ def test_a_run_leaves_the_collector_as_it_found_it(tmp_path: Path) -> None:
     with pytest.raises(ZeroDivisionError):
         runner.start(job, items=(BatchItem("bad", {"t": 1 / 0}) for _ in range(1)))
     assert gc.isenabled()
+
+
+def _in_child(check: str) -> int:
+    """Fork; the child runs ``check`` (code reading ``gc`` and ``gc_paused``) and exits 0
+    when it holds; the parent gets the child's exit status."""
+    import os
+
+    pid = os.fork()
+    if pid == 0:  # the child: never returns to pytest
+        code = 1
+        try:
+            exec(check, {"gc": gc, "gc_paused": gc_paused})
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_process_forked_while_another_thread_is_paused_collects_again() -> None:
+    """The pausing thread is not in the child (multiprocessing's fork start method, say):
+    its pause ends there, or the child would never collect cycles again."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with gc_paused():
+            entered.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert entered.wait(5)
+        assert not gc.isenabled()
+        child = _in_child(
+            "assert gc.isenabled()\n"
+            "with gc_paused():\n"
+            "    assert not gc.isenabled()\n"
+            "assert gc.isenabled()\n"
+        )
+        assert child == 0
+        assert not gc.isenabled(), "the parent's thread is still inside"
+    finally:
+        release.set()
+        thread.join(5)
+    assert gc.isenabled()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_process_forked_inside_a_pause_ends_it_once() -> None:
+    with gc_paused():
+        child = _in_child("assert not gc.isenabled()\n")  # still inside, in the child too
+        assert child == 0
+    assert gc.isenabled()
