@@ -14,8 +14,10 @@ made meanwhile (by user code called in the loop, say) wait at most that long. It
 calls ``gc.collect()`` and never freezes objects. It is safe across threads: the
 collector is off while any thread is inside, and on again when the last one leaves,
 unless it was already off when the first one entered (a process that disabled it keeps
-it disabled). A process forked while other threads are inside keeps only the forking
-thread's pauses: the others' threads are not in it, and would never end theirs.
+it disabled). A process forked inside a pause (of any thread) starts with none: the
+other threads are not in it, and the forking thread's frames rarely end there either (a
+multiprocessing worker runs its target and leaves with ``os._exit``), so the child
+collects again at once and the pauses it inherited end as no-ops if they ever do.
 """
 
 from __future__ import annotations
@@ -31,9 +33,8 @@ __all__ = ["gc_paused"]
 _lock = threading.Lock()
 _inside = 0
 _was_enabled = False
-# This thread's own depth of pauses (what a forked child keeps: only the forking thread
-# lives on in it).
-_mine = threading.local()
+# Bumped in a forked child: pauses begun before the fork (in the parent) end as no-ops.
+_generation = 0
 
 
 @contextmanager
@@ -45,24 +46,26 @@ def gc_paused() -> Iterator[None]:
             _was_enabled = gc.isenabled()
             gc.disable()
         _inside += 1
-        _mine.depth = getattr(_mine, "depth", 0) + 1
+        generation = _generation
     try:
         yield
     finally:
         with _lock:
-            _inside -= 1
-            _mine.depth -= 1
-            if _inside == 0 and _was_enabled:
-                gc.enable()
+            if generation == _generation:  # else begun in the parent of this process
+                _inside -= 1
+                if _inside == 0 and _was_enabled:
+                    gc.enable()
 
 
 def _after_fork_in_child() -> None:
-    """A child process forked while other threads were inside a pause (they do not live
-    on in it) keeps only the forking thread's own pauses; none left, it collects again."""
-    global _lock, _inside
+    """A forked child starts with no pause: its threads but the forking one are gone,
+    and that one's pausing frames may never end in it (a multiprocessing worker exits
+    with ``os._exit``). Collection is on again if the pauses turned it off."""
+    global _lock, _inside, _generation
     _lock = threading.Lock()  # held by a thread of the parent, maybe: not ours
-    was_inside, _inside = _inside, getattr(_mine, "depth", 0)
-    if was_inside and not _inside and _was_enabled:
+    _generation += 1
+    was_inside, _inside = _inside, 0
+    if was_inside and _was_enabled:
         gc.enable()
 
 

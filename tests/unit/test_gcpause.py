@@ -129,6 +129,56 @@ def test_a_process_forked_while_another_thread_is_paused_collects_again() -> Non
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 def test_a_process_forked_inside_a_pause_ends_it_once() -> None:
     with gc_paused():
-        child = _in_child("assert not gc.isenabled()\n")  # still inside, in the child too
+        # The child starts with no pause; the inherited one ends there as a no-op, and
+        # its own pauses still pause.
+        child = _in_child(
+            "assert gc.isenabled()\n"
+            "with gc_paused():\n"
+            "    assert not gc.isenabled()\n"
+            "assert gc.isenabled()\n"
+        )
         assert child == 0
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_multiprocessing_worker_forked_inside_a_pause_collects_cycles() -> None:
+    """A worker forked inside a pause (a pool user code starts from build_prompt, say)
+    never returns from the pausing frames: it runs its target and exits with os._exit.
+    It must not run its whole life with the cycle collector off."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    with gc_paused():
+        with ctx.Pool(1) as pool:
+            assert pool.apply(gc.isenabled) is True
+        # The parent's pause is unchanged by the fork, and ends as usual.
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_child_that_leaves_the_inherited_pause_keeps_its_own_count() -> None:
+    """The forking thread's frames may end in the child after all: leaving the inherited
+    pause there is a no-op, even while a pause of the child's own is open."""
+    import os
+
+    from batchor_core import gcpause
+
+    own = gc_paused()
+    with gc_paused():
+        pid = os.fork()
+        if pid == 0:
+            own.__enter__()  # the child's own pause, still open when the inherited ends
+    if pid == 0:
+        code = 1
+        try:
+            ok = not gc.isenabled() and gcpause._inside == 1
+            own.__exit__(None, None, None)
+            code = 0 if ok and gc.isenabled() and gcpause._inside == 0 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
     assert gc.isenabled()
