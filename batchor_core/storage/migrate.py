@@ -10,14 +10,18 @@ revision this batchor does not know was written by a newer batchor and is refuse
 Any number of processes may open one store at once: the upgrade runs in one transaction
 that first takes the schema lock (``pg_advisory_xact_lock`` on Postgres; SQLite's
 ``BEGIN IMMEDIATE`` write lock), then looks at the revision again, so the second process
-finds the work done. Postgres and SQLite both roll DDL back with the transaction, so a
-crash mid-upgrade leaves the store at the old revision.
+finds the work done. An upgrade can take minutes on a large store: a process opening it
+meanwhile waits (on SQLite past the 30 s busy timeout, up to an hour). Postgres and SQLite
+both roll DDL back with the transaction, so a crash mid-upgrade leaves the store at the
+old revision.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
+import time
 from pathlib import Path
 
 from sqlalchemy import (
@@ -33,6 +37,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql import column, table
 
 from batchor_core.errors import ConfigurationError
@@ -55,6 +60,10 @@ _version_table = Table(
     PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
 )
 _meta = table("batchor_meta", column("key"), column("value"))
+log = logging.getLogger("batchor.storage")
+# How long opening a SQLite store behind the head waits for the write lock, held by
+# another process upgrading it (a large store's upgrade takes minutes; see rev 0004).
+_UPGRADE_WAIT_SECONDS = 3600.0
 
 
 @functools.lru_cache(maxsize=8)
@@ -92,6 +101,33 @@ def ensure_current(
     if current == head:
         return head
     _refuse_unknown(current, revisions, where)
+    deadline = time.monotonic() + _UPGRADE_WAIT_SECONDS
+    while True:
+        try:
+            return _upgrade_locked(engine, where, directory, revisions, create_fresh=create_fresh)
+        except OperationalError as exc:
+            # SQLite's BEGIN IMMEDIATE gave up after the busy timeout (30 s): another
+            # process holds the write lock, upgrading the store most likely. Wait on
+            # for it, as a Postgres upgrade waits on the advisory lock.
+            if not _sqlite_locked(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("the batchor store at %s is locked; waiting to upgrade it", where)
+
+
+def _sqlite_locked(exc: OperationalError) -> bool:
+    return "database is locked" in str(exc.orig)
+
+
+def _upgrade_locked(
+    engine: Engine,
+    where: str,
+    directory: Path,
+    revisions: tuple[str, ...],
+    *,
+    create_fresh: bool,
+) -> str:
+    """Under the schema lock: the revision looked at again, then upgraded to the head."""
+    head = revisions[-1]
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(select(text("pg_advisory_xact_lock(:key)")), {"key": _SCHEMA_LOCK})

@@ -337,3 +337,71 @@ def test_postgres_row_updates_keyed_by_text_apply_every_row_whatever_the_collati
             }
     finally:
         engine.dispose()
+
+
+def _busy_timeout_ms(engine: Any, ms: int) -> None:
+    """Shorten the engine's SQLite busy timeout (batchor's is 30 s), set after batchor's."""
+
+    @event.listens_for(engine, "connect")
+    def _short(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute(f"PRAGMA busy_timeout={ms}")
+
+
+def test_opening_a_sqlite_store_waits_for_an_upgrade_longer_than_the_busy_timeout(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """While one process upgrades a large store (minutes, for millions of items), another
+    opening it waits for the write lock past SQLite's busy timeout, then finds the store
+    upgraded (here: upgrades it, once the lock is let go), as on Postgres."""
+    from batchor_core.storage import migrate
+    from batchor_core.storage.dialects import make_engine
+
+    path = tmp_path / "busy.sqlite3"
+    url = f"sqlite:///{path}"
+    store = SQLiteStorage(path)
+    _finished_write(store)
+    store.close()
+    back_to_0003(url)
+
+    held, release = threading.Event(), threading.Event()
+
+    def upgrading() -> None:  # the other process's upgrade: the write lock, held a while
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            held.set()
+            release.wait(10)
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    holder = threading.Thread(target=upgrading)
+    holder.start()
+    engine = make_engine(url)
+    _busy_timeout_ms(engine, 50)
+    try:
+        assert held.wait(5)
+        threading.Timer(1.0, release.set).start()  # 20 busy timeouts
+        assert ensure_current(engine, where="busy") == MIGRATIONS_HEAD
+    finally:
+        release.set()
+        holder.join(10)
+        engine.dispose()
+
+    # A lock that is never let go still fails the open, once the wait is over.
+    monkeypatch.setattr(migrate, "_UPGRADE_WAIT_SECONDS", 0.3)
+    back_to_0003(url)
+    held.clear()
+    release.clear()
+    holder = threading.Thread(target=upgrading)
+    holder.start()
+    engine = make_engine(url)
+    _busy_timeout_ms(engine, 50)
+    try:
+        assert held.wait(5)
+        with pytest.raises(Exception, match="database is locked"):
+            ensure_current(engine, where="busy")
+    finally:
+        release.set()
+        holder.join(10)
+        engine.dispose()
