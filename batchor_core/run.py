@@ -241,9 +241,10 @@ class Run:
         """Terminal results as a ``pandas.DataFrame`` (see :meth:`to_arrow`)."""
         table = self.to_arrow(status=status, columns=columns, include_payload=include_payload)
         # The table is ours alone: each column's Arrow memory is freed once converted,
-        # and columns are not copied into one block per type, so the peak stays near one
-        # copy of the results rather than two.
-        return table.to_pandas(split_blocks=True, self_destruct=True)
+        # so the peak stays near one copy of the results rather than two. Not with
+        # split_blocks: numeric columns without nulls would then be read-only views of
+        # Arrow memory, and the caller's frame.loc[...] = ... would raise.
+        return table.to_pandas(self_destruct=True)
 
     def mark_collected(self, by: str, *, replace: str | None = None) -> bool:
         """Record that ``by`` turned this finished run into its one downstream result.

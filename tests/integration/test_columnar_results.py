@@ -387,3 +387,26 @@ def test_driver_pages_are_read_ahead_on_a_worker_except_for_the_memory_store(
         assert pa.Table.from_batches(list(b)).num_rows == N - 4
     finally:
         memory.close()
+
+
+def test_to_pandas_gives_a_frame_the_caller_can_change_in_place(
+    make_runner: Callable[..., BatchRunner], tmp_path: Path, emulator: Any
+) -> None:
+    """Every column of to_pandas()'s frame is writable: numeric columns without nulls
+    (attempts, cursor, ...) must not be read-only views of Arrow memory."""
+    pytest.importorskip("pandas")
+    from batchor_core.storage import SQLiteStorage
+
+    store = SQLiteStorage(tmp_path / "pandas.sqlite3")
+    try:
+        run = _finished_run(make_runner, store, emulator)
+        frame = run.to_pandas()
+        assert len(frame) == N
+        first = frame.index[0]
+        for name in frame.columns:
+            frame.loc[first, name] = frame[name].iloc[1]  # raised on read-only columns
+            assert frame[name].iloc[0] == frame[name].iloc[1] or frame[name].isna().iloc[1]
+        frame["attempts"] += 1
+        assert (frame["attempts"] >= 2).all()
+    finally:
+        store.close()
