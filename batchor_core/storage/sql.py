@@ -25,6 +25,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 
 from batchor_core.errors import (
@@ -498,8 +499,14 @@ class SQLiteStorage(SQLStateStore):
         except OSError as exc:
             raise StorageError(f"cannot create directory for {self.path}: {exc}") from exc
         _prepare_sqlite_file(self.path)
-        super().__init__(f"sqlite:///{self.path}")
+        # Quoted: in a plain f"sqlite:///{path}" a "?" starts the URL's query and "%41"
+        # is decoded, so another file would be opened.
+        super().__init__(URL.create("sqlite", database=str(self.path)).render_as_string())
         self._liveness = FileLiveness(self.path.with_name(self.path.name + ".leases"))
+
+    def _safe_url(self) -> str:
+        # For people: the path as it is, not as the URL quotes it.
+        return f"sqlite:///{self.path}"
 
 
 def _prepare_sqlite_file(path: Path) -> None:

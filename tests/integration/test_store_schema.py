@@ -453,3 +453,22 @@ def test_a_0002_store_with_a_run_in_flight_is_upgraded_and_the_run_finishes(
             final = run.wait(timeout=60, poll_interval=0.01)
             assert final.status is RunStatus.COMPLETED and final.completed_items == 9
             assert new.storage.in_flight_tokens("gpt-4o-mini") == 0
+
+
+@pytest.mark.parametrize("directory", ["runs?v=2", "p%41th", "a#b"])
+def test_a_sqlite_path_with_url_characters_opens_that_very_file(
+    tmp_path: Path, directory: str
+) -> None:
+    """The path becomes a SQLAlchemy URL: ``?`` started a query string there (the store
+    went to a file named after the part before it, shared by every such directory) and
+    ``%41`` was decoded (another directory's file)."""
+    path = tmp_path / directory / "state.sqlite3"
+    store = SQLiteStorage(path)
+    try:
+        _finished_write(store)
+        with store._engine.connect() as conn:
+            files = {r[1]: r[2] for r in conn.exec_driver_sql("PRAGMA database_list")}
+        assert files["main"] == str(path)
+    finally:
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [directory]
