@@ -182,4 +182,10 @@ def write_parquet(
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+    finally:
+        # Left midway (a failed write), the batches' generator would keep its page
+        # reader's worker thread and pages alive for as long as the traceback is.
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
     return ExportReport(path=target, format="parquet", rows=rows, cursor=cursor)

@@ -410,3 +410,43 @@ def test_to_pandas_gives_a_frame_the_caller_can_change_in_place(
         assert (frame["attempts"] >= 2).all()
     finally:
         store.close()
+
+
+def test_a_failed_parquet_export_stops_its_page_reader_at_once(
+    make_runner: Callable[..., BatchRunner], tmp_path: Path, emulator: Any, monkeypatch: Any
+) -> None:
+    """A write that fails midway (a full disk, say) stops the worker reading pages ahead
+    and closes its reader then, not whenever the failed export's traceback is let go
+    (a notebook keeps the last one)."""
+    import threading
+
+    from batchor_core import columnar
+    from batchor_core.storage import SQLiteStorage
+
+    def workers() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.endswith("-pages")]
+
+    store = SQLiteStorage(tmp_path / "export.sqlite3")
+    try:
+        run = _finished_run(make_runner, store, emulator)
+        real = columnar.result_batches
+
+        def small_pages(*args: Any, **kwargs: Any) -> Any:
+            return real(*args, **kwargs, page_size=4)
+
+        monkeypatch.setattr(columnar, "result_batches", small_pages)
+        written: list[int] = []
+
+        def write_batch(self: Any, batch: Any, *args: Any, **kwargs: Any) -> None:
+            written.append(batch.num_rows)
+            if len(written) == 2:
+                raise OSError("no space left on device")
+
+        monkeypatch.setattr(pq.ParquetWriter, "write_batch", write_batch)
+        with pytest.raises(OSError, match="no space") as failed:
+            run.export(tmp_path / "out.parquet", format="parquet")
+        assert failed.value is not None  # the traceback is still held here
+        assert not workers()
+        assert not (tmp_path / "out.parquet").exists()
+    finally:
+        store.close()
