@@ -6,6 +6,7 @@ import gc
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,12 +151,21 @@ def test_a_multiprocessing_worker_forked_inside_a_pause_collects_cycles() -> Non
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
     with gc_paused():
-        with ctx.Pool(1) as pool:
-            assert pool.apply(gc.isenabled) is True
+        worker = ctx.Process(target=_send_gc_enabled, args=(send,))
+        worker.start()
+        assert receive.poll(30)
+        assert receive.recv() is True
+        worker.join(30)
+        assert worker.exitcode == 0
         # The parent's pause is unchanged by the fork, and ends as usual.
         assert not gc.isenabled()
     assert gc.isenabled()
+
+
+def _send_gc_enabled(send: Any) -> None:
+    send.send(gc.isenabled())
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
