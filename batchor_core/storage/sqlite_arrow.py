@@ -18,6 +18,7 @@ parses the last one (the two halves of ``to_arrow()`` take about as long each).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Generator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
     from batchor_core.ports import StateStore
 
-__all__ = ["ArrowPage", "SQLiteArrowReader", "open_arrow_reader", "prefetch_pages"]
+__all__ = ["ADBC_ENV", "ArrowPage", "SQLiteArrowReader", "open_arrow_reader", "prefetch_pages"]
 
 ArrowPage: TypeAlias = "tuple[dict[str, pa.Array], int]"
 """A page's ``{stored column: array}`` and its last row's ``seq``."""
@@ -41,12 +42,26 @@ _TEXT = frozenset(
 )
 
 
+ADBC_ENV = "BATCHOR_SQLITE_ADBC"
+"""Set to ``1`` to read a SQLite store's result pages through ADBC (see
+:func:`open_arrow_reader`): only where nothing else in the process uses the file."""
+
+
 def open_arrow_reader(storage: StateStore) -> SQLiteArrowReader | None:
-    """A reader for ``storage`` if it is a SQLite file store and ADBC's SQLite driver is
-    installed; otherwise None (read pages with ``read_result_columns``)."""
+    """A reader for ``storage`` if it is a SQLite file store, ADBC's SQLite driver is
+    installed and :data:`ADBC_ENV` is ``1``; otherwise None (read pages with
+    ``read_result_columns``).
+
+    Opt-in because the ADBC driver carries its own copy of SQLite, and two copies of
+    SQLite must not open one file in one process: POSIX locks are the process's, so
+    neither copy sees the other's (the driver's reader took the WAL index for its own
+    while the store's writer used it: ``database disk image is malformed`` and ``no
+    such table`` for an ingest running beside ``to_arrow()``), and closing either
+    copy's file releases the other's locks, which other processes then rely on.
+    """
     from batchor_core.storage.sql import SQLiteStorage
 
-    if not isinstance(storage, SQLiteStorage):
+    if not isinstance(storage, SQLiteStorage) or os.environ.get(ADBC_ENV) != "1":
         return None
     try:
         import adbc_driver_manager

@@ -219,6 +219,7 @@ def test_sqlite_to_arrow_takes_the_adbc_path_and_gives_the_same_table(
     pytest.importorskip("adbc_driver_sqlite")
     import sys
 
+    monkeypatch.setenv("BATCHOR_SQLITE_ADBC", "1")  # opted in
     from batchor_core.columnar import result_batches
     from batchor_core.storage import SQLiteStorage
     from batchor_core.storage.sqlite_arrow import open_arrow_reader
@@ -276,6 +277,7 @@ def test_adbc_pages_hand_over_to_the_driver_midway_and_stop_their_worker_when_le
     pytest.importorskip("adbc_driver_sqlite")
     import threading
 
+    monkeypatch.setenv("BATCHOR_SQLITE_ADBC", "1")  # opted in
     from batchor_core.columnar import result_batches
     from batchor_core.storage import SQLiteStorage
     from batchor_core.storage.sqlite_arrow import SQLiteArrowReader
@@ -450,3 +452,62 @@ def test_a_failed_parquet_export_stops_its_page_reader_at_once(
         assert not (tmp_path / "out.parquet").exists()
     finally:
         store.close()
+
+
+def test_results_read_beside_an_ingest_in_the_same_process_leave_the_store_sound(
+    tmp_path: Path,
+) -> None:
+    """to_arrow() in one thread while another ingests into the same SQLite file. With the
+    ADBC driver's own copy of SQLite reading the file beside Python's (as by default
+    before), the store's own statements failed midway: ``database disk image is
+    malformed``, ``no such table: batchor_items``."""
+    import threading
+
+    from pydantic import BaseModel
+
+    from batchor_core import LocalArtifactStore
+    from batchor_core.columnar import result_batches
+    from batchor_core.storage import SQLiteStorage
+    from batchor_core.testing import FakeBatchProvider
+
+    class Out(BaseModel):
+        x: int
+
+    path = tmp_path / "beside.sqlite3"
+    store = SQLiteStorage(path)
+    runner = BatchRunner(
+        storage=store,
+        artifacts=LocalArtifactStore(tmp_path / "artifacts", fsync=False),
+        provider=FakeBatchProvider(lambda body: '{"x": 1}'),
+    )
+    job = BatchJob(model="m", build_prompt=lambda item: str(item.payload["t"]), output_model=Out)
+    done = threading.Event()
+    problems: list[BaseException] = []
+    reads = [0]
+
+    def reader() -> None:
+        other = SQLiteStorage(path)
+        try:
+            while not done.is_set():
+                schema, batches = result_batches(other, "beside", None, page_size=500)
+                table = pa.Table.from_batches(list(batches), schema=schema)
+                ids = table.column("item_id").to_pylist()
+                assert len(ids) == len(set(ids))
+                reads[0] += 1
+        except BaseException as exc:  # what the test exists to catch
+            problems.append(exc)
+        finally:
+            other.close()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        items = (BatchItem(f"i{n}", {"t": n}) for n in range(20_000))
+        run = runner.start(job, items=items, run_id="beside")
+        assert run.wait(timeout=120, poll_interval=0).completed_items == 20_000
+    finally:
+        done.set()
+        thread.join(60)
+        runner.close()
+    assert problems == []
+    assert reads[0] > 0
