@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import enum
 import json
+import os
 import resource
 import sqlite3
 import statistics
@@ -147,8 +148,11 @@ def main() -> None:
         run.wait(timeout=36_000, poll_interval=0)
         print(f"built the run in {time.perf_counter() - t:.1f}s ({db})")
     run = runner.get_run(run_id, job=_job())
-    from batchor_core.storage.sqlite_arrow import open_arrow_reader
+    from batchor_core.storage.sqlite_arrow import ADBC_ENV, open_arrow_reader
 
+    # Opted in only now: nothing writes to the store from here on (the ADBC driver's own
+    # copy of SQLite must not share the file with a writer in this process).
+    os.environ[ADBC_ENV] = "1"
     reader = open_arrow_reader(runner.storage)
     if reader is None:
         print("adbc-driver-sqlite is not installed: both to_arrow rows use the sqlite3 driver")
