@@ -15,8 +15,13 @@ from batchor_core.artifacts import LocalArtifactStore
 from batchor_core.clock import SystemClock
 from batchor_core.errors import ConfigurationError
 from batchor_core.gcpause import gc_paused
+from batchor_core.models import Price
 from batchor_core.ports import ArtifactStore, BatchProvider, Clock, StateStore
-from batchor_core.providers.openai.config import OpenAIProviderConfig
+from batchor_core.providers.openai.config import (
+    OpenAIProviderConfig,
+    configured_enqueue_limit,
+    configured_price,
+)
 from batchor_core.storage import MemoryStateStore, PostgresStorage, SQLiteStorage
 
 if TYPE_CHECKING:
@@ -181,7 +186,8 @@ class DeferredOpenAIProvider:
 
     Building it imports the openai SDK (about a second), which a runner that only reads
     its store (``batchor status``, a Dagster sensor) never needs. Every attribute but
-    ``config`` and ``close`` is the real :class:`OpenAIBatchProvider`'s.
+    ``config``, ``close``, ``price`` and ``enqueue_limit`` (answered from the config) is
+    the real :class:`OpenAIBatchProvider`'s.
     """
 
     def __init__(self, config: OpenAIProviderConfig) -> None:
@@ -210,6 +216,15 @@ class DeferredOpenAIProvider:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real(), name)
+
+    # Answered from the config, without the SDK: a status or a sensor shows costs.
+    def price(self, model: str) -> tuple[Price | None, str]:
+        """The price of ``model`` (config override, else batchor's table) and its source."""
+        return configured_price(self._config, model)
+
+    def enqueue_limit(self, model: str) -> int | None:
+        """The configured enqueued-token limit of ``model``."""
+        return configured_enqueue_limit(self._config, model)
 
     def close(self) -> None:
         """Close the real provider's HTTP clients, if it was ever built."""

@@ -100,3 +100,35 @@ def test_a_runner_from_a_provider_config_loads_the_sdk_only_when_it_is_used(
         "runner.close()"
     )
     assert "openai" in used
+
+
+def test_costs_and_limits_of_a_provider_config_need_no_sdk() -> None:
+    """A status (CLI or Dagster sensor) shows a run's cost: its price comes from the config,
+    and must not import the SDK (a second per `batchor status`)."""
+    from batchor_core import EnqueueLimit, OpenAIProviderConfig, Price
+    from batchor_core.defaults import as_provider
+
+    loaded = _loaded_after(
+        "from batchor_core import BatchRunner, MemoryStateStore, OpenAIProviderConfig\n"
+        "from batchor_core import EnqueueLimit, Price\n"
+        "config = OpenAIProviderConfig(api_key='sk-x',\n"
+        "    prices={'m': Price(input=1.0, output=2.0)},\n"
+        "    enqueue_limits={'m': EnqueueLimit(tokens=5)})\n"
+        "runner = BatchRunner(storage=MemoryStateStore(), provider=config)\n"
+        "assert runner.provider.price('m')[0].input == 1.0\n"
+        "assert runner.provider.price('gpt-4o-mini')[0] is not None\n"
+        "assert runner.provider.enqueue_limit('m') == 5\n"
+        "runner.close()"
+    )
+    assert "openai" not in loaded
+    # The same answers as the real provider's.
+    config = OpenAIProviderConfig(
+        api_key="sk-x",
+        prices={"m": Price(input=1.0, output=2.0)},
+        enqueue_limits={"m": EnqueueLimit(tokens=5)},
+    )
+    deferred = as_provider(config)
+    real = deferred._real()  # type: ignore[attr-defined]
+    for model in ("m", "gpt-4o-mini", "no-such-model"):
+        assert deferred.price(model) == real.price(model)
+        assert deferred.enqueue_limit(model) == real.enqueue_limit(model)

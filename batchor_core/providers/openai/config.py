@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from batchor_core.errors import ConfigurationError
 from batchor_core.models import EnqueueLimit, Price
+from batchor_core.pricing import price_for
 
-__all__ = ["OpenAIProviderConfig"]
+__all__ = ["OpenAIProviderConfig", "configured_enqueue_limit", "configured_price"]
 
 API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
@@ -97,3 +98,16 @@ class OpenAIProviderConfig:
         )
 
     __str__ = __repr__
+
+
+# What the provider answers from its config alone: no SDK needed (a runner that only
+# reads its store, such as ``batchor status`` or a Dagster sensor, shows costs with these).
+def configured_enqueue_limit(config: OpenAIProviderConfig, model: str) -> int | None:
+    """The configured enqueued-token limit of ``model`` (see ``enqueue_limits``)."""
+    limit = (config.enqueue_limits or {}).get(model)
+    return None if limit is None else limit.tokens
+
+
+def configured_price(config: OpenAIProviderConfig, model: str) -> tuple[Price | None, str]:
+    """The price of ``model`` (config override, else batchor's table) and its source."""
+    return price_for(model, config.prices)

@@ -20,9 +20,12 @@ from openai.types import Batch, FileObject
 from batchor_core.errors import BatchorError, ConfigurationError
 from batchor_core.models import Endpoint, JSONObject, Price
 from batchor_core.ports import ProviderBatch, RequestSpec
-from batchor_core.pricing import price_for
 from batchor_core.providers.openai import parsing, requests
-from batchor_core.providers.openai.config import OpenAIProviderConfig
+from batchor_core.providers.openai.config import (
+    OpenAIProviderConfig,
+    configured_enqueue_limit,
+    configured_price,
+)
 from batchor_core.providers.openai.translate import (
     to_provider_batch,
     translate_error,
@@ -155,12 +158,11 @@ class OpenAIBatchProvider:
 
     def enqueue_limit(self, model: str) -> int | None:
         """The configured enqueued-token limit of ``model`` (see ``enqueue_limits``)."""
-        limit = (self._config.enqueue_limits or {}).get(model)
-        return None if limit is None else limit.tokens
+        return configured_enqueue_limit(self._config, model)
 
     def price(self, model: str) -> tuple[Price | None, str]:
         """The price of ``model`` (config override, else batchor's table) and its source."""
-        return price_for(model, self._config.prices)
+        return configured_price(self._config, model)
 
     def shape_body(self, spec: RequestSpec, body: Mapping[str, object]) -> JSONObject:
         """Complete a user-built request body (model, options, structured output format).
