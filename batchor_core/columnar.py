@@ -225,6 +225,42 @@ def result_batches(
             columns = {f: getattr(page, f) for f in fields | {"item_id"}}
             return _page_batch(columns, schema, typed if parse else None)
 
+        if _child_pages_wanted(storage):
+            # The first page through the driver: a run of one page never starts a child.
+            page, last_seq = read(after_seq)
+            if not len(page):
+                return
+            if len(page) < page_size:  # the last page
+                yield batch(page)
+                return
+            # More to come: the rest from a child, started before this page is parsed.
+            rest = _child_pages(
+                storage,
+                run_id,
+                after_seq=last_seq,
+                limit=page_size,
+                status=status,
+                finished_after=after,
+                fields=fields,
+                json_lines=parse,
+            )
+            try:
+                yield batch(page)
+                after_seq = last_seq
+                for got in rest or ():
+                    if got is None:
+                        break  # the child cannot go on: the rest through the driver
+                    columns, last_seq = got
+                    if not columns:
+                        return
+                    yield _page_batch(columns, schema, typed if parse else None, json_lines=parse)
+                    after_seq = last_seq
+                else:
+                    if rest is not None:
+                        return  # (the child always ends its pages with one of the above)
+            finally:
+                if rest is not None:
+                    rest.close()
         if reads_ahead_safely(storage):
             # The driver's next page is read while this one is parsed (outside the GIL).
             ahead = read_ahead(read, after_seq=after_seq, is_last=lambda page: not len(page))
@@ -246,6 +282,36 @@ def result_batches(
             after_seq = last_seq
 
     return schema, batches()
+
+
+def _child_pages_wanted(storage: StateStore) -> bool:
+    """Whether large results of ``storage`` are read by an ADBC child process: a SQLite
+    file store, the driver installed, and ``BATCHOR_SQLITE_ADBC`` unset (``1`` reads in
+    this process, ``0`` never through ADBC)."""
+    import os
+
+    from batchor_core.storage.arrow_child import adbc_installed
+    from batchor_core.storage.sql import SQLiteStorage
+    from batchor_core.storage.sqlite_arrow import ADBC_ENV
+
+    return (
+        isinstance(storage, SQLiteStorage)
+        and os.name == "posix"  # the child's pipe is waited on with select()
+        and os.environ.get(ADBC_ENV, "") == ""
+        and adbc_installed()
+    )
+
+
+def _child_pages(storage: Any, run_id: str, **options: Any) -> Any:
+    """The pages after the first from an ADBC child (see ``storage.arrow_child``); None
+    if the child cannot be started."""
+    from batchor_core.storage.arrow_child import ChildPages
+
+    try:
+        child = ChildPages(storage.path, run_id, **options)
+    except OSError:
+        return None
+    return child
 
 
 def results_table(

@@ -43,8 +43,10 @@ _TEXT = frozenset(
 
 
 ADBC_ENV = "BATCHOR_SQLITE_ADBC"
-"""Set to ``1`` to read a SQLite store's result pages through ADBC (see
-:func:`open_arrow_reader`): only where nothing else in the process uses the file."""
+"""``1``: read a SQLite store's result pages through ADBC in this process (see
+:func:`open_arrow_reader`), only where nothing else in the process uses the file; ``0``:
+never through ADBC; unset: large results through ADBC in a child process (see
+:mod:`batchor_core.storage.arrow_child`)."""
 
 
 def open_arrow_reader(storage: StateStore) -> SQLiteArrowReader | None:

@@ -1,0 +1,234 @@
+"""Result pages of a SQLite store read through ADBC in a child process.
+
+ADBC's SQLite driver carries its own copy of SQLite, and two copies must not open one
+file in one process (POSIX locks belong to the process: neither copy sees the other's,
+and closing either one's file drops the other's). In a process of its own the driver is
+just another reader of the file, as safe as a second ``batchor status``. So a large
+``to_arrow()`` runs :class:`~batchor_core.storage.sqlite_arrow.SQLiteArrowReader` in a
+child that streams its pages back as Arrow IPC over a pipe; the parent only copies bytes
+and parses outputs, while the child reads the next pages (the pipe's buffer bounds how
+far ahead).
+
+Every wait on the child is bounded (``page_timeout``); a child that is slow, dies, or
+cannot give a page ends the pages with None, and the caller reads the rest through the
+store's driver, so the table is the same either way.
+
+Protocol: the parent writes one JSON request line on the child's stdin; the child writes
+frames ``kind (1 byte) + length (8 bytes, little endian) + payload``: ``P`` a page (an
+IPC stream of one record batch, its last ``seq`` in the schema's metadata), ``E`` no
+more rows, ``F`` a page ADBC cannot give (read the rest the ordinary way).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import struct
+import subprocess
+import sys
+from collections.abc import Collection, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from batchor_core.storage.sqlite_arrow import ArrowPage
+
+__all__ = ["ChildPages", "adbc_installed"]
+
+_log = logging.getLogger("batchor.storage")
+_HEADER = struct.Struct("<cQ")
+_LAST_SEQ = b"batchor.last_seq"  # a page's schema metadata: its last row's seq
+# Seconds a page may take to arrive (the first one includes the child's start-up).
+PAGE_TIMEOUT = 120.0
+
+
+def adbc_installed() -> bool:
+    """Whether ADBC's SQLite driver can be imported (without importing it)."""
+    from importlib.util import find_spec
+
+    return (
+        find_spec("adbc_driver_sqlite") is not None and find_spec("adbc_driver_manager") is not None
+    )
+
+
+class ChildPages:
+    """Pages from ``after_seq`` on, read by a child process; iterate once, then close.
+
+    Yields ``(columns, last_seq)`` pages as :meth:`SQLiteArrowReader.read_page` gives
+    them, an empty page at the end, or None (then stops) when the child cannot go on:
+    read the rest the ordinary way, after the last page's ``seq``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        run_id: str,
+        *,
+        after_seq: int,
+        limit: int,
+        status: str | None,
+        finished_after: int,
+        fields: Collection[str] | None,
+        json_lines: bool,
+        page_timeout: float = PAGE_TIMEOUT,
+        command: Sequence[str] | None = None,
+    ) -> None:
+        request = {
+            "path": str(path),
+            "run_id": run_id,
+            "after_seq": after_seq,
+            "limit": limit,
+            "status": status,
+            "finished_after": finished_after,
+            "fields": sorted(fields) if fields is not None else None,
+            "json_lines": json_lines,
+        }
+        self._timeout = page_timeout
+        self._ended = False
+        env = dict(os.environ)
+        # The child imports this very batchor, installed or not.
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen(
+            list(command or [sys.executable, "-m", "batchor_core.storage.arrow_child"]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.close()
+        except OSError:  # the child is gone already: the first read says so
+            pass
+        self._fd = self.process.stdout.fileno()
+
+    def __iter__(self) -> Iterator[ArrowPage | None]:
+        import pyarrow as pa  # type: ignore[import-untyped]
+
+        while True:
+            frame = self._frame()
+            if frame is None:
+                yield None
+                return
+            kind, payload = frame
+            if kind == b"E":
+                self._ended = True  # the child exits on its own now
+                yield {}, -1
+                return
+            if kind != b"P":
+                yield None
+                return
+            batch = pa.ipc.open_stream(pa.py_buffer(payload)).read_next_batch()
+            columns = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
+            yield columns, int(batch.schema.metadata[_LAST_SEQ])
+
+    def _frame(self) -> tuple[bytes, bytes] | None:
+        header = self._read(_HEADER.size)
+        if header is None:
+            return None
+        kind, size = _HEADER.unpack(header)
+        payload = self._read(size) if size else b""
+        if payload is None:
+            return None
+        return kind, payload
+
+    def _read(self, size: int) -> bytes | None:
+        """Exactly ``size`` bytes from the child, or None if it ends or takes too long."""
+        chunks = bytearray()
+        while len(chunks) < size:
+            ready, _, _ = select.select([self._fd], [], [], self._timeout)
+            if not ready:
+                _log.warning(
+                    "the ADBC page reader gave nothing for %.0f s: reading the rest "
+                    "through the store's driver",
+                    self._timeout,
+                )
+                return None
+            got = os.read(self._fd, min(size - len(chunks), 1 << 20))
+            if not got:  # the child ended (or died) midway
+                _log.warning(
+                    "the ADBC page reader ended early (exit status %s): reading the rest "
+                    "through the store's driver",
+                    self.process.poll(),
+                )
+                return None
+            chunks += got
+        return bytes(chunks)
+
+    def close(self) -> None:
+        """Stop the child (if it still runs) and reap it."""
+        process = self.process
+        if not self._ended and process.poll() is None:
+            process.kill()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a kill not yet delivered
+            _log.warning("the ADBC page reader (pid %s) did not exit", process.pid)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _serve(request: dict[str, Any], out: Any) -> None:
+    """The child: read pages with ADBC and write them as frames to ``out``."""
+    import adbc_driver_manager
+    import adbc_driver_sqlite
+    import pyarrow as pa
+
+    from batchor_core.storage.sqlite_arrow import SQLiteArrowReader
+
+    class _File:
+        path = Path(request["path"])
+
+    reader = SQLiteArrowReader(_File(), adbc_driver_sqlite, adbc_driver_manager)
+    try:
+        after = int(request["after_seq"])
+        fields = request["fields"]
+        while True:
+            page = reader.read_page(
+                request["run_id"],
+                after_seq=after,
+                limit=int(request["limit"]),
+                status=request["status"],
+                finished_after=int(request["finished_after"]),
+                fields=None if fields is None else set(fields),
+                json_lines=bool(request["json_lines"]),
+            )
+            if page is None:
+                out.write(_HEADER.pack(b"F", 0))
+                return
+            columns, last = page
+            if not columns:
+                out.write(_HEADER.pack(b"E", 0))
+                return
+            batch = pa.RecordBatch.from_arrays(
+                list(columns.values()),
+                list(columns),
+                metadata={_LAST_SEQ: str(last).encode()},
+            )
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, batch.schema) as writer:
+                writer.write_batch(batch)
+            data = sink.getvalue()
+            out.write(_HEADER.pack(b"P", data.size))
+            out.write(memoryview(data))
+            out.flush()
+            after = last
+    finally:
+        reader.close()
+        out.flush()
+
+
+def _main() -> int:
+    request = json.loads(sys.stdin.buffer.readline())
+    try:
+        _serve(request, sys.stdout.buffer)
+    except BrokenPipeError:  # the parent stopped reading: nothing left to do
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

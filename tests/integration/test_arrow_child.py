@@ -1,0 +1,186 @@
+"""Large results of a SQLite store read by an ADBC child process: the same table as the
+driver's, every wait on the child bounded, and no child left behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa  # type: ignore[import-untyped]
+import pytest
+
+from batchor_core import BatchRunner
+from batchor_core.columnar import result_batches
+from batchor_core.storage import SQLiteStorage, arrow_child
+from batchor_core.storage.arrow_child import ChildPages
+from tests.integration.test_columnar_results import N, _finished_run
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("adbc_driver_sqlite")
+
+
+@pytest.fixture
+def children(monkeypatch: Any) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The child processes started, with ADBC neither opted in nor off."""
+    monkeypatch.delenv("BATCHOR_SQLITE_ADBC", raising=False)
+    started: list[subprocess.Popen[bytes]] = []
+    real = subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        process = real(*args, **kwargs)
+        if "batchor_core.storage.arrow_child" in args[0]:
+            started.append(process)
+        return process
+
+    monkeypatch.setattr(arrow_child.subprocess, "Popen", popen)
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+
+
+def _table(store: SQLiteStorage, schema: Any, **options: Any) -> pa.Table:
+    s, batches = result_batches(store, "col", schema, **options)
+    return pa.Table.from_batches(list(batches), schema=s)
+
+
+def _driver_calls(store: SQLiteStorage, monkeypatch: Any) -> list[int]:
+    calls: list[int] = []
+    read = store.read_result_columns
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["after_seq"])
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(store, "read_result_columns", counted)
+    return calls
+
+
+def test_pages_after_a_full_first_one_come_from_a_child_and_give_the_driver_s_table(
+    make_runner: Callable[..., BatchRunner],
+    tmp_path: Path,
+    emulator: Any,
+    monkeypatch: Any,
+    children: list[Any],
+) -> None:
+    store = SQLiteStorage(tmp_path / "child.sqlite3")
+    try:
+        run = _finished_run(make_runner, store, emulator)
+        schema = run._output_schema()
+        variants: list[dict[str, Any]] = [
+            {"include_payload": True},
+            {"status": "failed"},
+            {"columns": ["error_code", "aspects", "metadata"]},
+            {"after": 5},
+        ]
+        calls = _driver_calls(store, monkeypatch)
+        got = [_table(store, schema, page_size=4, **v) for v in variants]
+        assert len(children) == len(variants) - 1  # 3 failed items fit in one page
+        assert all(c.wait(10) == 0 for c in children)  # each ended on its own
+        assert calls == [-1] * len(variants)  # the driver read only the first pages
+        monkeypatch.setenv("BATCHOR_SQLITE_ADBC", "0")  # the driver alone
+        want = [_table(store, schema, page_size=4, **v) for v in variants]
+        assert len(children) == len(variants) - 1
+        for g, w in zip(got, want, strict=True):
+            assert g.schema == w.schema and g.equals(w)
+        assert got[0].num_rows == N
+        # One page's worth starts no child at all.
+        monkeypatch.delenv("BATCHOR_SQLITE_ADBC")
+        assert run.to_arrow().num_rows == N
+        assert len(children) == len(variants) - 1
+    finally:
+        store.close()
+
+
+def test_a_child_that_dies_midway_leaves_the_rest_to_the_driver(
+    make_runner: Callable[..., BatchRunner],
+    tmp_path: Path,
+    emulator: Any,
+    monkeypatch: Any,
+    children: list[Any],
+) -> None:
+    store = SQLiteStorage(tmp_path / "child.sqlite3")
+    try:
+        run = _finished_run(make_runner, store, emulator)
+        schema = run._output_schema()
+        want = run.to_arrow(include_payload=True)
+        real_iter = ChildPages.__iter__
+
+        def dying(self: ChildPages) -> Iterator[Any]:
+            for n, page in enumerate(real_iter(self)):
+                yield page
+                if n == 1:
+                    self.process.kill()  # as by the OOM killer, between two pages
+                    self.process.wait(10)
+
+        monkeypatch.setattr(ChildPages, "__iter__", dying)
+        calls = _driver_calls(store, monkeypatch)
+        got = _table(store, schema, page_size=4, include_payload=True)
+        assert len(children) == 1
+        assert len(calls) > 1  # the driver took over after the child's pages
+        assert got.equals(want)
+    finally:
+        store.close()
+
+
+def test_a_child_that_gives_nothing_is_waited_on_only_so_long(tmp_path: Path) -> None:
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    pages = ChildPages(
+        tmp_path / "none.sqlite3",
+        "r",
+        after_seq=0,
+        limit=10,
+        status=None,
+        finished_after=0,
+        fields=None,
+        json_lines=False,
+        page_timeout=0.5,
+        command=sleeper,
+    )
+    began = time.monotonic()
+    try:
+        assert list(pages) == [None]  # read the rest through the driver
+        assert time.monotonic() - began < 10
+    finally:
+        pages.close()
+    assert pages.process.poll() is not None  # stopped and reaped
+
+
+def test_a_child_that_cannot_read_the_file_ends_the_pages_at_once(tmp_path: Path) -> None:
+    pages = ChildPages(
+        tmp_path / "missing" / "store.sqlite3",
+        "r",
+        after_seq=0,
+        limit=10,
+        status=None,
+        finished_after=0,
+        fields=None,
+        json_lines=False,
+    )
+    try:
+        assert list(pages) == [None]
+    finally:
+        pages.close()
+
+
+def test_a_reader_that_stops_early_stops_its_child(
+    make_runner: Callable[..., BatchRunner],
+    tmp_path: Path,
+    emulator: Any,
+    children: list[Any],
+) -> None:
+    store = SQLiteStorage(tmp_path / "child.sqlite3")
+    try:
+        run = _finished_run(make_runner, store, emulator)
+        _, batches = result_batches(store, "col", run._output_schema(), page_size=2)
+        next(batches)
+        next(batches)  # the child's first page
+        assert len(children) == 1 and children[0].poll() is None
+        batches.close()  # type: ignore[attr-defined]
+        assert children[0].poll() is not None
+    finally:
+        store.close()
