@@ -4,16 +4,19 @@ ADBC's SQLite driver carries its own copy of SQLite, and two copies must not ope
 file in one process (POSIX locks belong to the process: neither copy sees the other's,
 and closing either one's file drops the other's). In a process of its own the driver is
 just another reader of the file, as safe as a second ``batchor status``. So a large
-``to_arrow()`` runs :class:`~batchor_core.storage.sqlite_arrow.SQLiteArrowReader` in a
-child that streams its pages back as Arrow IPC over a pipe; the parent only copies bytes
-and parses outputs, while the child reads the next pages (the pipe's buffer bounds how
-far ahead).
+``to_arrow()`` runs the page query (built by
+:func:`~batchor_core.storage.sqlite_arrow.page_sql`) in a child, this very file run as a
+script (nothing of batchor or SQLAlchemy imported there: it starts in a third of the
+time), which streams its pages back as Arrow IPC over a pipe; the parent only copies
+bytes and parses outputs, while the child reads the next pages (the pipe's buffer bounds
+how far ahead).
 
 Every wait on the child is bounded (``page_timeout``); a child that is slow, dies, or
 cannot give a page ends the pages with None, and the caller reads the rest through the
 store's driver, so the table is the same either way.
 
-Protocol: the parent writes one JSON request line on the child's stdin; the child writes
+Protocol: the parent writes one JSON request line on the child's stdin (the page query
+as SQL text, with a marker where each page's ``after_seq`` goes); the child writes
 frames ``kind (1 byte) + length (8 bytes, little endian) + payload``: ``P`` a page (an
 IPC stream of one record batch, its last ``seq`` in the schema's metadata), ``E`` no
 more rows, ``F`` a page ADBC cannot give (read the rest the ordinary way).
@@ -30,15 +33,21 @@ import subprocess
 import sys
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from batchor_core.storage.sqlite_arrow import ArrowPage
+if TYPE_CHECKING:
+    import pyarrow as pa  # type: ignore[import-untyped]
 
-__all__ = ["ChildPages", "adbc_installed"]
+    from batchor_core.storage.sqlite_arrow import ArrowPage
+
+# Only the standard library at module level: the child runs this file as a script.
+__all__ = ["ChildPages", "adbc_installed", "fetch_page", "open_adbc"]
 
 _log = logging.getLogger("batchor.storage")
 _HEADER = struct.Struct("<cQ")
 _LAST_SEQ = b"batchor.last_seq"  # a page's schema metadata: its last row's seq
+# Stands for each page's after_seq in the query text the child is given.
+_MARK = 7_394_011_265_538_817_023
 # Seconds a page may take to arrive (the first one includes the child's start-up).
 PAGE_TIMEOUT = 120.0
 
@@ -74,28 +83,35 @@ class ChildPages:
         page_timeout: float = PAGE_TIMEOUT,
         command: Sequence[str] | None = None,
     ) -> None:
+        from batchor_core.storage.sqlite_arrow import TEXT_COLUMNS, page_sql
+
+        sql, names = page_sql(
+            run_id,
+            after_seq=_MARK,
+            limit=limit,
+            status=status,
+            finished_after=finished_after,
+            fields=fields,
+            json_lines=json_lines,
+        )
+        if sql.count(str(_MARK)) != 1:  # the marker in a value too (the run id, say)
+            raise OSError("cannot mark the page query's after_seq")
         request = {
             "path": str(path),
-            "run_id": run_id,
-            "after_seq": after_seq,
+            "sql": sql,
+            "mark": str(_MARK),
+            "names": names,
+            "text": sorted(TEXT_COLUMNS),
             "limit": limit,
-            "status": status,
-            "finished_after": finished_after,
-            "fields": sorted(fields) if fields is not None else None,
-            "json_lines": json_lines,
+            "after_seq": after_seq,
         }
         self._timeout = page_timeout
         self._ended = False
-        env = dict(os.environ)
-        # The child imports this very batchor, installed or not.
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
-            list(command or [sys.executable, "-m", "batchor_core.storage.arrow_child"]),
+            list(command or [sys.executable, "-I", str(Path(__file__).resolve())]),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env=env,
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         try:
@@ -106,7 +122,7 @@ class ChildPages:
         self._fd = self.process.stdout.fileno()
 
     def __iter__(self) -> Iterator[ArrowPage | None]:
-        import pyarrow as pa  # type: ignore[import-untyped]
+        import pyarrow as pa
 
         while True:
             frame = self._frame()
@@ -171,30 +187,88 @@ class ChildPages:
             process.stdout.close()
 
 
+def open_adbc(path: Path, driver: Any, manager: Any) -> tuple[Any, Any, Any]:
+    """A read-only ADBC database, connection and statement on the SQLite file ``path``.
+
+    ADBC's low-level API: its DB-API module imports ``pyarrow.dataset`` and pandas, a
+    third of a second before the first page for a caller who wants neither.
+    """
+    database = driver.connect(Path(path).resolve().as_uri() + "?mode=ro")
+    handles: list[Any] = [database]
+    try:
+        handles.append(manager.AdbcConnection(database))
+        handles.append(manager.AdbcStatement(handles[1]))
+        handles[2].set_sql_query("PRAGMA busy_timeout=30000")
+        handles[2].execute_update()
+    except BaseException:
+        for handle in reversed(handles):
+            handle.close()
+        raise
+    return database, handles[1], handles[2]
+
+
+def fetch_page(
+    stmt: Any, sql: str, names: list[str], text: Any, *, limit: int, after_seq: int
+) -> ArrowPage | None:
+    """Run one page query (``seq`` first); the page as ``{column: array}`` (``text``
+    columns as ``string``, the rest ``int64``) and its last ``seq``, ``({}, after_seq)``
+    when empty, or None when ADBC cannot give it in those types (read it the ordinary
+    way then).
+
+    ADBC infers each column's type from the values of a batch (an all-NULL column comes
+    back as int64): every page is one batch, so it never changes type midway.
+    """
+    import pyarrow as pa
+
+    try:
+        stmt.set_sql_query(sql)
+        stmt.set_options(**{"adbc.sqlite.query.batch_rows": str(limit + 1)})
+        stream, _ = stmt.execute_query()
+        # As ADBC's own DB-API module does (from_stream needs pyarrow 15).
+        table = pa.RecordBatchReader._import_from_c(stream.address).read_all()
+    except Exception:  # any driver error (a type change midway, say): the slow path
+        return None
+    if table.num_rows == 0:
+        return {}, after_seq
+    arrays: dict[str, pa.Array] = {}
+    for i, name in enumerate(names):
+        column = _one_array(table.column(i))
+        target = pa.string() if name in text else pa.int64()
+        if column.type != target:
+            if column.null_count != len(column) or not pa.types.is_integer(column.type):
+                return None  # values of another type: not what the store writes
+            column = column.cast(target)  # all NULL: the same NULLs, typed
+        arrays[name] = column
+    last = arrays.pop("seq")[-1].as_py()
+    return arrays, int(last)
+
+
+def _one_array(column: pa.ChunkedArray) -> pa.Array:
+    """A column as one array: a page is one batch, so its one chunk as it is (pyarrow's
+    ``combine_chunks`` copies even a single chunk, the page's whole text once more)."""
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    return column.combine_chunks()
+
+
 def _serve(request: dict[str, Any], out: Any) -> None:
     """The child: read pages with ADBC and write them as frames to ``out``."""
     import adbc_driver_manager
     import adbc_driver_sqlite
     import pyarrow as pa
 
-    from batchor_core.storage.sqlite_arrow import SQLiteArrowReader
-
-    class _File:
-        path = Path(request["path"])
-
-    reader = SQLiteArrowReader(_File(), adbc_driver_sqlite, adbc_driver_manager)
+    handles = open_adbc(Path(request["path"]), adbc_driver_sqlite, adbc_driver_manager)
     try:
         after = int(request["after_seq"])
-        fields = request["fields"]
+        text = frozenset(request["text"])
         while True:
-            page = reader.read_page(
-                request["run_id"],
-                after_seq=after,
+            page = fetch_page(
+                handles[2],
+                request["sql"].replace(request["mark"], str(after)),
+                request["names"],
+                text,
                 limit=int(request["limit"]),
-                status=request["status"],
-                finished_after=int(request["finished_after"]),
-                fields=None if fields is None else set(fields),
-                json_lines=bool(request["json_lines"]),
+                after_seq=after,
             )
             if page is None:
                 out.write(_HEADER.pack(b"F", 0))
@@ -217,7 +291,8 @@ def _serve(request: dict[str, Any], out: Any) -> None:
             out.flush()
             after = last
     finally:
-        reader.close()
+        for handle in reversed(handles):
+            handle.close()
         out.flush()
 
 

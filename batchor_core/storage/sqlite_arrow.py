@@ -30,13 +30,21 @@ if TYPE_CHECKING:
 
     from batchor_core.ports import StateStore
 
-__all__ = ["ADBC_ENV", "ArrowPage", "SQLiteArrowReader", "open_arrow_reader", "prefetch_pages"]
+__all__ = [
+    "ADBC_ENV",
+    "TEXT_COLUMNS",
+    "ArrowPage",
+    "SQLiteArrowReader",
+    "open_arrow_reader",
+    "page_sql",
+    "prefetch_pages",
+]
 
 ArrowPage: TypeAlias = "tuple[dict[str, pa.Array], int]"
 """A page's ``{stored column: array}`` and its last row's ``seq``."""
 
 # Stored columns whose values are text; the rest are integers.
-_TEXT = frozenset(
+TEXT_COLUMNS = frozenset(
     {"item_id", "status", "output_json", "error_code", "error_message", "metadata_json"}
     | {"payload_json"}
 )
@@ -84,18 +92,9 @@ class SQLiteArrowReader:
     """
 
     def __init__(self, storage: Any, driver: Any, manager: Any) -> None:
-        from sqlalchemy.dialects import sqlite
+        from batchor_core.storage.arrow_child import open_adbc
 
-        self._dialect = sqlite.dialect()
-        self._database = driver.connect(storage.path.as_uri() + "?mode=ro")
-        try:
-            self._conn = manager.AdbcConnection(self._database)
-            self._stmt = manager.AdbcStatement(self._conn)
-            self._stmt.set_sql_query("PRAGMA busy_timeout=30000")
-            self._stmt.execute_update()
-        except BaseException:
-            self.close()
-            raise
+        self._database, self._conn, self._stmt = open_adbc(storage.path, driver, manager)
 
     def read_page(
         self,
@@ -118,50 +117,18 @@ class SQLiteArrowReader:
         Returns None when ADBC cannot give the page in those types; read it the
         ordinary way then.
         """
-        import pyarrow as pa
+        from batchor_core.storage.arrow_child import fetch_page
 
-        query, wanted = result_columns_query(
+        sql, names = page_sql(
             run_id,
             after_seq=after_seq,
             limit=limit,
             status=status,
             finished_after=finished_after,
             fields=fields,
+            json_lines=json_lines,
         )
-        if json_lines and "output_json" in wanted:
-            query = query.with_only_columns(
-                *(
-                    _as_json_line(c) if c.name == "output_json" else c
-                    for c in query.selected_columns
-                ),
-                maintain_column_froms=True,
-            )
-        # Values inline (SQLAlchemy quotes them): binding them would take Arrow arrays
-        # built from Python values, and building one imports pandas (pyarrow checks for
-        # pandas objects), a third of a second for a caller who may not want it.
-        sql = str(query.compile(dialect=self._dialect, compile_kwargs={"literal_binds": True}))
-        stmt = self._stmt
-        try:
-            stmt.set_sql_query(sql)
-            stmt.set_options(**{"adbc.sqlite.query.batch_rows": str(limit + 1)})
-            stream, _ = stmt.execute_query()
-            # As ADBC's own DB-API module does (from_stream needs pyarrow 15).
-            table = pa.RecordBatchReader._import_from_c(stream.address).read_all()
-        except Exception:  # any driver error (a type change midway, say): the slow path
-            return None
-        if table.num_rows == 0:
-            return {}, after_seq
-        arrays: dict[str, pa.Array] = {}
-        for i, name in enumerate(["seq", *wanted]):
-            column = _one_array(table.column(i))
-            target = pa.string() if name in _TEXT else pa.int64()
-            if column.type != target:
-                if column.null_count != len(column) or not pa.types.is_integer(column.type):
-                    return None  # values of another type: not what the store writes
-                column = column.cast(target)  # all NULL: the same NULLs, typed
-            arrays[name] = column
-        last = arrays.pop("seq")[-1].as_py()
-        return arrays, int(last)
+        return fetch_page(self._stmt, sql, names, TEXT_COLUMNS, limit=limit, after_seq=after_seq)
 
     def close(self) -> None:
         """Close the statement, connection and database handles."""
@@ -171,12 +138,38 @@ class SQLiteArrowReader:
                 handle.close()
 
 
-def _one_array(column: pa.ChunkedArray) -> pa.Array:
-    """A column as one array: a page is one batch, so its one chunk as it is (pyarrow's
-    ``combine_chunks`` copies even a single chunk, the page's whole text once more)."""
-    if column.num_chunks == 1:
-        return column.chunk(0)
-    return column.combine_chunks()
+def page_sql(
+    run_id: str,
+    *,
+    after_seq: int,
+    limit: int,
+    status: str | None,
+    finished_after: int,
+    fields: Collection[str] | None,
+    json_lines: bool = False,
+) -> tuple[str, list[str]]:
+    """The page query as SQL text, values inline, and its columns' names (``seq``
+    first)."""
+    query, wanted = result_columns_query(
+        run_id,
+        after_seq=after_seq,
+        limit=limit,
+        status=status,
+        finished_after=finished_after,
+        fields=fields,
+    )
+    if json_lines and "output_json" in wanted:
+        query = query.with_only_columns(
+            *(_as_json_line(c) if c.name == "output_json" else c for c in query.selected_columns),
+            maintain_column_froms=True,
+        )
+    # Values inline (SQLAlchemy quotes them): binding them would take Arrow arrays
+    # built from Python values, and building one imports pandas (pyarrow checks for
+    # pandas objects), a third of a second for a caller who may not want it.
+    from sqlalchemy.dialects import sqlite
+
+    sql = str(query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    return sql, ["seq", *wanted]
 
 
 def _as_json_line(column: Any) -> Any:
