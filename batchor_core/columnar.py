@@ -185,31 +185,6 @@ def result_batches(
         from batchor_core.storage.read_ahead import read_ahead, reads_ahead_safely
         from batchor_core.storage.sqlite_arrow import open_arrow_reader, prefetch_pages
 
-        after_seq = -1  # seqs start at 0
-        reader = open_arrow_reader(storage)
-        if reader is not None:
-            pages = prefetch_pages(
-                reader,
-                run_id,
-                after_seq=after_seq,
-                limit=page_size,
-                status=status,
-                finished_after=after,
-                fields=fields,
-                json_lines=parse,
-            )
-            try:
-                for got in pages:
-                    if got is None:
-                        break  # ADBC cannot give this page: the rest the ordinary way
-                    columns, last_seq = got
-                    if not columns:
-                        return
-                    yield _page_batch(columns, schema, typed if parse else None, json_lines=parse)
-                    after_seq = last_seq
-            finally:
-                pages.close()
-
         def read(after_seq: int) -> tuple[ResultColumns, int]:
             page = storage.read_result_columns(
                 run_id,
@@ -225,42 +200,55 @@ def result_batches(
             columns = {f: getattr(page, f) for f in fields | {"item_id"}}
             return _page_batch(columns, schema, typed if parse else None)
 
-        if _child_pages_wanted(storage):
-            # The first page through the driver: a run of one page never starts a child.
-            page, last_seq = read(after_seq)
-            if not len(page):
-                return
-            if len(page) < page_size:  # the last page
-                yield batch(page)
-                return
-            # More to come: the rest from a child, started before this page is parsed.
-            rest = _child_pages(
-                storage,
-                run_id,
-                after_seq=last_seq,
-                limit=page_size,
-                status=status,
-                finished_after=after,
-                fields=fields,
-                json_lines=parse,
-            )
-            try:
+        after_seq = -1  # seqs start at 0
+        # Pages as Arrow arrays, from ADBC: in this process when opted in, else for a
+        # run of more than one page from a child process (the first page through the
+        # driver, so a small run never starts one). None from either: the rest, from
+        # that page's seq on, through the driver.
+        arrow_pages: Any = None
+        try:
+            reader = open_arrow_reader(storage)
+            if reader is not None:
+                arrow_pages = prefetch_pages(
+                    reader,
+                    run_id,
+                    after_seq=after_seq,
+                    limit=page_size,
+                    status=status,
+                    finished_after=after,
+                    fields=fields,
+                    json_lines=parse,
+                )
+            elif _child_pages_wanted(storage):
+                page, last_seq = read(after_seq)
+                if len(page) < page_size:  # the last page
+                    if len(page):
+                        yield batch(page)
+                    return
+                # Started before this page is parsed: its start-up overlaps the parse.
+                arrow_pages = _child_pages(
+                    storage,
+                    run_id,
+                    after_seq=last_seq,
+                    limit=page_size,
+                    status=status,
+                    finished_after=after,
+                    fields=fields,
+                    json_lines=parse,
+                )
                 yield batch(page)
                 after_seq = last_seq
-                for got in rest or ():
-                    if got is None:
-                        break  # the child cannot go on: the rest through the driver
-                    columns, last_seq = got
-                    if not columns:
-                        return
-                    yield _page_batch(columns, schema, typed if parse else None, json_lines=parse)
-                    after_seq = last_seq
-                else:
-                    if rest is not None:
-                        return  # (the child always ends its pages with one of the above)
-            finally:
-                if rest is not None:
-                    rest.close()
+            for got in arrow_pages or ():
+                if got is None:
+                    break  # ADBC cannot give this page: the rest the ordinary way
+                columns, last_seq = got
+                if not columns:
+                    return
+                yield _page_batch(columns, schema, typed if parse else None, json_lines=parse)
+                after_seq = last_seq
+        finally:
+            if arrow_pages is not None:
+                arrow_pages.close()
         if reads_ahead_safely(storage):
             # The driver's next page is read while this one is parsed (outside the GIL).
             ahead = read_ahead(read, after_seq=after_seq, is_last=lambda page: not len(page))
@@ -308,10 +296,9 @@ def _child_pages(storage: Any, run_id: str, **options: Any) -> Any:
     from batchor_core.storage.arrow_child import ChildPages
 
     try:
-        child = ChildPages(storage.path, run_id, **options)
+        return ChildPages(storage.path, run_id, **options)
     except OSError:
         return None
-    return child
 
 
 def results_table(

@@ -141,18 +141,19 @@ class ChildPages:
             columns = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
             yield columns, int(batch.schema.metadata[_LAST_SEQ])
 
-    def _frame(self) -> tuple[bytes, bytes] | None:
+    def _frame(self) -> tuple[bytes, bytearray] | None:
         header = self._read(_HEADER.size)
         if header is None:
             return None
         kind, size = _HEADER.unpack(header)
-        payload = self._read(size) if size else b""
+        payload = self._read(size) if size else bytearray()
         if payload is None:
             return None
         return kind, payload
 
-    def _read(self, size: int) -> bytes | None:
-        """Exactly ``size`` bytes from the child, or None if it ends or takes too long."""
+    def _read(self, size: int) -> bytearray | None:
+        """Exactly ``size`` bytes from the child (Arrow reads a page in place, with no
+        copy), or None if it ends or takes too long."""
         chunks = bytearray()
         while len(chunks) < size:
             ready, _, _ = select.select([self._fd], [], [], self._timeout)
@@ -172,7 +173,7 @@ class ChildPages:
                 )
                 return None
             chunks += got
-        return bytes(chunks)
+        return chunks
 
     def close(self) -> None:
         """Stop the child (if it still runs) and reap it."""
