@@ -30,8 +30,7 @@ from tests.integration.store_revisions import back_to_0003, dump, shape
 from tests.integration.test_store_schema import (
     MIGRATIONS_HEAD,
     _finished_write,
-    _job,
-    _now,
+    _new_record,
     _open,
 )
 
@@ -152,36 +151,12 @@ def test_an_upgrade_that_fails_midway_leaves_the_store_at_0003(fresh_url: str) -
 
 
 def test_runs_created_at_once_get_distinct_keys(fresh_url: str) -> None:
-    from batchor_core.jobspec import job_spec
-    from batchor_core.ports import RunRecord
-    from batchor_core.testing import FakeBatchProvider
-
-    spec, fingerprint = job_spec(_job(), FakeBatchProvider())
     stores = [_open(fresh_url) for _ in range(4)]
     barrier = threading.Barrier(16)
     errors: list[BaseException] = []
 
     def create(store: SQLStateStore, n: int) -> None:
-        now = _now()
-        record = RunRecord(
-            run_id=f"run-{n}",
-            status=RunStatus.RUNNING,
-            status_reason=None,
-            job_spec=spec,
-            job_fingerprint=fingerprint,
-            source_identity=None,
-            source_checkpoint=None,
-            ingest_complete=False,
-            total_items=0,
-            completed_items=0,
-            failed_items=0,
-            cancelled_items=0,
-            input_tokens=0,
-            output_tokens=0,
-            owner=None,
-            created_at=now,
-            updated_at=now,
-        )
+        record = _new_record(f"run-{n}")
         barrier.wait()
         try:
             store.create_run(record)

@@ -316,32 +316,35 @@ def test_sqlite_wal_and_shm_files_are_private(tmp_path: Path) -> None:
 
 
 def _finished_write(store: SQLStateStore, run_id: str = "r") -> None:
+    store.create_run(_new_record(run_id))
+
+
+def _new_record(run_id: str) -> Any:
+    """A new running run's record, as the runner creates one (no items yet)."""
     from batchor_core.jobspec import job_spec
     from batchor_core.ports import RunRecord
     from batchor_core.testing import FakeBatchProvider
 
     spec, fingerprint = job_spec(_job(), FakeBatchProvider())
     now = _now()
-    store.create_run(
-        RunRecord(
-            run_id=run_id,
-            status=RunStatus.RUNNING,
-            status_reason=None,
-            job_spec=spec,
-            job_fingerprint=fingerprint,
-            source_identity=None,
-            source_checkpoint=None,
-            ingest_complete=False,
-            total_items=0,
-            completed_items=0,
-            failed_items=0,
-            cancelled_items=0,
-            input_tokens=0,
-            output_tokens=0,
-            owner=None,
-            created_at=now,
-            updated_at=now,
-        )
+    return RunRecord(
+        run_id=run_id,
+        status=RunStatus.RUNNING,
+        status_reason=None,
+        job_spec=spec,
+        job_fingerprint=fingerprint,
+        source_identity=None,
+        source_checkpoint=None,
+        ingest_complete=False,
+        total_items=0,
+        completed_items=0,
+        failed_items=0,
+        cancelled_items=0,
+        input_tokens=0,
+        output_tokens=0,
+        owner=None,
+        created_at=now,
+        updated_at=now,
     )
 
 
