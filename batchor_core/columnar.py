@@ -290,15 +290,45 @@ def _child_pages_wanted(storage: StateStore) -> bool:
     )
 
 
-def _child_pages(storage: Any, run_id: str, **options: Any) -> Any:
-    """The pages after the first from an ADBC child (see ``storage.arrow_child``); None
-    if the child cannot be started."""
+def _child_pages(storage: Any, run_id: str, **options: Any) -> _ChildAhead | None:
+    """The pages after the first from an ADBC child (see ``storage.arrow_child``), taken
+    from its pipe on a worker thread; None if the child cannot be started."""
     from batchor_core.storage.arrow_child import ChildPages
 
     try:
-        return ChildPages(storage.path, run_id, **options)
+        child = ChildPages(storage.path, run_id, **options)
     except OSError:
         return None
+    return _ChildAhead(child)
+
+
+class _ChildAhead:
+    """A child's pages, each taken from the pipe by a worker thread while the caller
+    parses the one before: otherwise the child sits blocked writing a page into the
+    pipe (a page is ~10 MB, the pipe holds 64 KB) until the caller comes back for it,
+    and reading and parsing take turns instead of running side by side."""
+
+    def __init__(self, child: Any) -> None:
+        from batchor_core.storage.read_ahead import read_ahead
+
+        self._child = child
+        pages = iter(child)
+        self._pages = read_ahead(
+            lambda _after: next(pages, None),
+            after_seq=-1,  # the child knows where it is
+            is_last=lambda columns: not columns,
+            close=child.close,
+            name="batchor-arrow-child",
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._pages
+
+    def close(self) -> None:
+        """Stop the child first (a worker waiting on its pipe sees it end at once), then
+        the worker, which reaps it."""
+        self._child.kill()
+        self._pages.close()
 
 
 def results_table(

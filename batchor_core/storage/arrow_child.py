@@ -24,6 +24,7 @@ more rows, ``F`` a page ADBC cannot give (read the rest the ordinary way).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -120,6 +121,7 @@ class ChildPages:
         except OSError:  # the child is gone already: the first read says so
             pass
         self._fd = self.process.stdout.fileno()
+        _widen_pipe(self._fd)
 
     def __iter__(self) -> Iterator[ArrowPage | None]:
         import pyarrow as pa
@@ -152,10 +154,20 @@ class ChildPages:
         return kind, payload
 
     def _read(self, size: int) -> bytearray | None:
-        """Exactly ``size`` bytes from the child (Arrow reads a page in place, with no
-        copy), or None if it ends or takes too long."""
-        chunks = bytearray()
-        while len(chunks) < size:
+        """Exactly ``size`` bytes from the child, read straight into one buffer (Arrow
+        reads a page in place, with no copy), or None if it ends or takes too long."""
+        try:
+            data = bytearray(size)
+        except (MemoryError, OverflowError):  # a garbled length: not a page
+            _log.warning(
+                "the ADBC page reader sent a %d-byte frame: reading the rest "
+                "through the store's driver",
+                size,
+            )
+            return None
+        view = memoryview(data)
+        done = 0
+        while done < size:
             ready, _, _ = select.select([self._fd], [], [], self._timeout)
             if not ready:
                 _log.warning(
@@ -164,7 +176,7 @@ class ChildPages:
                     self._timeout,
                 )
                 return None
-            got = os.read(self._fd, min(size - len(chunks), 1 << 20))
+            got = os.readv(self._fd, [view[done:]])
             if not got:  # the child ended (or died) midway
                 _log.warning(
                     "the ADBC page reader ended early (exit status %s): reading the rest "
@@ -172,8 +184,13 @@ class ChildPages:
                     self.process.poll(),
                 )
                 return None
-            chunks += got
-        return chunks
+            done += got
+        return data
+
+    def kill(self) -> None:
+        """Stop the child if it still runs (a read of its pipe then ends at once)."""
+        if not self._ended and self.process.poll() is None:
+            self.process.kill()
 
     def close(self) -> None:
         """Stop the child (if it still runs) and reap it."""
@@ -186,6 +203,20 @@ class ChildPages:
             _log.warning("the ADBC page reader (pid %s) did not exit", process.pid)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let the pipe hold up to 1 MiB where Linux allows it (64 KiB by default: a page
+    would cross it in 150 turns between the two processes)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    command = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if command is not None:
+        # Over the system's limit (fs/pipe-max-size): the pipe stays as it is.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, command, 1 << 20)
 
 
 def open_adbc(path: Path, driver: Any, manager: Any) -> tuple[Any, Any, Any]:

@@ -200,3 +200,92 @@ def test_a_run_id_holding_the_page_marker_is_read_the_ordinary_way(tmp_path: Pat
             fields=None,
             json_lines=False,
         )
+
+
+_FAKE_CHILD = """
+import struct, sys
+import pyarrow as pa
+
+sys.stdin.buffer.readline()
+out = sys.stdout.buffer
+
+
+def page(last, text):
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array([text])], ["item_id"], metadata={b"batchor.last_seq": str(last).encode()}
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    data = sink.getvalue()
+    out.write(struct.pack("<cQ", b"P", data.size))
+    out.write(data)
+    out.flush()
+
+
+page(1, "a")
+page(2, "b" * (4 << 20))  # more than the pipe holds: written only as it is read
+open(sys.argv[1], "w").close()
+out.write(struct.pack("<cQ", b"E", 0))
+out.flush()
+"""
+
+
+def test_the_child_writes_its_next_page_while_the_caller_is_busy(tmp_path: Path) -> None:
+    """A page is larger than the pipe, so the child can only go on to read the next one
+    once its last is taken off the pipe: that happens while the caller parses a page,
+    not when the caller comes back for the next."""
+    from types import SimpleNamespace
+
+    from batchor_core.columnar import _child_pages
+
+    written = tmp_path / "second-page-written"
+    pages = _child_pages(
+        SimpleNamespace(path=tmp_path / "s.sqlite3"),
+        "r",
+        after_seq=0,
+        limit=10,
+        status=None,
+        finished_after=0,
+        fields=None,
+        json_lines=False,
+        command=[sys.executable, "-c", _FAKE_CHILD, str(written)],
+    )
+    assert pages is not None
+    try:
+        got = iter(pages)
+        first = next(got)
+        assert first is not None and first[1] == 1
+        deadline = time.monotonic() + 20
+        while not written.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the caller, busy with the first page
+        assert written.exists()
+        second = next(got)
+        assert second is not None and second[1] == 2
+        assert len(second[0]["item_id"][0].as_py()) == 4 << 20
+        assert next(got) == ({}, -1)
+    finally:
+        pages.close()
+
+
+@pytest.mark.parametrize("size", [2**62, 2**64 - 1])
+def test_a_garbled_page_length_ends_the_pages(tmp_path: Path, size: int) -> None:
+    garbled = (
+        "import struct, sys; sys.stdin.buffer.readline(); "
+        f"sys.stdout.buffer.write(struct.pack('<cQ', b'P', {size})); sys.stdout.flush()"
+    )
+    pages = ChildPages(
+        tmp_path / "s.sqlite3",
+        "r",
+        after_seq=0,
+        limit=10,
+        status=None,
+        finished_after=0,
+        fields=None,
+        json_lines=False,
+        command=[sys.executable, "-c", garbled],
+    )
+    try:
+        assert list(pages) == [None]  # read the rest through the driver
+    finally:
+        pages.close()
