@@ -220,22 +220,41 @@ def result_batches(
                     json_lines=parse,
                 )
             elif _child_pages_wanted(storage):
+                # A run that may have more than a page: the child starts now, beside
+                # this first page, read through the driver (a small run starts none).
+                child = (
+                    _child_pages(
+                        storage,
+                        run_id,
+                        after_seq=None,
+                        limit=page_size,
+                        status=status,
+                        finished_after=after,
+                        fields=fields,
+                        json_lines=parse,
+                    )
+                    if _finished_items(storage, run_id) > page_size
+                    else None
+                )
+                arrow_pages = child
                 page, last_seq = read(after_seq)
                 if len(page) < page_size:  # the last page
                     if len(page):
                         yield batch(page)
                     return
-                # Started before this page is parsed: its start-up overlaps the parse.
-                arrow_pages = _child_pages(
-                    storage,
-                    run_id,
-                    after_seq=last_seq,
-                    limit=page_size,
-                    status=status,
-                    finished_after=after,
-                    fields=fields,
-                    json_lines=parse,
-                )
+                if child is None:
+                    child = arrow_pages = _child_pages(
+                        storage,
+                        run_id,
+                        after_seq=None,
+                        limit=page_size,
+                        status=status,
+                        finished_after=after,
+                        fields=fields,
+                        json_lines=parse,
+                    )
+                if child is not None:
+                    child.begin(last_seq)  # before this page is parsed: side by side
                 yield batch(page)
                 after_seq = last_seq
             for got in arrow_pages or ():
@@ -290,9 +309,18 @@ def _child_pages_wanted(storage: StateStore) -> bool:
     )
 
 
+def _finished_items(storage: StateStore, run_id: str) -> int:
+    """How many items of the run have a result (an upper bound of any filter's rows)."""
+    record = storage.load_run(run_id)
+    if record is None:
+        return 0
+    return record.completed_items + record.failed_items + record.cancelled_items
+
+
 def _child_pages(storage: Any, run_id: str, **options: Any) -> _ChildAhead | None:
     """The pages after the first from an ADBC child (see ``storage.arrow_child``), taken
-    from its pipe on a worker thread; None if the child cannot be started."""
+    from its pipe on a worker thread once they begin; None if the child cannot be
+    started."""
     from batchor_core.storage.arrow_child import ChildPages
 
     try:
@@ -309,26 +337,34 @@ class _ChildAhead:
     and reading and parsing take turns instead of running side by side."""
 
     def __init__(self, child: Any) -> None:
+        self._child = child
+        self._pages: Any = None
+
+    def begin(self, after_seq: int) -> None:
+        """Start the pages after ``after_seq``, and the worker taking them."""
         from batchor_core.storage.read_ahead import read_ahead
 
-        self._child = child
-        pages = iter(child)
+        self._child.begin(after_seq)
+        pages = iter(self._child)
         self._pages = read_ahead(
             lambda _after: next(pages, None),
             after_seq=-1,  # the child knows where it is
             is_last=lambda columns: not columns,
-            close=child.close,
+            close=self._child.close,
             name="batchor-arrow-child",
         )
 
     def __iter__(self) -> Iterator[Any]:
-        return self._pages
+        return iter(self._pages or ())
 
     def close(self) -> None:
         """Stop the child first (a worker waiting on its pipe sees it end at once), then
-        the worker, which reaps it."""
+        the worker, which reaps it (or reap it here if the pages never began)."""
         self._child.kill()
-        self._pages.close()
+        if self._pages is None:
+            self._child.close()
+        else:
+            self._pages.close()
 
 
 def results_table(

@@ -15,8 +15,9 @@ Every wait on the child is bounded (``page_timeout``); a child that is slow, die
 cannot give a page ends the pages with None, and the caller reads the rest through the
 store's driver, so the table is the same either way.
 
-Protocol: the parent writes one JSON request line on the child's stdin (the page query
-as SQL text, with a marker where each page's ``after_seq`` goes); the child writes
+Protocol: the parent writes two JSON lines on the child's stdin, the request (the page
+query as SQL text, with a marker where each page's ``after_seq`` goes), then, maybe
+later, where the pages begin (``{"after_seq": n}``); the child writes
 frames ``kind (1 byte) + length (8 bytes, little endian) + payload``: ``P`` a page (an
 IPC stream of one record batch, its last ``seq`` in the schema's metadata), ``E`` no
 more rows, ``F`` a page ADBC cannot give (read the rest the ordinary way).
@@ -68,6 +69,10 @@ class ChildPages:
     Yields ``(columns, last_seq)`` pages as :meth:`SQLiteArrowReader.read_page` gives
     them, an empty page at the end, or None (then stops) when the child cannot go on:
     read the rest the ordinary way, after the last page's ``seq``.
+
+    With ``after_seq`` None the child starts (imports, opens the file) and waits for
+    :meth:`begin`: started before the caller knows where the pages begin, its start-up
+    runs beside the caller's own first page.
     """
 
     def __init__(
@@ -75,7 +80,7 @@ class ChildPages:
         path: Path,
         run_id: str,
         *,
-        after_seq: int,
+        after_seq: int | None,
         limit: int,
         status: str | None,
         finished_after: int,
@@ -104,7 +109,6 @@ class ChildPages:
             "names": names,
             "text": sorted(TEXT_COLUMNS),
             "limit": limit,
-            "after_seq": after_seq,
         }
         self._timeout = page_timeout
         self._ended = False
@@ -115,13 +119,26 @@ class ChildPages:
             stderr=subprocess.DEVNULL,
         )
         assert self.process.stdin is not None and self.process.stdout is not None
-        try:
-            self.process.stdin.write(json.dumps(request).encode() + b"\n")
-            self.process.stdin.close()
-        except OSError:  # the child is gone already: the first read says so
-            pass
         self._fd = self.process.stdout.fileno()
         _widen_pipe(self._fd)
+        self._send(request, last=False)
+        if after_seq is not None:
+            self.begin(after_seq)
+
+    def begin(self, after_seq: int) -> None:
+        """Start the pages after ``after_seq`` (once)."""
+        self._send({"after_seq": after_seq}, last=True)
+
+    def _send(self, message: dict[str, Any], *, last: bool) -> None:
+        stdin = self.process.stdin
+        assert stdin is not None
+        try:
+            stdin.write(json.dumps(message).encode() + b"\n")
+            stdin.flush()
+            if last:
+                stdin.close()
+        except OSError:  # the child is gone already: the first read says so
+            pass
 
     def __iter__(self) -> Iterator[ArrowPage | None]:
         import pyarrow as pa
@@ -201,8 +218,10 @@ class ChildPages:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:  # pragma: no cover - a kill not yet delivered
             _log.warning("the ADBC page reader (pid %s) did not exit", process.pid)
-        if process.stdout is not None:
-            process.stdout.close()
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None and not pipe.closed:
+                with contextlib.suppress(OSError):  # a child killed before it read all
+                    pipe.close()
 
 
 def _widen_pipe(fd: int) -> None:
@@ -283,15 +302,16 @@ def _one_array(column: pa.ChunkedArray) -> pa.Array:
     return column.combine_chunks()
 
 
-def _serve(request: dict[str, Any], out: Any) -> None:
-    """The child: read pages with ADBC and write them as frames to ``out``."""
+def _serve(request: dict[str, Any], out: Any, first: Any) -> None:
+    """The child: read pages with ADBC and write them as frames to ``out``, from the
+    ``after_seq`` that ``first()`` gives (it waits for the parent) on."""
     import adbc_driver_manager
     import adbc_driver_sqlite
     import pyarrow as pa
 
     handles = open_adbc(Path(request["path"]), adbc_driver_sqlite, adbc_driver_manager)
     try:
-        after = int(request["after_seq"])
+        after = int(first())
         text = frozenset(request["text"])
         while True:
             page = fetch_page(
@@ -328,10 +348,17 @@ def _serve(request: dict[str, Any], out: Any) -> None:
         out.flush()
 
 
+def _first(stdin: Any) -> int:
+    line = stdin.readline()
+    if not line:  # the parent closed the pipe: it wants no pages
+        raise SystemExit(0)
+    return int(json.loads(line)["after_seq"])
+
+
 def _main() -> int:
     request = json.loads(sys.stdin.buffer.readline())
     try:
-        _serve(request, sys.stdout.buffer)
+        _serve(request, sys.stdout.buffer, lambda: _first(sys.stdin.buffer))
     except BrokenPipeError:  # the parent stopped reading: nothing left to do
         return 0
     return 0
