@@ -220,10 +220,9 @@ def result_batches(
                     json_lines=parse,
                 )
             elif _child_pages_wanted(storage):
-                # A run that may have more than a page: the child starts now, beside
-                # this first page, read through the driver (a small run starts none).
-                child = (
-                    _child_pages(
+
+                def child_pages() -> _ChildAhead | None:
+                    return _child_pages(
                         storage,
                         run_id,
                         after_seq=None,
@@ -233,26 +232,18 @@ def result_batches(
                         fields=fields,
                         json_lines=parse,
                     )
-                    if _finished_items(storage, run_id) > page_size
-                    else None
-                )
+
+                # A run that may have more than a page: the child starts now, beside
+                # this first page, read through the driver (a small run starts none).
+                child = child_pages() if _finished_items(storage, run_id) > page_size else None
                 arrow_pages = child
                 page, last_seq = read(after_seq)
                 if len(page) < page_size:  # the last page
                     if len(page):
                         yield batch(page)
                     return
-                if child is None:
-                    child = arrow_pages = _child_pages(
-                        storage,
-                        run_id,
-                        after_seq=None,
-                        limit=page_size,
-                        status=status,
-                        finished_after=after,
-                        fields=fields,
-                        json_lines=parse,
-                    )
+                if child is None:  # more results than the counters said when it began
+                    child = arrow_pages = child_pages()
                 if child is not None:
                     child.begin(last_seq)  # before this page is parsed: side by side
                 yield batch(page)

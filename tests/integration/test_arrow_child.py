@@ -49,6 +49,21 @@ def _table(store: SQLiteStorage, schema: Any, **options: Any) -> pa.Table:
     return pa.Table.from_batches(list(batches), schema=s)
 
 
+def _pages(path: Path, run_id: str = "r", **options: Any) -> ChildPages:
+    """A child's pages of a 10-row page query on ``path``, from the start."""
+    return ChildPages(
+        path,
+        run_id,
+        after_seq=0,
+        limit=10,
+        status=None,
+        finished_after=0,
+        fields=None,
+        json_lines=False,
+        **options,
+    )
+
+
 def _driver_calls(store: SQLiteStorage, monkeypatch: Any) -> list[int]:
     calls: list[int] = []
     read = store.read_result_columns
@@ -132,18 +147,7 @@ def test_a_child_that_dies_midway_leaves_the_rest_to_the_driver(
 
 def test_a_child_that_gives_nothing_is_waited_on_only_so_long(tmp_path: Path) -> None:
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
-    pages = ChildPages(
-        tmp_path / "none.sqlite3",
-        "r",
-        after_seq=0,
-        limit=10,
-        status=None,
-        finished_after=0,
-        fields=None,
-        json_lines=False,
-        page_timeout=0.5,
-        command=sleeper,
-    )
+    pages = _pages(tmp_path / "none.sqlite3", page_timeout=0.5, command=sleeper)
     began = time.monotonic()
     try:
         assert list(pages) == [None]  # read the rest through the driver
@@ -154,16 +158,7 @@ def test_a_child_that_gives_nothing_is_waited_on_only_so_long(tmp_path: Path) ->
 
 
 def test_a_child_that_cannot_read_the_file_ends_the_pages_at_once(tmp_path: Path) -> None:
-    pages = ChildPages(
-        tmp_path / "missing" / "store.sqlite3",
-        "r",
-        after_seq=0,
-        limit=10,
-        status=None,
-        finished_after=0,
-        fields=None,
-        json_lines=False,
-    )
+    pages = _pages(tmp_path / "missing" / "store.sqlite3")
     try:
         assert list(pages) == [None]
     finally:
@@ -193,16 +188,7 @@ def test_a_run_id_holding_the_page_marker_is_read_the_ordinary_way(tmp_path: Pat
     """The child is given the page query with a marker for each page's position; a run
     id that holds the marker's digits would be rewritten with it, so no child is started."""
     with pytest.raises(OSError):
-        ChildPages(
-            tmp_path / "s.sqlite3",
-            f"run-{arrow_child._MARK}",
-            after_seq=0,
-            limit=10,
-            status=None,
-            finished_after=0,
-            fields=None,
-            json_lines=False,
-        )
+        _pages(tmp_path / "s.sqlite3", f"run-{arrow_child._MARK}")
 
 
 _FAKE_CHILD = """
@@ -279,17 +265,7 @@ def test_a_garbled_page_length_ends_the_pages(tmp_path: Path, size: int) -> None
         "import struct, sys; sys.stdin.buffer.readline(); "
         f"sys.stdout.buffer.write(struct.pack('<cQ', b'P', {size})); sys.stdout.flush()"
     )
-    pages = ChildPages(
-        tmp_path / "s.sqlite3",
-        "r",
-        after_seq=0,
-        limit=10,
-        status=None,
-        finished_after=0,
-        fields=None,
-        json_lines=False,
-        command=[sys.executable, "-c", garbled],
-    )
+    pages = _pages(tmp_path / "s.sqlite3", command=[sys.executable, "-c", garbled])
     try:
         assert list(pages) == [None]  # read the rest through the driver
     finally:
