@@ -26,4 +26,5 @@ NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
 # One pytest worker per core (pytest-xdist): most tests spend their time in subprocesses
 # (crash workers, the CLI, Dagster), so two cores run the suite in about 0.8 of the time.
 # BATCHOR_TEST_WORKERS=0 runs it in one process; later arguments (-n 4) override this.
-exec .venv/bin/python -m pytest -q -n "${BATCHOR_TEST_WORKERS:-auto}" "$@"
+# (Not "-n auto": with psutil installed that counts physical cores, 1 on some 2-vCPU VMs.)
+exec .venv/bin/python -m pytest -q -n "${BATCHOR_TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}" "$@"
