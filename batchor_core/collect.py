@@ -41,6 +41,7 @@ _NO_OUTPUT = ItemError("empty_output", "no output")
 _COMPLETED = ItemStatus.COMPLETED
 _new_tuple = tuple.__new__
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"([^"\\]{1,200})"')
+_BASE_VALIDATE_JSON = getattr(BaseModel.model_validate_json, "__func__", None)
 
 
 def validate_output(
@@ -149,7 +150,11 @@ class LineSorter:
             return
         # Bound once, not per line: this loop runs for every line of every output file.
         parse = self._parse
-        validate = model.__pydantic_validator__.validate_json
+        validate: Callable[[str], object] = model.model_validate_json
+        if getattr(validate, "__func__", None) is _BASE_VALIDATE_JSON:
+            # What model_validate_json calls, without its Python frame (a model that
+            # overrides model_validate_json keeps its own).
+            validate = model.__pydantic_validator__.validate_json
         seen = self._seen
         successes = self.successes
         for raw in lines:

@@ -249,6 +249,26 @@ def test_sorting_a_file_in_parts_gives_what_adding_each_line_gives(size: int) ->
     assert in_parts.last_corrupt == one_by_one.last_corrupt
 
 
+class _Lenient(BaseModel):
+    """A model with its own model_validate_json (it takes any text)."""
+
+    label: str
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **_kw: Any) -> _Lenient:
+        return cls(label=str(json_data))
+
+
+def test_a_model_that_overrides_model_validate_json_keeps_it_in_parts() -> None:
+    sorter = LineSorter(
+        parse=lambda raw: parsing.parse_line(CHAT, raw), output_model=_Lenient, output_schema=None
+    )
+    parts = list(sorter.parts([_line("i1s1", _chat("not json"))], size=10))
+    successes, failures = sorter.take()
+    assert not parts and not failures
+    assert [(o.seq, o.output_json) for o in successes] == [(1, "not json")]
+
+
 def test_the_tuples_built_field_by_field_still_have_these_fields() -> None:
     # tuple.__new__ sites (parsing.parse_line, LineSorter.add, ingest's _RowBuilder.rows)
     # spell out every field: a field added here must be added there too.
