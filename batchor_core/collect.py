@@ -19,7 +19,7 @@ part marks the chunk collected.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -41,6 +41,7 @@ _NO_OUTPUT = ItemError("empty_output", "no output")
 _COMPLETED = ItemStatus.COMPLETED
 _new_tuple = tuple.__new__
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"([^"\\]{1,200})"')
+_BASE_VALIDATE_JSON = getattr(BaseModel.model_validate_json, "__func__", None)
 
 
 def validate_output(
@@ -130,6 +131,66 @@ class LineSorter:
         self._seen = set()
         return taken
 
+    def parts(
+        self, lines: Iterable[bytes], *, size: int
+    ) -> Iterator[tuple[list[ItemOutcome], list[tuple[int, int, ItemError, Usage | None]]]]:
+        """Sort ``lines``, handing over a part (as :meth:`take`) whenever ``size`` are pending.
+
+        The check comes before a line is added, so the lines after the last full part
+        stay pending (the caller records them with whatever else ends the chunk). Lines
+        that are valid outputs of the model (the common case) are sorted here, the rest
+        by :meth:`add`'s rules; the result is the same as :meth:`add` for each line.
+        """
+        model = self._model
+        if model is None:
+            for raw in lines:
+                if len(self._seen) >= size:
+                    yield self.take()
+                self.add(raw)
+            return
+        # Bound once, not per line: this loop runs for every line of every output file.
+        parse = self._parse
+        validate: Callable[[str], object] = model.model_validate_json
+        if getattr(validate, "__func__", None) is _BASE_VALIDATE_JSON:
+            # What model_validate_json calls, without its Python frame (a model that
+            # overrides model_validate_json keeps its own).
+            validate = model.__pydantic_validator__.validate_json
+        seen = self._seen
+        successes = self.successes
+        for raw in lines:
+            if len(seen) >= size:
+                yield self.take()
+                seen, successes = self._seen, self.successes
+            if not raw or raw.isspace():
+                continue
+            try:
+                parsed = parse(raw)
+            except ProviderError as exc:
+                self._corrupt(raw, exc)
+                continue
+            custom_id, text, error, usage = parsed
+            if error is not None or text is None:
+                self._sort(parsed)
+                continue
+            ids = parse_custom_id(custom_id)
+            if ids is None or ids[0] in seen:
+                continue  # not ours, or a repeated line
+            seq = ids[0]
+            seen.add(seq)
+            self.lines += 1
+            try:
+                validate(text)
+            except ValidationError as exc:
+                self.failures.append((seq, ids[1], _invalid_output(exc), usage))
+            else:
+                # ItemOutcome(seq, sub, COMPLETED, text, None, usage), built without the
+                # named tuple's Python-level __new__ (all eight fields, defaults included).
+                successes.append(
+                    _new_tuple(
+                        ItemOutcome, (seq, ids[1], _COMPLETED, text, None, usage, True, None)
+                    )
+                )
+
     def add(self, raw: bytes) -> None:
         """Sort one raw line (blank lines, other runs' and repeated lines are skipped)."""
         if not raw or raw.isspace():
@@ -137,15 +198,23 @@ class LineSorter:
         try:
             parsed = self._parse(raw)
         except ProviderError as exc:
-            self.corrupt_lines += 1
-            self.last_corrupt = exc.message
-            found = _CUSTOM_ID.search(raw)
-            ids = parse_custom_id(found.group(1).decode("ascii", "replace")) if found else None
-            if ids is not None and ids[0] not in self._seen:
-                self._seen.add(ids[0])
-                self.lines += 1
-                self.failures.append((*ids, ItemError("invalid_line", exc.message[:2000]), None))
+            self._corrupt(raw, exc)
             return
+        self._sort(parsed)
+
+    def _corrupt(self, raw: bytes, exc: ProviderError) -> None:
+        """A line the parser refused: it fails its item when its custom id can be read."""
+        self.corrupt_lines += 1
+        self.last_corrupt = exc.message
+        found = _CUSTOM_ID.search(raw)
+        ids = parse_custom_id(found.group(1).decode("ascii", "replace")) if found else None
+        if ids is not None and ids[0] not in self._seen:
+            self._seen.add(ids[0])
+            self.lines += 1
+            self.failures.append((*ids, ItemError("invalid_line", exc.message[:2000]), None))
+
+    def _sort(self, parsed: ParsedLine) -> None:
+        """A parsed line, by the rules of the module docstring."""
         ids = parse_custom_id(parsed.custom_id)
         if ids is None or ids[0] in self._seen:
             return  # not ours, or a repeated line
@@ -158,19 +227,13 @@ class LineSorter:
         elif text is None:
             self.failures.append((seq, sub, _NO_OUTPUT, None))
         elif self._model is not None:
-            # validate_output, written out for the common case: this runs for every line.
             try:
                 self._model.model_validate_json(text)
             except ValidationError as exc:
                 self.failures.append((seq, sub, _invalid_output(exc), parsed.usage))
             else:
-                # ItemOutcome(seq, sub, COMPLETED, text, None, usage), built without the
-                # named tuple's Python-level __new__ (all eight fields, defaults included).
                 self.successes.append(
-                    _new_tuple(
-                        ItemOutcome,
-                        (seq, sub, _COMPLETED, text, None, parsed.usage, True, None),
-                    )
+                    ItemOutcome(seq, sub, ItemStatus.COMPLETED, text, None, parsed.usage)
                 )
         else:
             output_json, error = validate_output(text, None, self._schema)

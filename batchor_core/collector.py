@@ -131,13 +131,11 @@ class ChunkCollector:
             # A file's lines are parsed into objects that die by reference counting:
             # the cycle collector is paused while it is read (see gcpause).
             with self.artifacts.open_read(key) as fh, gc_paused():
-                for raw in fh:
-                    # Record in parts, checked before adding a line so that at least
-                    # one outcome is left for the last part: the items of a chunk never
-                    # all finish before the chunk is marked collected.
-                    if sorter.pending >= self.record_batch:
-                        self._record_part(part, *sorter.take())
-                    sorter.add(raw)
+                # Recorded in parts; the lines after the last full part are left for
+                # the last part: the items of a chunk never all finish before the
+                # chunk is marked collected.
+                for successes, failures in sorter.parts(fh, size=self.record_batch):
+                    self._record_part(part, successes, failures)
         if sorter.corrupt_lines:
             log.warning("run %s: %s", run.run_id, sorter.last_corrupt)
         # Items of the chunk still queued, apart from those whose lines are not recorded

@@ -198,6 +198,77 @@ def test_sorted_lines_equal_the_plain_constructors() -> None:
     assert by_seq[11][2].code == "invalid_line"
 
 
+def _mixed_lines() -> list[bytes]:
+    """Every kind of line a sorter meets: valid, failed, invalid, corrupt, blank,
+    foreign and repeated."""
+    lines = [raw for _name, raw, _expected in LINES]
+    lines += [
+        _line("i10s2", _chat('{"label": 1}')),  # invalid output
+        b'{"custom_id": "i11s1", "response": {"status_co',  # truncated JSON
+        b"\n",
+        b"   \n",
+        _line("foreign-7", _chat()),
+        _line("i1s1", _chat('{"label": "b", "score": 2}')),  # repeated: the first counts
+        _line("i12s3", _chat('{"label": "c", "score": 3}')),
+        _line("i13s1", _chat("not json")),
+    ]
+    return lines
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 1000])
+def test_sorting_a_file_in_parts_gives_what_adding_each_line_gives(size: int) -> None:
+    def sorter() -> LineSorter:
+        return LineSorter(
+            parse=lambda raw: parsing.parse_line(CHAT, raw), output_model=Label, output_schema=None
+        )
+
+    # A part is taken before a line is added once `size` lines are pending (a line
+    # repeated in a later part is sorted again: the store ignores it).
+    one_by_one = sorter()
+    expected_parts = []
+    for raw in _mixed_lines():
+        if one_by_one.pending >= size:
+            expected_parts.append(one_by_one.take())
+        one_by_one.add(raw)
+    expected_parts.append(one_by_one.take())
+    expected_successes = [o for s, _f in expected_parts for o in s]
+    expected_failures = [f for _s, fs in expected_parts for f in fs]
+
+    in_parts = sorter()
+    parts = list(in_parts.parts(_mixed_lines(), size=size))
+    rest = in_parts.take()
+    assert [(s, f) for s, f in [*parts, rest]] == expected_parts
+    assert all(len(s) + len(f) == size for s, f in parts)
+    successes = [o for s, _f in [*parts, rest] for o in s]
+    failures = [f for _s, fs in [*parts, rest] for f in fs]
+    assert successes == expected_successes
+    assert [o._asdict() for o in successes] == [o._asdict() for o in expected_successes]
+    assert all(type(o) is ItemOutcome for o in successes)
+    assert failures == expected_failures
+    assert (in_parts.lines, in_parts.corrupt_lines) == (one_by_one.lines, one_by_one.corrupt_lines)
+    assert in_parts.last_corrupt == one_by_one.last_corrupt
+
+
+class _Lenient(BaseModel):
+    """A model with its own model_validate_json (it takes any text)."""
+
+    label: str
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **_kw: Any) -> _Lenient:
+        return cls(label=str(json_data))
+
+
+def test_a_model_that_overrides_model_validate_json_keeps_it_in_parts() -> None:
+    sorter = LineSorter(
+        parse=lambda raw: parsing.parse_line(CHAT, raw), output_model=_Lenient, output_schema=None
+    )
+    parts = list(sorter.parts([_line("i1s1", _chat("not json"))], size=10))
+    successes, failures = sorter.take()
+    assert not parts and not failures
+    assert [(o.seq, o.output_json) for o in successes] == [(1, "not json")]
+
+
 def test_the_tuples_built_field_by_field_still_have_these_fields() -> None:
     # tuple.__new__ sites (parsing.parse_line, LineSorter.add, ingest's _RowBuilder.rows)
     # spell out every field: a field added here must be added there too.
