@@ -323,9 +323,9 @@ def _child_pages(storage: Any, run_id: str, **options: Any) -> _ChildAhead | Non
 
 class _ChildAhead:
     """A child's pages, each taken from the pipe by a worker thread while the caller
-    parses the one before: otherwise the child sits blocked writing a page into the
-    pipe (a page is ~10 MB, the pipe holds 64 KB) until the caller comes back for it,
-    and reading and parsing take turns instead of running side by side."""
+    parses the one before: a page (~10 MB) is more than the pipe holds, so otherwise
+    its transfer waits until the caller comes back for it, and only then can the child
+    go on to read the next."""
 
     def __init__(self, child: Any) -> None:
         self._child = child
