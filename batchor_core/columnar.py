@@ -185,15 +185,16 @@ def result_batches(
         from batchor_core.storage.read_ahead import read_ahead, reads_ahead_safely
         from batchor_core.storage.sqlite_arrow import open_arrow_reader, prefetch_pages
 
+        # Which rows and columns a page holds, whichever reader reads it.
+        query: dict[str, Any] = {
+            "limit": page_size,
+            "status": status,
+            "finished_after": after,
+            "fields": fields,
+        }
+
         def read(after_seq: int) -> tuple[ResultColumns, int]:
-            page = storage.read_result_columns(
-                run_id,
-                after_seq=after_seq,
-                limit=page_size,
-                status=status,
-                finished_after=after,
-                fields=fields,
-            )
+            page = storage.read_result_columns(run_id, after_seq=after_seq, **query)
             return page, page.last_seq
 
         def batch(page: ResultColumns) -> pa.RecordBatch:
@@ -210,28 +211,12 @@ def result_batches(
             reader = open_arrow_reader(storage)
             if reader is not None:
                 arrow_pages = prefetch_pages(
-                    reader,
-                    run_id,
-                    after_seq=after_seq,
-                    limit=page_size,
-                    status=status,
-                    finished_after=after,
-                    fields=fields,
-                    json_lines=parse,
+                    reader, run_id, after_seq=after_seq, json_lines=parse, **query
                 )
             elif _child_pages_wanted(storage):
 
                 def child_pages() -> _ChildAhead | None:
-                    return _child_pages(
-                        storage,
-                        run_id,
-                        after_seq=None,
-                        limit=page_size,
-                        status=status,
-                        finished_after=after,
-                        fields=fields,
-                        json_lines=parse,
-                    )
+                    return _child_pages(storage, run_id, after_seq=None, json_lines=parse, **query)
 
                 # A run that may have more than a page: the child starts now, beside
                 # this first page, read through the driver (a small run starts none).
