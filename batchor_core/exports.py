@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COLUMNS",
     "ExportReport",
+    "export_format",
     "output_fields",
     "result_record",
     "write_export",
@@ -42,6 +43,30 @@ COLUMNS = (
     "cursor",
 )
 FORMATS = ("jsonl", "csv", "parquet")
+# The format a file's suffix names.
+SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+def export_format(path: str | os.PathLike[str], format: str | None = None) -> str:
+    """The format to write ``path`` in: ``format`` if given, else the one its suffix
+    names (``.jsonl``/``.ndjson``, ``.csv``, ``.parquet``), else ``jsonl``.
+
+    Raises:
+        ConfigurationError: ``format`` is not a known format, or the path's suffix names
+            another one (JSON lines in a ``.parquet`` file helps no reader).
+    """
+    suffix = Path(path).suffix.lower()
+    named = SUFFIXES.get(suffix)
+    if format is None:
+        return named or "jsonl"
+    if format not in FORMATS:
+        raise ConfigurationError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
+    if named is not None and named != format:
+        raise ConfigurationError(
+            f"{os.fspath(path)!r} ends in {suffix} but the export format is {format!r}: "
+            f"pass format={named!r}, or leave format out, or name the file for {format}"
+        )
+    return format
 
 
 @dataclass(frozen=True, slots=True)

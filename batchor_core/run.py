@@ -19,7 +19,13 @@ from batchor_core.errors import (
     RunNotFoundError,
     RunTimeoutError,
 )
-from batchor_core.exports import ExportReport, output_fields, write_export, write_parquet
+from batchor_core.exports import (
+    ExportReport,
+    export_format,
+    output_fields,
+    write_export,
+    write_parquet,
+)
 from batchor_core.models import (
     ItemResult,
     ItemStatus,
@@ -277,7 +283,7 @@ class Run:
         self,
         path: str | os.PathLike[str],
         *,
-        format: str = "jsonl",
+        format: str | None = None,
         after: int = 0,
         status: ItemStatus | str | None = None,
     ) -> ExportReport:
@@ -285,10 +291,14 @@ class Run:
 
         Formats: ``jsonl`` (outputs as JSON); ``csv``, one column per output field
         (nested values as JSON text); ``parquet``, the typed columns of :meth:`to_arrow`
-        plus the input ``payload``. The file appears atomically. An export of every
-        status is recorded with the run, which is what allows :meth:`prune` to delete raw
-        outputs; one filtered by ``status`` is partial and is not.
+        plus the input ``payload``. Without ``format``, the path's suffix names it
+        (``.jsonl``/``.ndjson``, ``.csv``, ``.parquet``; ``jsonl`` for any other); a
+        ``format`` that contradicts the suffix is refused (``ConfigurationError``). The
+        file appears atomically. An export of every status is recorded with the run,
+        which is what allows :meth:`prune` to delete raw outputs; one filtered by
+        ``status`` is partial and is not.
         """
+        format = export_format(path, format)
         wanted = None if status is None else ItemStatus(status)
         if format == "parquet":
             from batchor_core.columnar import result_batches

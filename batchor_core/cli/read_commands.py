@@ -19,11 +19,10 @@ from batchor_core.cli.render import (
     result_dict,
     summary_dict,
 )
+from batchor_core.exports import SUFFIXES
 from batchor_core.models import ItemStatus, RunStatus
 
 __all__ = ["item", "list_runs", "results", "status"]
-
-_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 
 def status(
@@ -105,7 +104,7 @@ def results(
     """
     fmt = None
     if output is not None:
-        fmt = _FORMATS.get(output.suffix.lower())
+        fmt = SUFFIXES.get(output.suffix.lower())
         if fmt is None:
             raise CliError(
                 f"cannot tell the format of {output}: use .jsonl, .csv or .parquet", ExitCode.USAGE

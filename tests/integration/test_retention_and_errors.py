@@ -16,6 +16,7 @@ from batchor_core import (
     BatchJob,
     BatchRunner,
     ChunkPolicy,
+    ConfigurationError,
     JobChangedError,
     RetentionError,
     RunFinishedError,
@@ -86,6 +87,31 @@ def test_export_every_format_and_prune_only_after_export(
     assert record is not None and record.retention is not None
     assert record.retention["prunes"][-1]["files_deleted"] == 6
     assert len(record.retention["exports"]) == 3
+
+
+def test_export_takes_its_format_from_the_suffix_and_refuses_a_contradiction(
+    make_runner: Callable[..., BatchRunner], tmp_path: Path
+) -> None:
+    runner = make_runner()
+    run = runner.start(_job(), items=_items(3), run_id="suffix")
+    assert run.wait(timeout=60, poll_interval=0.05).status is RunStatus.COMPLETED
+
+    assert run.export(tmp_path / "r.parquet").format == "parquet"
+    assert pq.read_table(tmp_path / "r.parquet").num_rows == 3
+    with open(run.export(tmp_path / "r.CSV").path, newline="") as fh:
+        assert [row["item_id"] for row in csv.DictReader(fh)] == ["r0", "r1", "r2"]
+    assert run.export(tmp_path / "r.ndjson").format == "jsonl"
+    other = run.export(tmp_path / "r.txt")  # a suffix that names no format: JSON lines
+    assert other.format == "jsonl" and len(other.path.read_text().splitlines()) == 3
+
+    with pytest.raises(ConfigurationError, match=r"ends in \.parquet.*format='parquet'"):
+        run.export(tmp_path / "wrong.parquet", format="jsonl")
+    with pytest.raises(ConfigurationError, match="not one of"):
+        run.export(tmp_path / "r.out", format="xlsx")
+    assert not list(tmp_path.glob("wrong.parquet*")) and not list(tmp_path.glob(".wrong*"))
+    record = runner.storage.load_run("suffix")
+    assert record is not None and record.retention is not None
+    assert len(record.retention["exports"]) == 4  # the refused ones are not recorded
 
 
 def test_results_cursor_reads_only_newer_results_across_handles(
