@@ -15,7 +15,7 @@ edge, with ``raise ... from exc``.
     ├── RunLeasedError              another process holds the run's lease
     ├── RunFinishedError            the run is already terminal
     ├── RetentionError              a prune that would lose data not yet exported
-    ├── InvalidItemError            bad item (empty / duplicate id, unserialisable payload)
+    ├── InvalidItemError            an item that is not a BatchItem (see below for bad ones)
     ├── SourceError                 bad input file (names the file and the line or row)
     ├── StorageError                control-plane store failure
     ├── ArtifactError               artifact store failure
@@ -116,7 +116,13 @@ class RetentionError(BatchorError):
 
 
 class InvalidItemError(BatchorError):
-    """An item cannot be accepted (empty or duplicate id, payload not JSON-serialisable)."""
+    """Something other than a :class:`BatchItem` was given as an item.
+
+    A ``BatchItem`` with a bad id (empty, too long, a duplicate) or payload (not a JSON
+    object) raises nothing: it is stored as a failed item (``invalid_input``,
+    ``duplicate_id``) and the rest of the run goes on. A duplicate id written past that
+    check (another process adding the same id at once) raises this.
+    """
 
 
 class SourceError(BatchorError):

@@ -163,7 +163,7 @@ def _digest_orjson(digest: Any, items: list[Any]) -> None:
                     dumps(
                         [
                             item.item_id,
-                            payload if type(payload) is dict else dict(payload),
+                            payload if type(payload) is dict else _plain(payload),
                             item.metadata,
                         ],
                         option=option,
@@ -180,9 +180,15 @@ def _digest_json(digest: Any, items: list[Any]) -> None:
             digest.update(_json_line(item))
 
 
+def _plain(payload: Any) -> Any:
+    """A mapping payload as a dict (digested the same whatever its type); anything else,
+    which ingest rejects, as it is."""
+    return dict(payload) if isinstance(payload, Mapping) else payload
+
+
 def _json_line(item: BatchItem) -> bytes:
     canonical = json.dumps(
-        [item.item_id, dict(item.payload), item.metadata],
+        [item.item_id, _plain(item.payload), item.metadata],
         sort_keys=True,
         separators=(",", ":"),
         default=repr,
@@ -412,7 +418,13 @@ class _RowBuilder:
                         metadata_json = dumps_text(item.metadata)
                 except (TypeError, ValueError) as exc:
                     problem = _invalid("payload is not JSON", where, detail=str(exc))
-                else:
+                if problem is None and payload_json[:1] != "{":
+                    problem = _invalid(
+                        "payload is not a JSON object",
+                        where,
+                        detail=f"a {type(item.payload).__name__}; BatchItem.payload must be a dict",
+                    )
+                if problem is None:
                     try:
                         line = line_template % (seq, encode(make_body(item)))
                     except Exception as exc:  # a user's builder may raise anything

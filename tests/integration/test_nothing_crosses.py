@@ -25,6 +25,7 @@ from batchor_core import (
     PostgresStorage,
     RetryPolicy,
     RunStatus,
+    SourceChangedError,
     SourceError,
     SQLiteStorage,
 )
@@ -170,6 +171,36 @@ def test_nul_in_item_ids_and_payloads_fails_only_that_item(
     assert {r.error.code for r in failed if r.error} == {"invalid_input"}
     # Restarting does not trip over the stored rows either.
     assert runner.start(_job(), items=items, run_id=run_id).summary().total_items == 4
+
+
+def test_a_payload_that_is_not_a_json_object_fails_only_that_item(
+    make_runner: Callable[..., BatchRunner], run_id: str
+) -> None:
+    runner = make_runner()
+    items = [
+        BatchItem("good", {"text": "fine"}),
+        BatchItem("text", "just text"),  # type: ignore[arg-type]
+        BatchItem("list", ["a", "b"]),  # type: ignore[arg-type]
+        BatchItem("none", None),  # type: ignore[arg-type]
+        BatchItem("number", 3),  # type: ignore[arg-type]
+    ]
+    run = runner.start(_job(), items=items, run_id=run_id)
+    summary = run.wait(timeout=30, poll_interval=0.01)
+    assert (summary.status, summary.completed_items, summary.failed_items) == (
+        RunStatus.COMPLETED,
+        1,
+        4,
+    )
+    errors = {r.item_id: r.error for r in run.results() if r.status is ItemStatus.FAILED}
+    assert sorted(errors) == ["list", "none", "number", "text"]
+    assert all(e is not None and e.code == "invalid_input" for e in errors.values())
+    assert errors["text"] is not None and "payload is not a JSON object" in errors["text"].message
+    assert "a str; BatchItem.payload must be a dict" in errors["text"].message
+    # The same items again resume the run (their digest is stable); others are refused.
+    assert runner.start(_job(), items=items, run_id=run_id).summary().total_items == 5
+    with pytest.raises(SourceChangedError):
+        changed = [*items[:1], BatchItem("text", "other"), *items[2:]]  # type: ignore[arg-type]
+        runner.start(_job(), items=changed, run_id=run_id)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", postgres_param()])
