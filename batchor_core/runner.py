@@ -62,7 +62,8 @@ class BatchRunner:
 
     Args:
         storage: Control-plane store (:class:`SQLiteStorage`, :class:`PostgresStorage`,
-            :class:`MemoryStateStore`).
+            :class:`MemoryStateStore`), or where one is: a SQLite path, ``sqlite:///path``,
+            ``postgresql://...`` or ``"memory"``.
         artifacts: Where request files and raw outputs go: an :class:`ArtifactStore`, a
             directory, or an object-store URL such as ``"s3://bucket/prefix"`` (see
             :class:`FsspecArtifactStore`; credentials from the provider's environment).
@@ -92,7 +93,7 @@ class BatchRunner:
     def __init__(
         self,
         *,
-        storage: StateStore | None = None,
+        storage: StateStore | str | os.PathLike[str] | None = None,
         artifacts: ArtifactStore | str | os.PathLike[str] | None = None,
         provider: Any = None,
         clock: Clock | None = None,
@@ -110,8 +111,21 @@ class BatchRunner:
 
         if ingest_slice_size < 1:
             raise ConfigurationError("ingest_slice_size must be at least 1")
+        opened = isinstance(storage, str | os.PathLike) or storage is None
+        if isinstance(storage, str | os.PathLike):
+            storage = defaults.open_storage(storage)
+        elif storage is not None and not callable(getattr(storage, "create_run", None)):
+            raise ConfigurationError(
+                f"storage must be a store (SQLiteStorage, PostgresStorage, MemoryStateStore) "
+                f"or a SQLite path or postgresql:// URL, not {type(storage).__name__}"
+            )
         self.storage: StateStore = storage if storage is not None else defaults.default_storage()
-        self.artifacts: ArtifactStore = defaults.open_artifacts(artifacts, self.storage)
+        try:
+            self.artifacts: ArtifactStore = defaults.open_artifacts(artifacts, self.storage)
+        except BaseException:
+            if opened:  # a store this runner opened (not the caller's) is not left open
+                self.storage.close()
+            raise
         self.provider: BatchProvider = defaults.as_provider(provider)
         self.clock: Clock = clock if clock is not None else defaults.default_clock()
         self.owner_id = owner_id or new_owner_id()

@@ -87,6 +87,25 @@ def test_artifact_locations_become_stores_in_one_place(
         open_artifacts(tmp_path, storage, storage_options={"key": "k"})
 
 
+def test_a_runner_takes_a_store_location_as_well_as_a_store(tmp_path: Path) -> None:
+    with BatchRunner(storage=str(tmp_path / "s.sqlite3"), artifacts=tmp_path / "a") as runner:
+        assert isinstance(runner.storage, SQLiteStorage)
+        assert runner.storage.path == tmp_path / "s.sqlite3"
+        assert runner.storage.list_runs() == []
+    with BatchRunner(storage=tmp_path / "p.sqlite3") as runner:  # a Path; artifacts beside it
+        assert isinstance(runner.artifacts, LocalArtifactStore)
+        assert runner.artifacts.root == (tmp_path / "artifacts").resolve()
+    with BatchRunner(storage="memory") as runner:
+        assert isinstance(runner.storage, MemoryStateStore)
+    for bad in ({"path": "x"}, 3):
+        with pytest.raises(ConfigurationError, match="storage must be a store"):
+            BatchRunner(storage=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="unsupported store URL"):
+        BatchRunner(storage="mysql://host/db")
+    with pytest.raises(ConfigurationError, match="artifacts URL scheme"):
+        BatchRunner(storage=str(tmp_path / "t.sqlite3"), artifacts="ftp://host/x")
+
+
 def test_object_store_credentials_never_show_in_reprs() -> None:
     store = FsspecArtifactStore(
         "s3://AKIDSECRETUSER:pw-in-url@bucket/prefix",
