@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 
 from batchor_core import jsoncodec
-from batchor_core.ingest import body_builder
+from batchor_core.ingest import as_source, body_builder
 from batchor_core.jobspec import job_spec, request_spec
 from batchor_core.models import BatchItem, BatchJob, RunEstimate, Usage
 from batchor_core.packing import custom_id, request_line
-from batchor_core.ports import BatchProvider
+from batchor_core.ports import BatchProvider, ItemSource
 from batchor_core.pricing import cost_of
 from batchor_core.tokens import BYTES_PER_TOKEN, estimate_line_tokens, line_estimator
 
@@ -18,8 +18,17 @@ __all__ = ["estimate_run"]
 _MAX_OUTPUT_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
-def estimate_run(job: BatchJob, items: Iterable[BatchItem], provider: BatchProvider) -> RunEstimate:
-    """Build each request as a run would (nothing is stored or sent) and estimate it."""
+def estimate_run(
+    job: BatchJob, items: Iterable[BatchItem] | ItemSource, provider: BatchProvider
+) -> RunEstimate:
+    """Build each request as a run would (nothing is stored or sent) and estimate it.
+
+    Items whose request cannot be built (the builder raises, the payload is not a JSON
+    object) and rows a source cannot read are counted apart, as a run would fail them.
+
+    Raises:
+        InvalidItemError: ``items`` holds something other than :class:`BatchItem`.
+    """
     spec = request_spec(job_spec(job, provider)[0])
     endpoint = spec.endpoint.encode()
     shape, dumps, estimate = provider.shape_body, jsoncodec.dumps, line_estimator()
@@ -27,11 +36,22 @@ def estimate_run(job: BatchJob, items: Iterable[BatchItem], provider: BatchProvi
     # The default estimate needs only the line's length: count it without building it.
     framing = len(request_line("", endpoint, b""))
     by_length = estimate is estimate_line_tokens
-    requests = tokens = 0
-    for seq, item in enumerate(items):
+    requests = tokens = rejected = 0
+    first_rejection: str | None = None
+    for seq, item in enumerate(_items_of(items)):
+        if isinstance(item, str):  # why a source row could not be read
+            rejected += 1
+            first_rejection = first_rejection or item
+            continue
         try:
+            if not isinstance(item.payload, Mapping):
+                raise TypeError(
+                    f"payload is a {type(item.payload).__name__}, not a JSON object (a dict)"
+                )
             body = dumps(shape(spec, build(item)))
-        except Exception:
+        except Exception as exc:  # a user's builder may raise anything
+            rejected += 1
+            first_rejection = first_rejection or f"item {item.item_id!r}: {exc!r}"
             continue
         if by_length:
             size = framing + len(body) + len(str(seq)) + 3  # custom_id "i<seq>s1"
@@ -62,4 +82,15 @@ def estimate_run(job: BatchJob, items: Iterable[BatchItem], provider: BatchProvi
         cost_note=note,
         enqueue_limit=limit,
         waves=-(-tokens // limit) if limit else None,
+        rejected=rejected,
+        first_rejection=first_rejection,
     )
+
+
+def _items_of(items: Iterable[BatchItem] | ItemSource) -> Iterator[BatchItem | str]:
+    """The items of a plain iterable or an item source (the message of each row the
+    source rejects in its place), read as a run reads them."""
+    for piece in as_source(items).read_slices(None, slice_size=5_000):
+        yield from piece.items
+        for row in piece.rejected:
+            yield f"item {row.item_id!r}: {row.error}"

@@ -332,6 +332,10 @@ class RunEstimate:
         cost_note: Where the price came from, or why there is none.
         enqueue_limit: The enqueued-token limit that applies, if any.
         waves: At least how many rounds of batches the limit forces (None: no limit).
+        rejected: Items a run would fail at once, not counted in ``requests``: their
+            request cannot be built (the builder raises, the payload is not a JSON
+            object), or a source cannot read their row.
+        first_rejection: Why the first of them fails (None: none do).
     """
 
     requests: int
@@ -341,6 +345,8 @@ class RunEstimate:
     cost_note: str
     enqueue_limit: int | None = None
     waves: int | None = None
+    rejected: int = 0
+    first_rejection: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -373,12 +373,15 @@ class BatchRunner:
         """Resume a paused run by id, optionally with a new cost cap (see :meth:`Run.resume`)."""
         return self.get_run(run_id).resume(max_cost_usd=max_cost_usd)
 
-    def estimate(self, job: BatchJob, items: Iterable[BatchItem]) -> RunEstimate:
-        """What a run of ``job`` over ``items`` would enqueue and cost, before submitting.
+    def estimate(self, job: BatchJob, items: Iterable[BatchItem] | ItemSource) -> RunEstimate:
+        """What a run of ``job`` over ``items`` (an iterable or a source, as for
+        :meth:`start`) would enqueue and cost, before submitting.
 
         Builds every request exactly as a run would (nothing is stored or sent) and
         estimates its input tokens (see :mod:`batchor_core.tokens`) and its cost at the
         model's batch price (see :mod:`batchor_core.budget` for the output estimate).
+        Items a run would fail at once are counted in ``rejected``, with the first one's
+        reason in ``first_rejection``.
         """
         return estimate_run(job, items, self.provider)
 

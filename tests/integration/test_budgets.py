@@ -473,3 +473,41 @@ def test_an_unknown_model_has_no_cost_and_a_cap_on_it_pauses_with_the_reason(
     assert summary.status is RunStatus.PAUSED
     assert summary.status_reason and "cost cannot be computed" in summary.status_reason
     assert summary.batches_in_flight == 0
+
+
+def test_an_estimate_counts_the_items_a_run_would_fail_and_reads_sources(
+    tmp_path: Path,
+) -> None:
+    from batchor_core import InvalidItemError
+    from batchor_core.sources import JsonlSource
+
+    runner = BatchRunner(
+        storage=SQLiteStorage(tmp_path / "runs.sqlite3"),
+        artifacts=LocalArtifactStore(tmp_path / "artifacts"),
+        provider=OpenAIProviderConfig(api_key="sk-test", base_url="http://127.0.0.1:9"),
+    )
+    job = BatchJob(model=MODEL, build_prompt=lambda item: item.payload["text"])
+    with runner:
+        good = runner.estimate(job, [BatchItem(f"g{i}", {"text": "hello"}) for i in range(4)])
+        assert (good.requests, good.rejected, good.first_rejection) == (4, 0, None)
+        assert good.cost_usd is not None and good.cost_usd > 0
+        # A builder that raises, and a payload that is not a JSON object, as a run fails them.
+        mixed = [
+            *[BatchItem(f"g{i}", {"text": "hello"}) for i in range(4)],
+            BatchItem("typo", {"txt": "hello"}),
+            BatchItem("text", "hello"),  # type: ignore[arg-type]
+        ]
+        estimate = runner.estimate(job, mixed)
+        assert (estimate.requests, estimate.rejected) == (4, 2)
+        assert estimate.input_tokens == good.input_tokens
+        assert estimate.first_rejection is not None and "'typo'" in estimate.first_rejection
+        assert "KeyError('text')" in estimate.first_rejection
+        # A file source, as start() takes it: its unreadable rows are rejections too.
+        data = tmp_path / "in.jsonl"
+        data.write_text('{"id": "a", "text": "hi"}\n{not json\n{"id": "b", "text": "yo"}\n')
+        from_file = runner.estimate(job, JsonlSource(data, id_field="id"))
+        assert (from_file.requests, from_file.rejected) == (2, 1)
+        assert from_file.first_rejection is not None and "in.jsonl" in from_file.first_rejection
+        # Anything but BatchItem objects is refused, not estimated as nothing.
+        with pytest.raises(InvalidItemError, match="BatchItem"):
+            runner.estimate(job, [{"item_id": "x", "payload": {"text": "t"}}])  # type: ignore[list-item]
