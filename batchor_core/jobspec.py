@@ -20,7 +20,18 @@ from pydantic import BaseModel
 from batchor_core.models import BatchJob, ChunkPolicy, JSONObject, RetryPolicy
 from batchor_core.ports import BatchProvider, RequestSpec
 
-__all__ = ["describe_job_change", "job_spec", "request_spec", "resolve_output_model"]
+__all__ = [
+    "content_fingerprint",
+    "describe_job_change",
+    "job_spec",
+    "request_spec",
+    "resolve_output_model",
+    "same_job",
+]
+
+# Where the output model is defined (``module:qualname``): stored, so a process without
+# the job can import the model, but not what the job does (the schema says that).
+_WHERE_DEFINED = "output_model_ref"
 
 
 def _code_digest(fn: Callable[..., Any] | None) -> str | None:
@@ -136,6 +147,24 @@ def job_spec(job: BatchJob, provider: BatchProvider) -> tuple[JSONObject, str]:
     except TypeError as exc:
         raise ValueError(f"BatchJob.request_options must be JSON-serialisable: {exc}") from exc
     return spec, hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def content_fingerprint(spec: JSONObject) -> str:
+    """A spec's fingerprint without where its output model is defined: the same job
+    whichever module defines the model (moved into a package, a renamed script)."""
+    content = {k: v for k, v in spec.items() if k != _WHERE_DEFINED}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def same_job(
+    stored: JSONObject, stored_fingerprint: str, spec: JSONObject, fingerprint: str
+) -> bool:
+    """Whether a run's stored job and ``spec`` are the same job: equal fingerprints, or
+    specs that differ only in where the output model is defined."""
+    return stored_fingerprint == fingerprint or content_fingerprint(stored) == content_fingerprint(
+        spec
+    )
 
 
 def request_spec(spec: JSONObject) -> RequestSpec:

@@ -25,7 +25,13 @@ from batchor_core.errors import (
 )
 from batchor_core.estimate import estimate_run
 from batchor_core.ingest import Ingestor, IterableSource, as_source
-from batchor_core.jobspec import describe_job_change, job_spec, request_spec, resolve_output_model
+from batchor_core.jobspec import (
+    describe_job_change,
+    job_spec,
+    request_spec,
+    resolve_output_model,
+    same_job,
+)
 from batchor_core.lease import LeaseKeeper, new_owner_id
 from batchor_core.models import (
     BatchItem,
@@ -496,7 +502,7 @@ def _owned_by(actual: JSONObject | None, wanted: Mapping[str, JSONValue]) -> boo
 
 
 def _check_job(record: RunRecord, spec: JSONObject, fingerprint: str) -> None:
-    if record.job_fingerprint != fingerprint:
+    if not same_job(record.job_spec, record.job_fingerprint, spec, fingerprint):
         raise JobChangedError(
             f"run {record.run_id!r} was started with a different job: "
             f"{describe_job_change(record.job_spec, spec)}. Use the original job to resume "

@@ -36,6 +36,7 @@ from batchor_core import (
     RunNotFoundError,
     RunSummary,
 )
+from batchor_core.jobspec import content_fingerprint, job_spec
 from batchor_core.ports import ItemSource
 
 from .constants import DEFAULT_RESOURCE_KEY, MANAGED_METADATA_KEY, RUN_ID_TAG, SUPERSEDED_PREFIX
@@ -197,7 +198,7 @@ def _submit_or_collect(
         run_id = _owned_run_id(runner, owner) or partition_run_id(key.path, partition)
     elif run_id is None:
         items, digest = _identify(_build_items(context, plan))
-        run_id = content_run_id(key.path, runner.job_fingerprint(job), digest)
+        run_id = _content_run_id(runner, key.path, job, digest)
     summary = _find(runner, run_id)
     if summary is not None:
         _check_owner(summary, owner)
@@ -321,6 +322,20 @@ def _identify(source: Any) -> tuple[Any, str]:
         return items_digest(source)
     except TypeError as exc:
         raise dg.Failure(description=str(exc)) from exc
+
+
+def _content_run_id(runner: BatchRunner, path: Sequence[str], job: BatchJob, digest: str) -> str:
+    """The run id of an unpartitioned asset's job and items. It digests what the job
+    does, not where its output model is defined: moving the model to another module
+    (a script made a package) resumes the run instead of submitting it again. A run
+    named by the full fingerprint, as before that, is kept."""
+    spec, fingerprint = job_spec(job, runner.provider)
+    run_id = content_run_id(path, content_fingerprint(spec), digest)
+    if _find(runner, run_id) is None:
+        earlier = content_run_id(path, fingerprint, digest)
+        if _find(runner, earlier) is not None:
+            return earlier
+    return run_id
 
 
 def _find(runner: BatchRunner, run_id: str) -> RunSummary | None:

@@ -12,14 +12,14 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from batchor_core import BatchItem, BatchRunner
+from batchor_core import BatchItem, BatchJob, BatchRunner
 from batchor_dagster import (
     RUN_ID_METADATA_KEY,
     RUN_ID_TAG,
     BatchorResource,
     batchor_asset,
 )
-from batchor_dagster.ids import is_tag_safe
+from batchor_dagster.ids import content_run_id, is_tag_safe, items_digest
 from tests.dagster.conftest import (
     events_of,
     materializations,
@@ -142,6 +142,74 @@ def test_changed_items_start_a_new_durable_run_and_same_items_resume(
     )
     assert changed[RUN_ID_METADATA_KEY] != first[RUN_ID_METADATA_KEY]
     assert emulator.batch_create_count == 2
+
+
+def _review_job_with(output_model: Any) -> BatchJob:
+    job = review_job()
+    return BatchJob(model=job.model, build_prompt=job.build_prompt, output_model=output_model)
+
+
+def test_moving_the_output_model_to_another_module_resumes_the_same_run(
+    instance: dg.DagsterInstance, resources: dict[str, Any], emulator: Any
+) -> None:
+    """A script made a package moves the model's module, not what the job does: the run
+    in flight is resumed, not superseded and paid for again."""
+    emulator.faults.hold_batches()
+    model = review_job().output_model
+    assert model is not None
+    moved = type(
+        model.__name__, (model,), {"__module__": "elsewhere.defs", "__doc__": model.__doc__}
+    )
+    current = {"job": review_job()}
+    asset = batchor_asset(
+        name="reviews",
+        build_job=lambda ctx: current["job"],
+        build_items=lambda ctx: review_items(4),
+    )
+    first = _meta(
+        events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0]
+    )
+    current["job"] = _review_job_with(moved)
+    again = _meta(
+        events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0]
+    )
+    assert again[RUN_ID_METADATA_KEY] == first[RUN_ID_METADATA_KEY]
+    assert again["batchor/status"] == "running"
+    assert emulator.batch_create_count == 1
+
+    # What the job does still names the run: another output schema is another run.
+    fields = {
+        "__module__": "elsewhere.defs",
+        "__doc__": model.__doc__,
+        "__annotations__": {"extra": int},
+    }
+    current["job"] = _review_job_with(type(model.__name__, (model,), fields))
+    changed = _meta(
+        events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0]
+    )
+    assert changed[RUN_ID_METADATA_KEY] != first[RUN_ID_METADATA_KEY]
+    assert emulator.batch_create_count == 2
+
+
+def test_a_run_named_by_the_full_job_fingerprint_is_kept(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    resource: BatchorResource,
+    emulator: Any,
+) -> None:
+    """Runs started before run ids stopped digesting the model's module keep their id."""
+    emulator.faults.hold_batches()
+    items = review_items(3)
+    runner = resource.get_runner()
+    earlier = content_run_id(
+        ["reviews"], runner.job_fingerprint(review_job()), items_digest(items)[1]
+    )
+    owner = {"asset": "reviews", "partition": None}
+    runner.start(review_job(), items=items, run_id=earlier, owner=owner)
+    asset = batchor_asset(name="reviews", build_job=review_job, build_items=lambda ctx: items)
+    seen = _meta(events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0])
+    assert seen[RUN_ID_METADATA_KEY] == earlier
+    assert emulator.batch_create_count == 1
 
 
 def test_run_config_and_run_id_fn_name_the_durable_run(

@@ -68,3 +68,35 @@ def test_module_constants_and_helpers_a_builder_uses_are_part_of_the_job() -> No
     finally:
         PROMPT_PREFIX = "Classify: "
     assert _fingerprint(_prefixed) == before
+
+
+def test_where_the_output_model_is_defined_is_not_part_of_the_job() -> None:
+    from pydantic import BaseModel
+
+    from batchor_core import JobChangedError
+    from batchor_core.testing import FakeBatchProvider
+
+    class Label(BaseModel):
+        label: str
+
+    moved = type("Label", (Label,), {"__module__": "pkg.defs", "__doc__": Label.__doc__})
+    grown = type("Label", (Label,), {"__module__": "pkg.defs", "__annotations__": {"n": int}})
+    runner = BatchRunner(
+        storage=MemoryStateStore(), provider=FakeBatchProvider(lambda request: {"label": "x"})
+    )
+
+    def job(model: type[BaseModel]) -> BatchJob:
+        return BatchJob(model="m", build_prompt=_prefixed, output_model=model)
+
+    items = [BatchItem("a", {"text": "t"})]
+    with runner:
+        runner.start(job(Label), items=items, run_id="r")
+        assert runner.job_fingerprint(job(moved)) != runner.job_fingerprint(job(Label))
+        runner.start(job(moved), items=items, run_id="r")  # the same job: resumed
+        assert runner.get_run("r", job=job(moved)).summary().total_items == 1
+        try:
+            runner.start(job(grown), items=items, run_id="r")
+        except JobChangedError as exc:
+            assert "the output model's schema" in str(exc)
+        else:
+            raise AssertionError("a changed output schema must be a changed job")
