@@ -167,7 +167,7 @@ def _digest_orjson(digest: Any, items: list[Any]) -> None:
                             item.metadata,
                         ],
                         option=option,
-                        default=repr,
+                        default=_stable_repr,
                     )
                 )
             except TypeError:
@@ -187,13 +187,22 @@ def _plain(payload: Any) -> Any:
 
 
 def _json_line(item: BatchItem) -> bytes:
-    canonical = json.dumps(
-        [item.item_id, _plain(item.payload), item.metadata],
-        sort_keys=True,
-        separators=(",", ":"),
-        default=repr,
-    )
+    value = [item.item_id, _plain(item.payload), item.metadata]
+    try:
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=_stable_repr)
+    except TypeError:  # keys that do not sort together (str and int): in their own order
+        canonical = json.dumps(value, separators=(",", ":"), default=_stable_repr)
     return canonical.encode("utf-8", "surrogatepass") + b"\n"
+
+
+def _stable_repr(value: object) -> str:
+    """A value JSON cannot hold, for the digest: its repr, unless that holds an address
+    (``<Row object at 0x...>``), which differs in every process and would refuse every
+    resume; then its type."""
+    text = repr(value)
+    if " at 0x" in text:
+        return f"<{type(value).__module__}.{type(value).__qualname__}>"
+    return text
 
 
 def _check_digest(checkpoint: JSONObject | None, digest: Any, count: int) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from batchor_core.advance import RunStepper
 from batchor_core.budget import limits_for
 from batchor_core.errors import (
+    BatchorError,
     ConfigurationError,
     JobChangedError,
     ProviderError,
@@ -316,14 +317,20 @@ class BatchRunner:
             return run
         # Full chunks are submitted while the rest is still being read, so the provider
         # starts on the first batch long before a 10M-item file is fully ingested.
-        added = self._ingestor.run(
-            record,
-            job,
-            request_spec(spec),
-            source,
-            on_sealed=lambda: self._submit_quietly(run_id),
-            on_slice=(lambda: on_progress(run.summary())) if on_progress is not None else None,
-        )
+        try:
+            added = self._ingestor.run(
+                record,
+                job,
+                request_spec(spec),
+                source,
+                on_sealed=lambda: self._submit_quietly(run_id),
+                on_slice=(lambda: on_progress(run.summary())) if on_progress is not None else None,
+            )
+        except RunLeasedError:
+            raise  # another process is reading the items: nothing is stuck
+        except Exception as exc:
+            self._note_ingest_stopped(run_id, exc)
+            raise
         self.storage.set_status(run_id, RunStatus.RUNNING, expected=[RunStatus.INGESTING])
         log.info("run %s: ingest complete (%d new items)", run_id, added)
         self._refresh_if_free(run)
@@ -462,6 +469,24 @@ class BatchRunner:
         # Another process may be advancing it right now; the handle is good either way.
         with contextlib.suppress(RunLeasedError):
             run.refresh()
+
+    def _note_ingest_stopped(self, run_id: str, exc: Exception) -> None:
+        """Say on the run why its ingest stopped (it cannot move on until ``start()`` is
+        called again with its items), so ``summary()``, the CLI and Dagster show it."""
+        with contextlib.suppress(Exception):  # the first error is the one to raise
+            done = self.storage.load_run(run_id)
+            read = done.total_items if done is not None else 0
+            detail = (
+                exc.message if isinstance(exc, BatchorError) else f"{type(exc).__name__}: {exc}"
+            )
+            reason = (
+                f"reading the items stopped after {read}: {detail[:500]}; call start() again "
+                "with the same items to go on (what was read is kept)"
+            )
+            self.storage.set_status(
+                run_id, RunStatus.INGESTING, reason=reason, expected=[RunStatus.INGESTING]
+            )
+            log.warning("run %s: %s", run_id, reason)
 
     def _check_source(self, record: RunRecord, source: ItemSource) -> None:
         identity = source.identity()

@@ -100,13 +100,27 @@ def items_digest(items: Iterable[BatchItem]) -> tuple[list[BatchItem], str]:
     for item in _checked(kept):
         h.update(
             orjson.dumps(
-                [item.item_id, dict(item.payload), item.metadata and dict(item.metadata)],
+                [item.item_id, _plain(item.payload), item.metadata and _plain(item.metadata)],
                 option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
-                default=str,
+                default=_stable_str,
             )
         )
         h.update(b"\n")
     return kept, h.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    # A payload that is not a mapping is digested as it is (the run fails that item).
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def _stable_str(value: object) -> str:
+    """A value JSON cannot hold: its text, or its type when the text holds an address
+    (``<Row object at 0x...>``), which would name a new run in every process."""
+    text = str(value)
+    if " at 0x" in text:
+        return f"<{type(value).__module__}.{type(value).__qualname__}>"
+    return text
 
 
 def _checked(items: list[BatchItem]) -> Iterator[BatchItem]:

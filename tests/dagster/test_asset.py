@@ -447,3 +447,24 @@ def test_a_partition_started_outside_dagster_is_that_partitions_run(
     (mat,) = materializations(instance, asset.key)
     assert _plain(mat.metadata)[RUN_ID_METADATA_KEY] == "made-by-a-script"
     assert emulator.batch_create_count == 1
+
+
+class _Opaque:
+    """A payload value whose text holds its address."""
+
+
+def test_the_items_digest_is_the_same_in_every_process_and_takes_any_payload() -> None:
+    from decimal import Decimal
+
+    def items() -> list[BatchItem]:
+        return [
+            BatchItem("a", {"text": "t", "object": _Opaque(), "price": Decimal("1.50")}),
+            BatchItem("b", "not a mapping"),  # type: ignore[arg-type]
+            BatchItem("c", {1: "int key", "s": "str key"}),  # type: ignore[dict-item]
+        ]
+
+    first, second = items_digest(items())[1], items_digest(items())[1]
+    assert first == second  # new objects, new addresses: the same run id
+    changed = items()
+    changed[0] = BatchItem("a", {"text": "t", "object": _Opaque(), "price": Decimal("1.51")})
+    assert items_digest(changed)[1] != first

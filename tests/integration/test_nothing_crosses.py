@@ -385,3 +385,45 @@ def test_a_long_run_id_written_by_the_previous_release_keeps_its_files(tmp_path:
         assert fh.read() == b'{"custom_id": "i0s1"}\n'
     fresh = "another " * 30
     assert safe_segment(fresh) in str(store.path_for(f"runs/{fresh}/x"))
+
+
+class _Opaque:
+    """A payload value JSON cannot hold, whose repr holds its address."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def test_odd_payload_values_fail_alone_and_a_stopped_ingest_says_why(
+    make_runner: Callable[..., BatchRunner], run_id: str
+) -> None:
+    runner = make_runner(ingest_slice_size=2)
+
+    def items(stop_at: int | None = None) -> Iterator[BatchItem]:
+        for k in range(8):
+            if k == stop_at:
+                raise RuntimeError("the source went away")
+            payload: dict[Any, Any] = {"text": f"t{k}"}
+            if k == 1:
+                payload[2] = "an int key beside str keys"
+            if k == 2:
+                payload["object"] = _Opaque(k)
+            yield BatchItem(f"i{k}", payload)
+
+    with pytest.raises(RuntimeError, match="went away"):
+        runner.start(_job(), items=items(stop_at=5), run_id=run_id)
+    stuck = runner.get_run(run_id).summary()
+    assert stuck.status is RunStatus.INGESTING and stuck.total_items == 4
+    assert stuck.status_reason is not None
+    assert "reading the items stopped after 4: RuntimeError: the source went away" in (
+        stuck.status_reason
+    )
+    assert "start() again with the same items" in stuck.status_reason
+    # The same items, in a new generator (new objects, new addresses), resume the run.
+    run = runner.start(_job(), items=items(), run_id=run_id)
+    summary = run.wait(timeout=30, poll_interval=0.01)
+    assert (summary.status, summary.status_reason) == (RunStatus.COMPLETED, None)
+    assert summary.total_items == 8
+    failed = {r.item_id: r.error for r in run.results() if r.status is ItemStatus.FAILED}
+    assert list(failed) == ["i2"]  # the object is not JSON; the int key is written as "2"
+    assert failed["i2"] is not None and failed["i2"].code == "invalid_input"
