@@ -421,7 +421,12 @@ def _log_progress(context: dg.AssetExecutionContext, summary: RunSummary) -> Non
         f"batchor: run {summary.run_id!r} is {summary.status.value}: {done}/"
         f"{summary.total_items} items done, {summary.batches_in_flight} batches in flight"
     )
-    if summary.status_reason:
+    if summary.status.value == "paused":
+        context.log.warning(
+            f"{line}; reason: {summary.status_reason}. Once the cause is fixed, resume it: "
+            f"batchor resume {summary.run_id} (or runner.resume(run_id) in Python)"
+        )
+    elif summary.status_reason:
         context.log.warning(f"{line}; reason: {summary.status_reason}")
     elif summary.last_error:
         context.log.warning(f"{line}; retrying after: {summary.last_error}")

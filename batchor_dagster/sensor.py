@@ -347,15 +347,28 @@ class _Tick:
         total = sum(s.total_items for s in live)
         done = sum(s.total_items - s.pending_items for s in live)
         parts = []
-        if live:
+        paused = [s for s in live if s.status.value == "paused"]
+        # A run whose ingest stopped (bad input, a failed build_items) moves only when
+        # its asset is materialized again: not in flight.
+        stopped = [s for s in live if s.status.value == "ingesting" and s.status_reason]
+        moving = [s for s in live if s not in paused and s not in stopped]
+        if moving:
             parts.append(
-                f"{len(live)} batchor runs in flight ({done}/{total} items done, "
+                f"{len(moving)} batchor runs in flight ({done}/{total} items done, "
                 f"{sum(s.batches_in_flight for s in live)} batches at the provider)"
             )
-        paused = [s for s in live if s.status.value == "paused"]
         if paused:
             first = paused[0]
-            parts.append(f"{len(paused)} paused (e.g. {first.run_id!r}: {first.status_reason})")
+            parts.append(
+                f"{len(paused)} paused (e.g. {first.run_id!r}: {first.status_reason}; once "
+                f"the cause is fixed: batchor resume {first.run_id})"
+            )
+        if stopped:
+            first = stopped[0]
+            parts.append(
+                f"{len(stopped)} stopped reading their items (e.g. {first.run_id!r}: "
+                f"{first.status_reason}); materialize the asset again to go on"
+            )
         budget = [s for s in live if s.waiting_reason]
         if budget:
             first = budget[0]

@@ -326,6 +326,8 @@ def test_a_run_that_cannot_move_says_why_in_observations_and_skip_reasons(
         assert result.run_requests == []
         reasons.append(result.skip_reason.skip_message if result.skip_reason else "")
     assert any("paused" in r and "404" in r for r in reasons), reasons
+    paused = next(r for r in reasons if "paused" in r)
+    assert "batchor resume reviews-" in paused and "in flight" not in paused
     again = dg.materialize([asset], resources=resources, instance=instance)
     (observed,) = [e for e in again.all_events if e.event_type_value == "ASSET_OBSERVATION"]
     meta = {
@@ -334,6 +336,38 @@ def test_a_run_that_cannot_move_says_why_in_observations_and_skip_reasons(
     }
     assert meta["batchor/status"] == "paused"
     assert "404" in meta["batchor/status_reason"]
+
+
+class _BreaksAfterOneSlice:
+    """An item source whose input gives out after its first slice."""
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": "breaks-after-one-slice"}
+
+    def read_slices(self, checkpoint: Any, *, slice_size: int) -> Any:
+        from batchor_core.ports import SourceSlice
+
+        if checkpoint is None:
+            yield SourceSlice(items=review_items(2), checkpoint={"read": 2})
+        raise OSError("the input share went away")
+
+
+def test_a_run_whose_ingest_stopped_says_so_and_is_not_in_flight(
+    instance: dg.DagsterInstance, resource: BatchorResource, emulator: Any
+) -> None:
+    resources = {"batchor": resource}
+    asset = batchor_asset(
+        name="reviews", build_job=review_job, build_items=lambda c: _BreaksAfterOneSlice()
+    )
+    sensor = build_batchor_sensor([asset])
+    emulator.faults.hold_batches()
+    failed = dg.materialize([asset], resources=resources, instance=instance, raise_on_error=False)
+    assert not failed.success
+    reason = _tick(sensor, instance, resource).skip_reason
+    message = reason.skip_message if reason else ""
+    assert "1 stopped reading their items" in message, message
+    assert "reading the items stopped after 2: OSError: the input share went away" in message
+    assert "materialize the asset again" in message and "in flight" not in message
 
 
 def test_a_collecting_run_that_never_ends_is_reported(
