@@ -32,6 +32,9 @@ TAIL_COLUMNS = (
     "metadata",
     "cursor",
 )
+# Every column name the table may have besides the output's (``payload`` with
+# include_payload, and always in a Parquet export).
+_OURS = frozenset((*BASE_COLUMNS, *TAIL_COLUMNS, "payload"))
 _PAGE = 50_000
 # Table column -> ResultColumns field (the stored column it comes from).
 _STORED = {
@@ -111,7 +114,7 @@ def _output_schema(schema: JSONObject | None) -> pa.Schema | None:
         fields = [pa.field(k, arrow_type(props[k], defs)) for k in _field_order(schema)]
     except _Unmappable:
         return None
-    if any(f.name in BASE_COLUMNS or f.name in TAIL_COLUMNS for f in fields):
+    if any(f.name in _OURS for f in fields):
         return None  # a field named like one of ours: keep the output as one column
     return pa.schema(fields)
 

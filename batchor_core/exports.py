@@ -90,7 +90,9 @@ def result_record(result: ItemResult) -> JSONObject:
     """One result as the JSON object an export writes (the columns of :data:`COLUMNS`)."""
     output: Any = result.output
     if hasattr(output, "model_dump"):
-        output = output.model_dump(mode="json")
+        # By alias: the names the model answered with, the schema's, to_arrow()'s and
+        # the CSV columns' (an aliased field was left empty in CSV).
+        output = output.model_dump(mode="json", by_alias=True)
     return {
         "item_id": result.item_id,
         "status": result.status.value,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from pydantic import BaseModel, Field
 
 from batchor_core import (
     BatchItem,
@@ -112,6 +113,47 @@ def test_export_takes_its_format_from_the_suffix_and_refuses_a_contradiction(
     record = runner.storage.load_run("suffix")
     assert record is not None and record.retention is not None
     assert len(record.retention["exports"]) == 4  # the refused ones are not recorded
+
+
+class _Aliased(BaseModel):
+    the_name: str = Field(alias="theName")
+    score: int
+
+
+class _WithPayload(BaseModel):
+    payload: str
+    label: str
+
+
+def test_every_export_names_output_fields_as_the_model_answers_them(
+    make_runner: Callable[..., BatchRunner], tmp_path: Path
+) -> None:
+    runner = make_runner()
+    job = BatchJob(model="gpt-4o-mini", build_prompt=lambda i: "q", output_model=_Aliased)
+    run = runner.start(job, items=_items(3), run_id="aliased")
+    assert run.wait(timeout=60, poll_interval=0.05).status is RunStatus.COMPLETED
+    names = run.to_arrow().column("theName").to_pylist()
+    assert all(isinstance(n, str) for n in names)
+    lines = [json.loads(x) for x in run.export(tmp_path / "a.jsonl").path.read_text().splitlines()]
+    assert [row["output"]["theName"] for row in lines] == names
+    with open(run.export(tmp_path / "a.csv").path, newline="") as fh:
+        assert [row["theName"] for row in csv.DictReader(fh)] == names  # was left empty
+
+
+def test_an_output_field_named_payload_keeps_every_column_name_once(
+    make_runner: Callable[..., BatchRunner], tmp_path: Path
+) -> None:
+    runner = make_runner()
+    job = BatchJob(model="gpt-4o-mini", build_prompt=lambda i: "q", output_model=_WithPayload)
+    run = runner.start(job, items=_items(2), run_id="payload-field")
+    assert run.wait(timeout=60, poll_interval=0.05).status is RunStatus.COMPLETED
+    table = run.to_arrow(include_payload=True)
+    assert len(set(table.column_names)) == len(table.column_names)
+    assert "output" in table.column_names  # the output as one column, as for "status"
+    outputs = [json.loads(o) for o in table.column("output").to_pylist()]
+    assert all(set(o) == {"payload", "label"} for o in outputs)
+    read = pq.read_table(run.export(tmp_path / "p.parquet").path)  # raised ArrowInvalid
+    assert json.loads(read.column("payload")[0].as_py()) == {"text": "t0"}
 
 
 def test_results_cursor_reads_only_newer_results_across_handles(
