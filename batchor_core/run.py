@@ -100,13 +100,25 @@ class Run:
         ``summary().status_reason`` and ``last_error``; ``resume()`` retries them).
 
         Args:
-            timeout: Seconds to wait at most (None: no limit).
+            timeout: Seconds to wait at most (None: no limit). A step under way is not
+                cut short: with a provider that does not answer, the wait can end up to
+                one provider call (``OpenAIProviderConfig.timeout_seconds``) later.
             poll_interval: Seconds between polls while nothing changes.
             on_progress: Called with the summary after every step that changed something.
 
         Raises:
+            ConfigurationError: ``timeout`` or ``poll_interval`` is not a number of
+                seconds (negative, NaN).
             RunTimeoutError: The run did not finish in time (it keeps going; wait again).
         """
+        if timeout is not None and not timeout >= 0:  # NaN too
+            raise ConfigurationError(
+                f"wait(timeout=...) must be a number of seconds or None, not {timeout!r}"
+            )
+        if not (0 <= poll_interval < float("inf")):
+            raise ConfigurationError(
+                f"wait(poll_interval=...) must be a number of seconds, not {poll_interval!r}"
+            )
         clock = self._runner.clock
         started = clock.now()  # timeouts run on the runner's clock (a fake one in tests)
         while True:

@@ -21,6 +21,7 @@ from batchor_core import (
     BatchItem,
     BatchJob,
     BatchRunner,
+    ConfigurationError,
     FakeClock,
     ItemStatus,
     OpenAIBatchProvider,
@@ -325,3 +326,14 @@ def test_wait_keeps_its_timeout_while_every_step_records_another_error(
     thread.join(timeout=60)
     assert not thread.is_alive(), "wait() ignored its timeout"
     assert len(outcome) == 1 and isinstance(outcome[0], RunTimeoutError), outcome
+
+
+def test_wait_refuses_a_timeout_or_interval_that_is_not_a_number_of_seconds(
+    make_runner: Callable[..., BatchRunner],
+) -> None:
+    runner = make_runner()
+    run = runner.start(_job(), items=_items(1), run_id="bad-wait")
+    for bad in ({"timeout": float("nan")}, {"timeout": -1.0}, {"poll_interval": float("nan")}):
+        with pytest.raises(ConfigurationError, match="must be a number of seconds"):
+            run.wait(**bad)  # NaN used to wait for ever: no comparison with it is true
+    assert run.wait(timeout=float("inf"), poll_interval=0.01).is_finished

@@ -78,11 +78,27 @@ def test_provider_builds_without_a_key_and_fails_on_first_use(
         ({"timeout_seconds": 0}, "timeout_seconds"),
         ({"timeout_seconds": float("nan")}, "timeout_seconds"),
         ({"max_retries": -1}, "max_retries"),
+        ({"base_url": "not a url"}, "base_url must be an http"),
+        ({"base_url": "api.openai.com/v1"}, "base_url must be an http"),
+        ({"base_url": "ftp://host/v1"}, "base_url must be an http"),
     ],
 )
 def test_invalid_settings_are_rejected(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         OpenAIProviderConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_malformed_base_url_in_the_environment_fails_before_any_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "localhost:8089")
+    provider = OpenAIBatchProvider(OpenAIProviderConfig(api_key=SECRET))
+    with pytest.raises(ConfigurationError, match="OPENAI_BASE_URL must be an http"):
+        provider.preflight()
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8089/v1")
+    provider.preflight()
+    assert OpenAIProviderConfig(base_url="https://example.test/v1").base_url
+    provider.close()
 
 
 def test_provider_satisfies_the_port() -> None:

@@ -69,6 +69,8 @@ class OpenAIProviderConfig:
             )
         if self.max_retries < 0:
             raise ConfigurationError("OpenAIProviderConfig.max_retries must be 0 or more")
+        if self.base_url is not None:
+            self.resolved_base_url()  # a malformed URL fails here, not on every call
 
     def resolved_api_key(self) -> str:
         """The API key to use: ``api_key``, else ``OPENAI_API_KEY``.
@@ -84,8 +86,20 @@ class OpenAIProviderConfig:
         return key
 
     def resolved_base_url(self) -> str | None:
-        """The API root to use: ``base_url``, else ``OPENAI_BASE_URL``, else None (SDK default)."""
-        return self.base_url or os.environ.get(BASE_URL_ENV) or None
+        """The API root to use: ``base_url``, else ``OPENAI_BASE_URL``, else None (SDK default).
+
+        Raises:
+            ConfigurationError: It is not an ``http://`` or ``https://`` URL (every call
+                would fail as if the network were down, retried for the transient budget).
+        """
+        url = self.base_url or os.environ.get(BASE_URL_ENV) or None
+        if url is not None and not _is_http_url(url):
+            where = "OpenAIProviderConfig.base_url" if self.base_url else BASE_URL_ENV
+            raise ConfigurationError(
+                f"{where} must be an http:// or https:// URL such as "
+                f"https://api.openai.com/v1, not {url[:100]!r}"
+            )
+        return url
 
     def __repr__(self) -> str:
         # Written by hand so the key can never leak through logs or tracebacks.
@@ -98,6 +112,16 @@ class OpenAIProviderConfig:
         )
 
     __str__ = __repr__
+
+
+def _is_http_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 # What the provider answers from its config alone: no SDK needed (a runner that only

@@ -144,9 +144,10 @@ class OpenAIBatchProvider:
         """Check the configuration without calling the API (a missing key fails here).
 
         Raises:
-            ConfigurationError: No API key is configured.
+            ConfigurationError: No API key is configured, or the base URL is not a URL.
         """
         self.config.resolved_api_key()
+        self.config.resolved_base_url()
 
     def output_schema(self, output_model: type) -> tuple[str, JSONObject]:
         """The strict JSON schema name and body OpenAI enforces for ``output_model``.
