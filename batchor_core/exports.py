@@ -155,9 +155,7 @@ def write_export(
         raise ConfigurationError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
     if fmt == "parquet":
         raise ConfigurationError("parquet exports are written by write_parquet")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.part")
+    target, temp = _paths(path)
     rows = 0
     cursor = after
     writer = None
@@ -175,10 +173,36 @@ def write_export(
                 rows += 1
                 cursor = result.cursor
         os.replace(temp, target)
-    except BaseException:
+    except BaseException as exc:
         temp.unlink(missing_ok=True)
+        _raise_unwritable(target, exc)
         raise
     return ExportReport(path=target, format=fmt, rows=rows, cursor=cursor)
+
+
+def _paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The export's file and the temp file beside it it is written to first.
+
+    Raises:
+        ConfigurationError: The path is a directory, or its directory cannot be made.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigurationError(f"cannot export to {target}: it is a directory; name a file")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _raise_unwritable(target, exc)
+        raise
+    return target, target.with_name(f".{target.name}.part")
+
+
+def _raise_unwritable(target: Path, exc: BaseException) -> None:
+    """A file-system error writing the export, as one line naming the file."""
+    if isinstance(exc, OSError):
+        raise ConfigurationError(
+            f"cannot write the export to {target}: {exc.strerror or exc}"
+        ) from exc
 
 
 def write_parquet(
@@ -193,9 +217,7 @@ def write_parquet(
     import pyarrow.compute as pc  # type: ignore[import-untyped]
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.part")
+    target, temp = _paths(path)
     rows = 0
     cursor = after
     try:
@@ -206,8 +228,9 @@ def write_parquet(
                 top = pc.max(batch.column("cursor")).as_py()
                 cursor = max(cursor, int(top or 0))
         os.replace(temp, target)
-    except BaseException:
+    except BaseException as exc:
         temp.unlink(missing_ok=True)
+        _raise_unwritable(target, exc)
         raise
     finally:
         # Left midway (a failed write), the batches' generator would keep its page

@@ -110,6 +110,13 @@ def test_export_takes_its_format_from_the_suffix_and_refuses_a_contradiction(
     with pytest.raises(ConfigurationError, match="not one of"):
         run.export(tmp_path / "r.out", format="xlsx")
     assert not list(tmp_path.glob("wrong.parquet*")) and not list(tmp_path.glob(".wrong*"))
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(ConfigurationError, match="it is a directory"):
+        run.export(tmp_path / "dir.csv")
+    (tmp_path / "plain").write_text("a file")
+    for fmt in ("parquet", "jsonl"):
+        with pytest.raises(ConfigurationError, match="cannot write the export to"):
+            run.export(tmp_path / "plain" / f"r.{fmt}")
     record = runner.storage.load_run("suffix")
     assert record is not None and record.retention is not None
     assert len(record.retention["exports"]) == 4  # the refused ones are not recorded
