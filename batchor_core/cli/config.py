@@ -85,6 +85,10 @@ def open_storage(store: str | None, *, must_exist: bool) -> StateStore:
         raise CliError(
             f"no batchor store at {path}; pass --store or set {STORE_ENV}", ExitCode.NOT_FOUND
         )
+    if must_exist and path.stat().st_size == 0:
+        # SQLite would take an empty file as a new database, and opening it as a store
+        # writes the schema: a read command must not turn any empty file into a store.
+        raise CliError(f"{path} is empty, not a batchor store", ExitCode.NOT_FOUND)
     return SQLiteStorage(path)
 
 

@@ -129,6 +129,23 @@ def test_error_is_one_line_with_its_exit_code(
     assert "secret" not in captured.err
 
 
+@pytest.mark.integration
+def test_an_empty_store_file_stays_empty_and_a_directory_is_no_output_file(
+    finished_run: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.sqlite3"
+    empty.touch()
+    assert cli(["status", "done", "--store", str(empty)]) == ExitCode.NOT_FOUND
+    assert capsys.readouterr().err.splitlines() == [
+        f"batchor: error: {empty} is empty, not a batchor store"
+    ]
+    assert empty.stat().st_size == 0  # a read command wrote a schema into it before
+    (tmp_path / "out.csv").mkdir()
+    assert cli(["results", "done", "-o", str(tmp_path / "out.csv")]) == ExitCode.USAGE
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("batchor: error: cannot export to") and "is a directory" in line
+
+
 def test_no_api_key(
     tmp_path: Path, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
