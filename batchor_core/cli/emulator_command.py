@@ -36,6 +36,14 @@ def emulator(
             help="instant: a batch is done when first read; stepwise: one status per poll.",
         ),
     ] = Processing.instant,
+    in_progress_polls: Annotated[
+        int,
+        typer.Option(
+            "--in-progress-polls",
+            min=1,
+            help="With --processing stepwise: polls a batch stays in_progress.",
+        ),
+    ] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed for ids and answers.")] = 0,
     data_dir: Annotated[
         str | None,
@@ -95,6 +103,7 @@ def emulator(
         host=host,
         port=port,
         processing=processing.value,
+        in_progress_polls=in_progress_polls,
         seed=seed,
         data_dir=data_dir,
         api_key=api_key,
