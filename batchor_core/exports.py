@@ -197,9 +197,19 @@ def _paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return target, target.with_name(f".{target.name}.part")
 
 
+# The path's own faults (not a full disk, say): the caller's to fix.
+_PATH_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
 def _raise_unwritable(target: Path, exc: BaseException) -> None:
-    """A file-system error writing the export, as one line naming the file."""
-    if isinstance(exc, OSError):
+    """An export path that cannot be written, as one line naming the file."""
+    if isinstance(exc, _PATH_ERRORS):
         raise ConfigurationError(
             f"cannot write the export to {target}: {exc.strerror or exc}"
         ) from exc
