@@ -50,6 +50,7 @@ from .ids import (
 )
 from .metadata import materialization_metadata, observation
 from .resource import BatchorResource
+from .results import latest_collected_run
 
 __all__ = ["BatchorRunConfig", "batchor_asset"]
 
@@ -328,14 +329,32 @@ def _content_run_id(runner: BatchRunner, path: Sequence[str], job: BatchJob, dig
     """The run id of an unpartitioned asset's job and items. It digests what the job
     does, not where its output model is defined: moving the model to another module
     (a script made a package) resumes the run instead of submitting it again. A run
-    named by the full fingerprint, as before that, is kept."""
+    named by the full fingerprint, as before that, is kept.
+
+    A run of this job and items that a later job superseded before it finished (its
+    batches were cancelled) cannot give the asset this job's results: the job back in
+    the code (a reverted prompt) starts the next run of it instead.
+    """
     spec, fingerprint = job_spec(job, runner.provider)
-    run_id = content_run_id(path, content_fingerprint(spec), digest)
-    if _find(runner, run_id) is None:
+    content = content_fingerprint(spec)
+    run_id = content_run_id(path, content, digest)
+    found = _find(runner, run_id)
+    if found is None:
         earlier = content_run_id(path, fingerprint, digest)
         if _find(runner, earlier) is not None:
             return earlier
+    for generation in range(2, 1000):
+        if found is None or not _cut_short_by_a_later_job(found):
+            return run_id
+        run_id = content_run_id(path, f"{content}/{generation}", digest)
+        found = _find(runner, run_id)
     return run_id
+
+
+def _cut_short_by_a_later_job(summary: RunSummary) -> bool:
+    return (summary.collected_by or "").startswith(SUPERSEDED_PREFIX) and (
+        summary.status.value == "cancelled" or summary.cancelled_items > 0
+    )
 
 
 def _find(runner: BatchRunner, run_id: str) -> RunSummary | None:
@@ -452,12 +471,22 @@ def _collect(
     replace: str | None = None
     holder = summary.collected_by
     if holder is not None and holder != me:
-        if not _failed_without_materializing(context.instance, holder, key):
+        if _not_the_assets_value(context, resource, run, summary, holder, partition):
+            # This job and items are what the code asks for now, and their results are
+            # whole, but the asset holds a later job's (a prompt changed, then reverted):
+            # materialize them again, at no cost at the provider.
+            context.log.info(
+                f"batchor: run {run.run_id!r} is materialized again: the asset holds "
+                "another run's results"
+            )
+            replace = holder
+        elif not _failed_without_materializing(context.instance, holder, key):
             note = _holder_note(context.instance, holder)
             context.log.info(f"batchor: run {run.run_id!r} is {note}")
             yield observation(key, partition, summary, note=note)
             return
-        replace = holder  # that collector died before it materialized: take over
+        else:
+            replace = holder  # that collector died before it materialized: take over
     if not run.mark_collected(me, replace=replace):
         now = run.summary()
         note = f"collected concurrently by {now.collected_by}"
@@ -480,6 +509,30 @@ def _collect(
         f"completed, {summary.failed_items} failed, {summary.cancelled_items} cancelled"
     )
     yield dg.MaterializeResult(metadata=metadata, tags={RUN_ID_TAG: tag_value(run.run_id)})
+
+
+def _not_the_assets_value(
+    context: dg.AssetExecutionContext,
+    resource: BatchorResource,
+    run: Run,
+    summary: RunSummary,
+    holder: str,
+    partition: str | None,
+) -> bool:
+    """Whether a collected run with whole results is not the asset's current value: it
+    was superseded, or another run was collected after it."""
+    if summary.status.value != "completed" or summary.cancelled_items:
+        return False
+    if holder.startswith(SUPERSEDED_PREFIX):
+        return True  # never materialized
+    try:
+        record = context.instance.get_run_by_id(holder)
+    except Exception:  # not a run id this instance knows how to read
+        return False
+    if record is None or record.status != dg.DagsterRunStatus.SUCCESS:
+        return False  # collected outside Dagster, or its collector is still at it
+    latest = latest_collected_run(resource.get_runner(), context.asset_key, partition)
+    return latest is not None and latest.run_id != run.run_id
 
 
 def _holder_note(instance: dg.DagsterInstance, holder: str) -> str:

@@ -468,3 +468,80 @@ def test_the_items_digest_is_the_same_in_every_process_and_takes_any_payload() -
     changed = items()
     changed[0] = BatchItem("a", {"text": "t", "object": _Opaque(), "price": Decimal("1.51")})
     assert items_digest(changed)[1] != first
+
+
+def _prompted(template: str) -> BatchJob:
+    job = review_job()
+    return BatchJob(
+        model=job.model,
+        build_prompt=lambda item: template.format(**item.payload),
+        output_model=job.output_model,
+    )
+
+
+def _materialize_until_done(
+    asset: Any, resources: dict[str, Any], instance: dg.DagsterInstance
+) -> dict[str, Any]:
+    for _ in range(10):
+        found = events_of(dg.materialize([asset], resources=resources, instance=instance), MAT)
+        if found:
+            return _meta(found[0])
+    raise AssertionError("never materialized")
+
+
+def test_a_reverted_prompt_makes_its_results_the_assets_value_again(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    resource: BatchorResource,
+    emulator: Any,
+) -> None:
+    from batchor_dagster.results import latest_collected_run
+
+    current = {"job": _prompted("Classify: {text}")}
+    asset = batchor_asset(
+        name="reviews",
+        build_job=lambda ctx: current["job"],
+        build_items=lambda ctx: review_items(3),
+    )
+    first = _materialize_until_done(asset, resources, instance)[RUN_ID_METADATA_KEY]
+    current["job"] = _prompted("Summarise: {text}")
+    other = _materialize_until_done(asset, resources, instance)[RUN_ID_METADATA_KEY]
+    assert other != first
+    current["job"] = _prompted("Classify: {text}")  # reverted
+    again = _materialize_until_done(asset, resources, instance)  # was "already materialized"
+    assert again[RUN_ID_METADATA_KEY] == first
+    assert emulator.batch_create_count == 2  # the first run's results, not a new batch
+    latest = latest_collected_run(resource.get_runner(), asset.key, None)
+    assert latest is not None and latest.run_id == first
+    assert len(materializations(instance, asset.key)) == 3
+
+
+def test_a_reverted_prompt_whose_run_was_cut_short_runs_again(
+    instance: dg.DagsterInstance, resources: dict[str, Any], emulator: Any
+) -> None:
+    emulator.faults.hold_batches()
+    current = {"job": _prompted("Classify: {text}")}
+    asset = batchor_asset(
+        name="reviews",
+        build_job=lambda ctx: current["job"],
+        build_items=lambda ctx: review_items(3),
+    )
+
+    def observed() -> dict[str, Any]:
+        return _meta(
+            events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0]
+        )
+
+    first = observed()[RUN_ID_METADATA_KEY]
+    current["job"] = _prompted("Summarise: {text}")
+    other = observed()[RUN_ID_METADATA_KEY]  # supersedes the first, which is cancelled
+    current["job"] = _prompted("Classify: {text}")
+    again = observed()
+    assert again[RUN_ID_METADATA_KEY] not in (first, other)  # was the cancelled first run
+    assert again["batchor/status"] == "running"
+    assert emulator.batch_create_count == 3
+    assert observed()[RUN_ID_METADATA_KEY] == again[RUN_ID_METADATA_KEY]  # and it resumes
+    emulator.release_batches()
+    done = _materialize_until_done(asset, resources, instance)
+    assert done[RUN_ID_METADATA_KEY] == again[RUN_ID_METADATA_KEY]
+    assert done["batchor/items_completed"] == 3
