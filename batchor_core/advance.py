@@ -389,6 +389,13 @@ class RunStepper:
                 batch = self.provider.get_batch(chunk.batch_id)
             except ProviderError as exc:
                 self._stall(run, chunk, exc, f"reading batch {chunk.batch_id}")
+                if exc.retryable and exc.status_code is None:
+                    # No answer at all (a timeout, a refused or dropped connection): the
+                    # other batches would wait as long, each up to the client's whole
+                    # timeout, so they wait for the next step instead and a step stays
+                    # bounded by about one call. (A batch the provider answers with an
+                    # error for does not hold the others back.)
+                    break
                 continue
             if not batch.is_terminal:
                 if batch.status != chunk.provider_status or chunk.first_error_at is not None:

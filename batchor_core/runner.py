@@ -176,6 +176,7 @@ class BatchRunner:
         api_key: str | None = None,
         base_url: str | None = None,
         enqueue_limits: Mapping[str, int] | None = None,
+        timeout_seconds: float | None = None,
         **options: Any,
     ) -> BatchRunner:
         """A runner from plain settings, as a config file or orchestrator resource holds them.
@@ -191,6 +192,8 @@ class BatchRunner:
             api_key: OpenAI API key (default: ``OPENAI_API_KEY``).
             base_url: OpenAI base URL (default: ``OPENAI_BASE_URL`` or the real service).
             enqueue_limits: Enqueued-token limit per model, in tokens.
+            timeout_seconds: How long one provider call may go without an answer
+                (default: ``OpenAIProviderConfig``'s 60 s).
             **options: Any other :class:`BatchRunner` keyword argument.
         """
         from batchor_core import defaults
@@ -208,6 +211,8 @@ class BatchRunner:
                     m: EnqueueLimit(tokens=t) for m, t in (enqueue_limits or {}).items()
                 },
             )
+            if timeout_seconds is not None:
+                provider = dataclasses.replace(provider, timeout_seconds=timeout_seconds)
             return cls(storage=storage, artifacts=artifact_store, provider=provider, **options)
         except BaseException:
             storage.close()

@@ -40,6 +40,11 @@ class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             answer of the wrong shape) is retried before the run pauses with the reason.
         enqueue_token_limits: Enqueued-token limit per model (``{"gpt-4o-mini":
             2_000_000}``), shared by every run in the store (see ``EnqueueLimit``).
+        openai_timeout_seconds: How long one provider call may go without an answer
+            (each read or write of it: a large upload that keeps moving is not cut).
+            Lower than the SDK's usual minute, so a provider that does not answer holds
+            a sensor tick (and a materialization) for about this long, well inside
+            Dagster's 60 s tick limit, and says why.
     """
 
     storage_url: str = ".batchor/batchor.sqlite3"
@@ -50,6 +55,7 @@ class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     transient_error_budget_seconds: float = 1800.0
     permanent_error_budget_seconds: float = 60.0
     enqueue_token_limits: dict[str, int] | None = None
+    openai_timeout_seconds: float = 20.0
 
     _runner: BatchRunner | None = PrivateAttr(default=None)
 
@@ -91,6 +97,7 @@ class BatchorResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 transient_error_budget_seconds=self.transient_error_budget_seconds,
                 permanent_error_budget_seconds=self.permanent_error_budget_seconds,
                 enqueue_limits=self.enqueue_token_limits,
+                timeout_seconds=self.openai_timeout_seconds,
             )
         except BatchorError as exc:
             # The message names the store (password masked) and the cause; the driver's

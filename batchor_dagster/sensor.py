@@ -205,13 +205,18 @@ class _Tick:
         refreshed: dict[str, RunSummary] = {}
         cursor = self.context.cursor
         order = _rotate(live, cursor)
+        # A run is not started when a provider that stopped answering could hold it past
+        # the budget (one call's timeout): the tick ends inside Dagster's limit and says
+        # why, instead of being cut off with its side effects done and its reason lost.
+        config = getattr(self.runner.provider, "config", None)
+        call = float(getattr(config, "timeout_seconds", 0.0) or 0.0)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="batchor") as pool:
             pending: dict[Future[RunSummary], RunSummary] = {}
             queue = iter(order)
             started = 0
             while True:
                 while len(pending) < self.workers and (
-                    started == 0 or time.monotonic() < self.deadline
+                    started == 0 or time.monotonic() + call < self.deadline
                 ):
                     summary = next(queue, None)
                     if summary is None:

@@ -337,3 +337,46 @@ def test_wait_refuses_a_timeout_or_interval_that_is_not_a_number_of_seconds(
         with pytest.raises(ConfigurationError, match="must be a number of seconds"):
             run.wait(**bad)  # NaN used to wait for ever: no comparison with it is true
     assert run.wait(timeout=float("inf"), poll_interval=0.01).is_finished
+
+
+def test_a_provider_that_never_answers_holds_a_step_for_one_call_not_one_per_batch(
+    make_runner: Callable[..., BatchRunner], emulator: Any, tmp_path: Any
+) -> None:
+    import socket
+
+    from batchor_core import ChunkPolicy
+
+    emulator.faults.hold_batches()
+    runner = make_runner()
+    job = _job(chunk_policy=ChunkPolicy(max_requests=1))
+    run = runner.start(job, items=_items(3), run_id="silent")
+    assert run.summary().batches_in_flight == 3
+    # A server that takes connections and never answers: every call ends in a timeout.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    accepted: list[socket.socket] = []
+
+    def take() -> None:
+        while True:
+            try:
+                accepted.append(silent.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=take, daemon=True).start()
+    host, port = silent.getsockname()
+    try:
+        stuck = make_runner(
+            provider=OpenAIProviderConfig(
+                api_key="sk-test", base_url=f"http://{host}:{port}/v1", timeout_seconds=0.5
+            )
+        )
+        summary = stuck.get_run("silent").refresh()
+        assert len(accepted) == 1  # one batch's poll, not one timeout per batch in flight
+        assert summary.last_error is not None and "timed out" in summary.last_error
+        assert summary.batches_in_flight == 3
+    finally:
+        silent.close()
+        for conn in accepted:
+            conn.close()
