@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from batchor_core import jsoncodec
 from batchor_core.budget import cost_estimate, output_per_request
@@ -14,6 +14,7 @@ from batchor_core.errors import (
     ConfigurationError,
     IngestIncompleteError,
     RetentionError,
+    RunConflictError,
     RunFinishedError,
     RunLeasedError,
     RunNotFoundError,
@@ -195,8 +196,24 @@ class Run:
             rows = self._runner.storage.read_results(self._run_id, after=cursor, limit=page_size)
             if not rows:
                 return
-            yield from item_results(rows, parse)
+            try:
+                yield from item_results(rows, parse)
+            except ValidationError as exc:
+                raise self._mismatch(exc) from exc
             cursor = rows[-1].finished_seq
+
+    def _mismatch(self, exc: ValidationError) -> RunConflictError:
+        model = self._output_model.__name__ if self._output_model is not None else "the model"
+        first: dict[str, object] = dict(exc.errors()[0]) if exc.errors() else {}
+        value = str(first.get("input"))[:200]
+        return RunConflictError(
+            f"a completed output of run {self._run_id!r} does not validate against {model}: "
+            f"{first.get('msg', exc)} (input {value!r}). "
+            "It was checked when collected by a process without the output model, against "
+            "the stored JSON schema only, so the model's own validators did not run; read "
+            "the results untyped (runner.get_run(run_id), without job=) or relax the model",
+            run_id=self._run_id,
+        )
 
     def item(self, item_id: str) -> ItemResult | None:
         """One item's current state by id (pending items have status ``pending``)."""

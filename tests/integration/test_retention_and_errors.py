@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from batchor_core import (
     BatchItem,
@@ -20,6 +20,7 @@ from batchor_core import (
     ConfigurationError,
     JobChangedError,
     RetentionError,
+    RunConflictError,
     RunFinishedError,
     RunNotFoundError,
     RunStatus,
@@ -194,3 +195,29 @@ def test_errors_say_what_to_do(make_runner: Callable[..., BatchRunner]) -> None:
     # Starting a finished run again just hands back the handle.
     again = runner.start(_job(), items=_items(2), run_id="same")
     assert again.summary().completed_items == 2
+
+
+def test_typed_results_of_outputs_checked_without_the_model_fail_with_the_reason(
+    make_runner: Callable[..., BatchRunner], emulator: Any
+) -> None:
+    class _Strict(BaseModel):  # defined here: a process without the job cannot import it
+        label: str
+
+        @field_validator("label")
+        @classmethod
+        def _never(cls, value: str) -> str:
+            raise ValueError("no label is good enough")
+
+    job = BatchJob(model="gpt-4o-mini", build_prompt=lambda i: "q", output_model=_Strict)
+    emulator.faults.hold_batches()
+    make_runner().start(job, items=_items(2), run_id="strict")
+    emulator.release_batches()
+    # Collected by a process without the job: only the stored JSON schema is checked.
+    untyped = make_runner().get_run("strict")
+    assert untyped.wait(timeout=60, poll_interval=0.05).completed_items == 2
+    assert all(isinstance(r.output, dict) for r in untyped.results())
+    typed = make_runner().get_run("strict", job=job)
+    with pytest.raises(RunConflictError, match="does not validate against _Strict") as caught:
+        list(typed.results())
+    assert "no label is good enough" in caught.value.message
+    assert "without job=" in caught.value.message
