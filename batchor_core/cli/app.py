@@ -73,8 +73,24 @@ def run(argv: list[str] | None = None) -> int:
     except CliError as exc:
         return _fail(exc.message, exc.code)
     except BatchorError as exc:
-        return _fail(exc.message, exit_code_for(exc))
+        return _fail(for_the_shell(exc.message), exit_code_for(exc))
     return int(result) if isinstance(result, int) else ExitCode.OK
+
+
+# Advice in the library's messages that names Python, and what a shell user does instead.
+_SHELL_ADVICE = (
+    ("pass OpenAIProviderConfig(api_key=...) or set OPENAI_API_KEY", "set OPENAI_API_KEY"),
+    ("(OpenAIProviderConfig(api_key=...) or OPENAI_API_KEY)", "(OPENAI_API_KEY)"),
+    ("(run.export(path)); pass force=True", "(batchor results RUN --output FILE); pass --force"),
+    ("call wait() again later", "run batchor wait again later"),
+)
+
+
+def for_the_shell(message: str) -> str:
+    """A library message with its Python advice put as what to type in a shell."""
+    for python, shell in _SHELL_ADVICE:
+        message = message.replace(python, shell)
+    return message
 
 
 def main() -> None:

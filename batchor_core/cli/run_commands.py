@@ -145,6 +145,12 @@ def start(
         )
     except ValueError as exc:  # BatchJob's own argument checks
         raise CliError(str(exc), ExitCode.USAGE) from exc
+    # A missing key or a bad base URL fails before a store or artifact directory is made.
+    from batchor_core.providers.openai import OpenAIProviderConfig
+
+    config = OpenAIProviderConfig(base_url=base_url)
+    config.resolved_api_key()
+    config.resolved_base_url()
     source = open_source(input_path, id_column=id_column, fields=builder.fields)
     with open_runner(settings(store, artifacts, base_url), must_exist=False) as runner:
         run = runner.start(job, items=source, run_id=run_id)

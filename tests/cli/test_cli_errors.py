@@ -98,7 +98,7 @@ CASES: list[tuple[str, list[str], ExitCode, str]] = [
     ("pause a finished run", ["pause", "done"], ExitCode.CONFLICT, "it is already completed"),
     ("cancel a finished run", ["cancel", "done"], ExitCode.CONFLICT, "it is already completed"),
     ("prune unexported outputs", ["prune", "done", "--raw-outputs"], ExitCode.CONFLICT,
-     "raw outputs are only pruned after"),
+     "(batchor results RUN --output FILE); pass --force to delete them anyway"),
     ("results to an unknown format", ["results", "done", "-o", "out.txt"], ExitCode.USAGE,
      "cannot tell the format of out.txt"),
     ("bad list status", ["list", "--status", "sleeping"], ExitCode.USAGE,
@@ -154,11 +154,10 @@ def test_no_api_key(
     write_csv(tmp_path / "in.csv", 3)
     assert cli([*START, "--prompt-field", "text", "--run-id", "nokey"]) == ExitCode.USAGE
     assert capsys.readouterr().err.splitlines() == [
-        "batchor: error: No OpenAI API key: pass OpenAIProviderConfig(api_key=...) or set "
-        "OPENAI_API_KEY"
+        "batchor: error: No OpenAI API key: set OPENAI_API_KEY"
     ]
-    assert cli(["list", "--json"]) == 0  # nothing was created
-    assert capsys.readouterr().out == ""
+    assert not (tmp_path / "state").exists()  # no store and no artifact directory
+    assert cli(["list", "--json"]) == ExitCode.NOT_FOUND  # no store was made
 
 
 def test_empty_input_file(
