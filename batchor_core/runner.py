@@ -422,7 +422,8 @@ class BatchRunner:
         if self.storage.load_run(run_id) is None:
             raise RunNotFoundError(f"no run {run_id!r} in {self.storage!r}", run_id=run_id)
         holder = self.storage.break_lease(run_id)
-        log.warning("run %s: lease of %s broken by operator", run_id, holder or "nobody")
+        if holder is not None:
+            log.warning("run %s: lease of %s broken by operator", run_id, holder)
         return holder
 
     def list_runs(

@@ -139,7 +139,36 @@ def open_source(path: str, *, id_column: str, fields: list[str]) -> ItemSource:
     check = getattr(source, "check", None)
     if callable(check):
         check()  # a missing column or an empty file fails now, before a run exists
+    if suffix in (".jsonl", ".ndjson"):
+        _check_first_record(file, [id_column, *fields])
     return source
+
+
+def _check_first_record(file: Path, wanted: list[str]) -> None:
+    """A misspelled ``--id-column`` or ``--prompt-field`` fails now, as for a CSV header:
+    JSON lines have no header, so the first record stands for it (a later line missing a
+    field is still only that item's failure)."""
+    import json
+
+    with open(file, "rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            try:
+                first = json.loads(raw)
+            except ValueError:
+                return  # a bad first line is that line's own failure
+            if not isinstance(first, dict):
+                return
+            missing = [name for name in dict.fromkeys(wanted) if name not in first]
+            if missing:
+                raise CliError(
+                    f"the first record of {file} has no field {', '.join(map(repr, missing))}; "
+                    f"its fields are {', '.join(map(repr, list(first)[:20]))} "
+                    "(check --id-column and --prompt-field or the template's {names})",
+                    ExitCode.INPUT,
+                )
+            return
 
 
 def load_output_model(ref: str) -> type[BaseModel]:

@@ -111,13 +111,25 @@ def results(
             )
     with open_runner(settings(store, artifacts)) as runner:
         run = runner.get_run(run_id)
+        before = run.summary()
         rows = (r for r in run.results() if not failed_only or r.status is ItemStatus.FAILED)
         if output is None or fmt is None:
             for result in rows:
                 dump_json(result_dict(result), sys.stdout)
-            return ExitCode.OK
-        # A --failed-only export is partial: written, but not recorded as the run's export.
-        report = run.export(output, format=fmt, status=ItemStatus.FAILED if failed_only else None)
+        else:
+            # A --failed-only export is partial: written, but not recorded as the run's.
+            status = ItemStatus.FAILED if failed_only else None
+            report = run.export(output, format=fmt, status=status)
+    if not before.is_finished:
+        # Only finished items have results: say so on stderr, away from the data.
+        print(
+            f"batchor: note: run {run_id} is {before.status.value} with "
+            f"{before.pending_items} of {before.total_items} items pending: these results "
+            "are partial",
+            file=sys.stderr,
+        )
+    if output is None or fmt is None:
+        return ExitCode.OK
     if json_out:
         dump_json(
             {

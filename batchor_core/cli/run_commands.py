@@ -205,7 +205,8 @@ def follow(run: Run, *, poll_interval: float, timeout: float | None, json_out: b
     if code is not ExitCode.OK:  # scripts see the code; people see why on stderr
         reason = f": {summary.status_reason}" if summary.status_reason else ""
         detail = (
-            f"completed with {summary.failed_items} failed items "
+            f"completed with {summary.failed_items} failed "
+            f"{'item' if summary.failed_items == 1 else 'items'} "
             f"(see: batchor results {summary.run_id} --failed-only)"
             if code is ExitCode.ITEMS_FAILED
             else f"is {summary.status.value}{reason}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,6 +159,37 @@ def test_no_api_key(
     ]
     assert not (tmp_path / "state").exists()  # no store and no artifact directory
     assert cli(["list", "--json"]) == ExitCode.NOT_FOUND  # no store was made
+
+
+def test_a_misspelled_field_of_a_jsonl_input_fails_before_a_run_exists(
+    tmp_path: Path, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n')
+    base = ["start", "in.jsonl", "--model", "gpt-4o-mini", "--run-id", "j"]
+    assert cli([*base, "--id-column", "ident", "--prompt-field", "text"]) == ExitCode.INPUT
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "the first record of in.jsonl has no field 'ident'; its fields are 'id', 'text'" in line
+    assert cli([*base, "--id-column", "id", "--prompt-template", "Say {txt}"]) == ExitCode.INPUT
+    assert "no field 'txt'" in capsys.readouterr().err
+    # Nothing was taken: the right flags start the run under the same id.
+    assert cli([*base, "--id-column", "id", "--prompt-field", "text", "--wait"]) == ExitCode.OK
+
+
+def test_results_of_a_run_still_going_say_they_are_partial(
+    tmp_path: Path, cli_env: dict[str, str], emulator: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emulator.faults.hold_batches()
+    write_csv(tmp_path / "in.csv", 3)
+    assert cli([*START, "--prompt-field", "text", "--run-id", "going"]) == ExitCode.OK
+    capsys.readouterr()
+    assert cli(["results", "going"]) == ExitCode.OK
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "batchor: note: run going is running with 3 of 3 items pending: these results are partial"
+    ]
+    assert cli(["results", "going", "-o", "early.jsonl"]) == ExitCode.OK
+    assert "wrote 0 results" in capsys.readouterr().out
 
 
 def test_empty_input_file(
