@@ -177,6 +177,9 @@ def result_batches(
         missing = [c for c in columns if schema.get_field_index(c) < 0]
         if missing:
             raise KeyError(f"no such result column(s): {', '.join(missing)}")
+        if len(set(columns)) != len(columns):
+            twice = sorted({c for c in columns if list(columns).count(c) > 1})
+            raise KeyError(f"result column(s) asked for twice: {', '.join(twice)}")
         schema = _pick(schema, columns)
     names = set(schema.names)
     parse = typed is not None and any(f.name in names for f in typed)

@@ -190,6 +190,8 @@ class Run:
         pass it as ``after`` later (even from another process) to read only newer ones.
         Rows are read ``page_size`` at a time, so memory is bounded by the page.
         """
+        if page_size < 1:
+            raise ConfigurationError(f"results(page_size=...) must be at least 1, not {page_size}")
         cursor = after
         parse = self._output_parser()
         while True:

@@ -139,6 +139,10 @@ def test_status_columns_and_payload_selection(
         run.to_arrow(columns=["payload"])  # asked for without include_payload
     with pytest.raises(KeyError, match="nope"):
         run.to_arrow(columns=["nope"])
+    with pytest.raises(KeyError, match="asked for twice: item_id"):
+        run.to_arrow(columns=["item_id", "status", "item_id"])
+    with pytest.raises(ConfigurationError, match="page_size"):
+        next(run.results(page_size=0))  # yielded nothing, as if the run had no results
 
 
 def test_parquet_export_is_typed_and_round_trips(
