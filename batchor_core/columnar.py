@@ -32,9 +32,9 @@ TAIL_COLUMNS = (
     "metadata",
     "cursor",
 )
-# Every column name the table may have besides the output's (``payload`` with
-# include_payload, and always in a Parquet export).
-_OURS = frozenset((*BASE_COLUMNS, *TAIL_COLUMNS, "payload"))
+# Every column name the table has besides the output's (``payload`` is added to these
+# with include_payload, as in a Parquet export).
+_OURS = frozenset((*BASE_COLUMNS, *TAIL_COLUMNS))
 _PAGE = 50_000
 # Table column -> ResultColumns field (the stored column it comes from).
 _STORED = {
@@ -103,7 +103,7 @@ def _field_order(node: JSONObject) -> list[str]:
     return required + [k for k in props if k not in required]
 
 
-def _output_schema(schema: JSONObject | None) -> pa.Schema | None:
+def _output_schema(schema: JSONObject | None, *, include_payload: bool = False) -> pa.Schema | None:
     import pyarrow as pa
 
     if not schema or not isinstance(schema.get("properties"), dict):
@@ -114,7 +114,8 @@ def _output_schema(schema: JSONObject | None) -> pa.Schema | None:
         fields = [pa.field(k, arrow_type(props[k], defs)) for k in _field_order(schema)]
     except _Unmappable:
         return None
-    if any(f.name in _OURS for f in fields):
+    ours = _OURS | {"payload"} if include_payload else _OURS
+    if any(f.name in ours for f in fields):
         return None  # a field named like one of ours: keep the output as one column
     return pa.schema(fields)
 
@@ -129,7 +130,7 @@ def result_schema(
     text column, for text jobs and schemas with no single Arrow type)."""
     import pyarrow as pa
 
-    typed = _output_schema(output_schema)
+    typed = _output_schema(output_schema, include_payload=include_payload)
     fields = [pa.field("item_id", pa.string()), pa.field("status", pa.string())]
     if typed is not None:
         fields.extend(typed)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 from batchor_core import jsoncodec
-from batchor_core.ingest import as_source, body_builder
+from batchor_core.errors import InvalidItemError
+from batchor_core.ingest import MAX_ITEM_ID_LENGTH, IterableSource, as_source, body_builder
 from batchor_core.jobspec import job_spec, request_spec
 from batchor_core.models import BatchItem, BatchJob, RunEstimate, Usage
 from batchor_core.packing import custom_id, request_line
@@ -88,9 +89,30 @@ def estimate_run(
 
 
 def _items_of(items: Iterable[BatchItem] | ItemSource) -> Iterator[BatchItem | str]:
-    """The items of a plain iterable or an item source (the message of each row the
-    source rejects in its place), read as a run reads them."""
-    for piece in as_source(items).read_slices(None, slice_size=5_000):
-        yield from piece.items
+    """The items of a plain iterable or an item source, read as a run reads them (a
+    slice at a time); in the place of an item a run would fail before building its
+    request (a row the source cannot read, an empty or too long id), why."""
+    source = as_source(items)
+    if isinstance(source, IterableSource):
+        # Read directly: a run's resume digest of every item is no use to an estimate.
+        yield from _checked(items, 0)  # type: ignore[arg-type]
+        return
+    read = 0
+    for piece in source.read_slices(None, slice_size=5_000):
+        yield from _checked(piece.items, read)
+        read += len(piece.items)
         for row in piece.rejected:
             yield f"item {row.item_id!r}: {row.error}"
+
+
+def _checked(items: Iterable[BatchItem], first: int) -> Iterator[BatchItem | str]:
+    for position, item in enumerate(items, first):
+        if not isinstance(item, BatchItem):
+            raise InvalidItemError(
+                f"items must be BatchItem objects, got {type(item).__name__} at position {position}"
+            )
+        if not item.item_id or len(str(item.item_id)) > MAX_ITEM_ID_LENGTH:
+            shown = str(item.item_id)[:80]
+            yield f"item {shown!r}: its id is empty or over {MAX_ITEM_ID_LENGTH} characters"
+            continue
+        yield item

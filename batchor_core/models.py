@@ -334,7 +334,8 @@ class RunEstimate:
         waves: At least how many rounds of batches the limit forces (None: no limit).
         rejected: Items a run would fail at once, not counted in ``requests``: their
             request cannot be built (the builder raises, the payload is not a JSON
-            object), or a source cannot read their row.
+            object), their id is empty or too long, or a source cannot read their row.
+            (A duplicate id is not looked for: that would hold every id in memory.)
         first_rejection: Why the first of them fails (None: none do).
     """
 

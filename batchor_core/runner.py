@@ -322,6 +322,11 @@ class BatchRunner:
             return run
         # Full chunks are submitted while the rest is still being read, so the provider
         # starts on the first batch long before a 10M-item file is fully ingested.
+        if record.status_reason is not None and record.status is RunStatus.INGESTING:
+            # Reading the items again: why they stopped last time is no longer news.
+            self.storage.set_status(
+                run_id, RunStatus.INGESTING, reason=None, expected=[RunStatus.INGESTING]
+            )
         try:
             added = self._ingestor.run(
                 record,

@@ -197,9 +197,12 @@ def _submit_or_collect(
         # A partition has one durable run: one started outside Dagster for this
         # partition (core API, CLI) is that run; else it is named after the partition.
         run_id = _owned_run_id(runner, owner) or partition_run_id(key.path, partition)
-    elif run_id is None:
+    # Named from the job and items in the code now (not given, not a partition's): this
+    # run is the asset's value to be, whatever an earlier job left.
+    current = run_id is None
+    if run_id is None:
         items, digest = _identify(_build_items(context, plan))
-        run_id = _content_run_id(runner, key.path, job, digest)
+        run_id = _content_run_id(runner, key.path, owner, job, digest)
     summary = _find(runner, run_id)
     if summary is not None:
         _check_owner(summary, owner)
@@ -213,9 +216,11 @@ def _submit_or_collect(
             note = "another process is reading this run's items right now"
             context.log.info(f"batchor: {note} (run {run_id!r})")
             run = runner.get_run(run_id)
-        if summary is None:
+        if summary is None or current:
             _supersede(context, runner, owner, run_id)
     else:
+        if current:  # a reverted job: the later job's runs not collected yet stop
+            _supersede(context, runner, owner, run_id)
         run = _handle(context, runner, run_id, job)
         if not summary.status.is_terminal:
             try:
@@ -227,7 +232,13 @@ def _submit_or_collect(
     summary = run.summary()
     if summary.status.is_terminal:
         yield from _collect(
-            context, resource, run, summary, plan, partitioned=partition is not None
+            context,
+            resource,
+            run,
+            summary,
+            plan,
+            partitioned=partition is not None,
+            current=current,
         )
         return
     _log_progress(context, summary)
@@ -325,7 +336,13 @@ def _identify(source: Any) -> tuple[Any, str]:
         raise dg.Failure(description=str(exc)) from exc
 
 
-def _content_run_id(runner: BatchRunner, path: Sequence[str], job: BatchJob, digest: str) -> str:
+def _content_run_id(
+    runner: BatchRunner,
+    path: Sequence[str],
+    owner: Mapping[str, Any],
+    job: BatchJob,
+    digest: str,
+) -> str:
     """The run id of an unpartitioned asset's job and items. It digests what the job
     does, not where its output model is defined: moving the model to another module
     (a script made a package) resumes the run instead of submitting it again. A run
@@ -335,20 +352,36 @@ def _content_run_id(runner: BatchRunner, path: Sequence[str], job: BatchJob, dig
     batches were cancelled) cannot give the asset this job's results: the job back in
     the code (a reverted prompt) starts the next run of it instead.
     """
-    spec, fingerprint = job_spec(job, runner.provider)
+    spec, _ = job_spec(job, runner.provider)
     content = content_fingerprint(spec)
     run_id = content_run_id(path, content, digest)
     found = _find(runner, run_id)
     if found is None:
-        earlier = content_run_id(path, fingerprint, digest)
-        if _find(runner, earlier) is not None:
-            return earlier
+        earlier = _named_the_earlier_way(runner, path, owner, content, digest)
+        if earlier is not None and not _cut_short_by_a_later_job(earlier):
+            return earlier.run_id
     for generation in range(2, 1000):
         if found is None or not _cut_short_by_a_later_job(found):
             return run_id
         run_id = content_run_id(path, f"{content}/{generation}", digest)
         found = _find(runner, run_id)
     return run_id
+
+
+def _named_the_earlier_way(
+    runner: BatchRunner, path: Sequence[str], owner: Mapping[str, Any], content: str, digest: str
+) -> RunSummary | None:
+    """This job and items' run as named before run ids left out the output model's
+    module (by its full fingerprint, module included, whichever module that was)."""
+    for summary in reversed(runner.list_runs(owner=owner)):
+        record = runner.storage.load_run(summary.run_id)
+        if (
+            record is not None
+            and summary.run_id == content_run_id(path, record.job_fingerprint, digest)
+            and content_fingerprint(record.job_spec) == content
+        ):
+            return summary
+    return None
 
 
 def _cut_short_by_a_later_job(summary: RunSummary) -> bool:
@@ -464,6 +497,7 @@ def _collect(
     plan: _Plan,
     *,
     partitioned: bool,
+    current: bool = False,
 ) -> Iterator[dg.MaterializeResult[Any] | dg.AssetObservation]:
     me = context.run.run_id
     key = context.asset_key
@@ -471,7 +505,7 @@ def _collect(
     replace: str | None = None
     holder = summary.collected_by
     if holder is not None and holder != me:
-        if _not_the_assets_value(context, resource, run, summary, holder, partition):
+        if current and _not_the_assets_value(context, resource, run, summary, holder, partition):
             # This job and items are what the code asks for now, and their results are
             # whole, but the asset holds a later job's (a prompt changed, then reverted):
             # materialize them again, at no cost at the provider.

@@ -205,18 +205,27 @@ class _Tick:
         refreshed: dict[str, RunSummary] = {}
         cursor = self.context.cursor
         order = _rotate(live, cursor)
-        # A run is not started when a provider that stopped answering could hold it past
-        # the budget (one call's timeout): the tick ends inside Dagster's limit and says
-        # why, instead of being cut off with its side effects done and its reason lost.
+        # After the first round (one run per worker, side by side), a run is not started
+        # when a provider that stopped answering could hold it past the budget (a poll
+        # gives up at the first call with no answer, so about one call's timeout): the
+        # tick ends near its budget and says why, instead of running into Dagster's
+        # limit and being cut off with its side effects done and its reason lost.
         config = getattr(self.runner.provider, "config", None)
         call = float(getattr(config, "timeout_seconds", 0.0) or 0.0)
+        if len(order) > self.workers and call >= self.deadline - time.monotonic():
+            self.context.log.warning(
+                f"batchor: the tick's budget is not longer than one provider call's timeout "
+                f"({call:g} s): it advances {min(self.workers, len(order))} of "
+                f"{len(order)} runs; give the sensor a longer time_budget_seconds or the "
+                "resource a shorter openai_timeout_seconds"
+            )
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="batchor") as pool:
             pending: dict[Future[RunSummary], RunSummary] = {}
             queue = iter(order)
             started = 0
             while True:
                 while len(pending) < self.workers and (
-                    started == 0 or time.monotonic() + call < self.deadline
+                    started < self.workers or time.monotonic() + call < self.deadline
                 ):
                     summary = next(queue, None)
                     if summary is None:

@@ -545,3 +545,95 @@ def test_a_reverted_prompt_whose_run_was_cut_short_runs_again(
     done = _materialize_until_done(asset, resources, instance)
     assert done[RUN_ID_METADATA_KEY] == again[RUN_ID_METADATA_KEY]
     assert done["batchor/items_completed"] == 3
+
+
+def test_a_superseded_run_named_in_run_config_is_never_materialized(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    resource: BatchorResource,
+    emulator: Any,
+) -> None:
+    """A collecting run queued for a run that a later job then superseded (the sensor's
+    request, with the run id in run config) does not make the old job the asset's value."""
+    emulator.faults.hold_batches()
+    current = {"job": _prompted("Classify: {text}")}
+    asset = batchor_asset(
+        name="reviews",
+        build_job=lambda ctx: current["job"],
+        build_items=lambda ctx: review_items(2),
+    )
+    old = _meta(events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0])
+    old_id = old[RUN_ID_METADATA_KEY]
+    emulator.release_batches()
+    runner = resource.get_runner()
+    for _ in range(20):
+        if runner.get_run(old_id).refresh().status.value == "completed":
+            break
+    current["job"] = _prompted("Summarise: {text}")
+    emulator.faults.hold_batches()
+    dg.materialize([asset], resources=resources, instance=instance)  # supersedes old_id
+    queued = dg.materialize(
+        [asset],
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"reviews": {"config": {"run_id": old_id}}}},
+    )
+    assert events_of(queued, MAT) == []
+    note = _meta(events_of(queued, OBS)[0])["batchor/note"]
+    assert note.startswith("superseded by run")
+    assert materializations(instance, asset.key) == []
+
+
+def test_reverting_a_prompt_stops_the_later_jobs_run_still_in_flight(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    resource: BatchorResource,
+    emulator: Any,
+) -> None:
+    from batchor_dagster.results import latest_collected_run
+
+    current = {"job": _prompted("Classify: {text}")}
+    asset = batchor_asset(
+        name="reviews",
+        build_job=lambda ctx: current["job"],
+        build_items=lambda ctx: review_items(2),
+    )
+    first = _materialize_until_done(asset, resources, instance)[RUN_ID_METADATA_KEY]
+    emulator.faults.hold_batches()
+    current["job"] = _prompted("Summarise: {text}")
+    later = _meta(
+        events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0]
+    )[RUN_ID_METADATA_KEY]
+    current["job"] = _prompted("Classify: {text}")  # reverted while the later run is going
+    dg.materialize([asset], resources=resources, instance=instance)
+    stopped = resource.get_runner().get_run(later).summary()
+    assert stopped.status.value in ("cancelling", "cancelled")  # no more spend on it
+    assert (stopped.collected_by or "").startswith("superseded-by:")
+    latest = latest_collected_run(resource.get_runner(), asset.key, None)
+    assert latest is not None and latest.run_id == first
+
+
+def test_a_run_named_the_old_way_is_kept_when_its_model_moved_module(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    resource: BatchorResource,
+    emulator: Any,
+) -> None:
+    emulator.faults.hold_batches()
+    items = review_items(3)
+    runner = resource.get_runner()
+    earlier = content_run_id(
+        ["reviews"], runner.job_fingerprint(review_job()), items_digest(items)[1]
+    )
+    runner.start(
+        review_job(), items=items, run_id=earlier, owner={"asset": "reviews", "partition": None}
+    )
+    model = review_job().output_model
+    assert model is not None
+    moved = type(model.__name__, (model,), {"__module__": "pkg.defs", "__doc__": model.__doc__})
+    asset = batchor_asset(
+        name="reviews", build_job=lambda ctx: _review_job_with(moved), build_items=lambda ctx: items
+    )
+    seen = _meta(events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0])
+    assert seen[RUN_ID_METADATA_KEY] == earlier
+    assert emulator.batch_create_count == 1

@@ -496,9 +496,11 @@ def test_an_estimate_counts_the_items_a_run_would_fail_and_reads_sources(
             *[BatchItem(f"g{i}", {"text": "hello"}) for i in range(4)],
             BatchItem("typo", {"txt": "hello"}),
             BatchItem("text", "hello"),  # type: ignore[arg-type]
+            BatchItem("", {"text": "hello"}),
+            BatchItem("x" * 513, {"text": "hello"}),
         ]
         estimate = runner.estimate(job, mixed)
-        assert (estimate.requests, estimate.rejected) == (4, 2)
+        assert (estimate.requests, estimate.rejected) == (4, 4)
         assert estimate.input_tokens == good.input_tokens
         assert estimate.first_rejection is not None and "'typo'" in estimate.first_rejection
         assert "KeyError('text')" in estimate.first_rejection

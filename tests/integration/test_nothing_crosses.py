@@ -419,8 +419,13 @@ def test_odd_payload_values_fail_alone_and_a_stopped_ingest_says_why(
         stuck.status_reason
     )
     assert "start() again with the same items" in stuck.status_reason
-    # The same items, in a new generator (new objects, new addresses), resume the run.
-    run = runner.start(_job(), items=items(), run_id=run_id)
+    # The same items, in a new generator (new objects, new addresses), resume the run;
+    # while they are read again, the old reason is gone.
+    reasons: list[str | None] = []
+    run = runner.start(
+        _job(), items=items(), run_id=run_id, on_progress=lambda s: reasons.append(s.status_reason)
+    )
+    assert reasons and set(reasons) == {None}
     summary = run.wait(timeout=30, poll_interval=0.01)
     assert (summary.status, summary.status_reason) == (RunStatus.COMPLETED, None)
     assert summary.total_items == 8

@@ -155,6 +155,7 @@ def test_an_output_field_named_payload_keeps_every_column_name_once(
     job = BatchJob(model="gpt-4o-mini", build_prompt=lambda i: "q", output_model=_WithPayload)
     run = runner.start(job, items=_items(2), run_id="payload-field")
     assert run.wait(timeout=60, poll_interval=0.05).status is RunStatus.COMPLETED
+    assert run.to_arrow().column("payload").to_pylist()[0] is not None  # typed as ever
     table = run.to_arrow(include_payload=True)
     assert len(set(table.column_names)) == len(table.column_names)
     assert "output" in table.column_names  # the output as one column, as for "status"
