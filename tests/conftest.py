@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +102,38 @@ def make_runner(tmp_path: Path, emulator: Any) -> Iterator[Callable[..., BatchRu
     yield factory
     for runner in made:
         runner.close()
+
+
+@dataclass
+class SilentServer:
+    """A server that takes connections and never answers: every call to it times out."""
+
+    base_url: str
+    accepted: list[socket.socket]
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+
+    def take() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:  # closed
+                return
+
+    threading.Thread(target=take, daemon=True).start()
+    host, port = listener.getsockname()
+    try:
+        yield SilentServer(f"http://{host}:{port}/v1", accepted)
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
 
 
 # ---------------------------------------------------------------------------- object storage

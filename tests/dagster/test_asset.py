@@ -479,6 +479,17 @@ def _prompted(template: str) -> BatchJob:
     )
 
 
+def _switchable(n: int) -> tuple[dict[str, BatchJob], dg.AssetsDefinition]:
+    """An asset whose job is ``current["job"]`` (set it to change the prompt)."""
+    current = {"job": _prompted("Classify: {text}")}
+    asset = batchor_asset(
+        name="reviews",
+        build_job=lambda ctx: current["job"],
+        build_items=lambda ctx: review_items(n),
+    )
+    return current, asset
+
+
 def _materialize_until_done(
     asset: Any, resources: dict[str, Any], instance: dg.DagsterInstance
 ) -> dict[str, Any]:
@@ -497,12 +508,7 @@ def test_a_reverted_prompt_makes_its_results_the_assets_value_again(
 ) -> None:
     from batchor_dagster.results import latest_collected_run
 
-    current = {"job": _prompted("Classify: {text}")}
-    asset = batchor_asset(
-        name="reviews",
-        build_job=lambda ctx: current["job"],
-        build_items=lambda ctx: review_items(3),
-    )
+    current, asset = _switchable(3)
     first = _materialize_until_done(asset, resources, instance)[RUN_ID_METADATA_KEY]
     current["job"] = _prompted("Summarise: {text}")
     other = _materialize_until_done(asset, resources, instance)[RUN_ID_METADATA_KEY]
@@ -520,12 +526,7 @@ def test_a_reverted_prompt_whose_run_was_cut_short_runs_again(
     instance: dg.DagsterInstance, resources: dict[str, Any], emulator: Any
 ) -> None:
     emulator.faults.hold_batches()
-    current = {"job": _prompted("Classify: {text}")}
-    asset = batchor_asset(
-        name="reviews",
-        build_job=lambda ctx: current["job"],
-        build_items=lambda ctx: review_items(3),
-    )
+    current, asset = _switchable(3)
 
     def observed() -> dict[str, Any]:
         return _meta(
@@ -556,12 +557,7 @@ def test_a_superseded_run_named_in_run_config_is_never_materialized(
     """A collecting run queued for a run that a later job then superseded (the sensor's
     request, with the run id in run config) does not make the old job the asset's value."""
     emulator.faults.hold_batches()
-    current = {"job": _prompted("Classify: {text}")}
-    asset = batchor_asset(
-        name="reviews",
-        build_job=lambda ctx: current["job"],
-        build_items=lambda ctx: review_items(2),
-    )
+    current, asset = _switchable(2)
     old = _meta(events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0])
     old_id = old[RUN_ID_METADATA_KEY]
     emulator.release_batches()
@@ -592,12 +588,7 @@ def test_reverting_a_prompt_stops_the_later_jobs_run_still_in_flight(
 ) -> None:
     from batchor_dagster.results import latest_collected_run
 
-    current = {"job": _prompted("Classify: {text}")}
-    asset = batchor_asset(
-        name="reviews",
-        build_job=lambda ctx: current["job"],
-        build_items=lambda ctx: review_items(2),
-    )
+    current, asset = _switchable(2)
     first = _materialize_until_done(asset, resources, instance)[RUN_ID_METADATA_KEY]
     emulator.faults.hold_batches()
     current["job"] = _prompted("Summarise: {text}")

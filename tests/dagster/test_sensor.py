@@ -16,7 +16,7 @@ from batchor_dagster import (
     batchor_asset,
     build_batchor_sensor,
 )
-from tests.conftest import POSTGRES_URL, postgres_param
+from tests.conftest import POSTGRES_URL, SilentServer, postgres_param
 from tests.dagster.conftest import materializations, review_items, review_job
 
 pytestmark = pytest.mark.integration
@@ -437,11 +437,11 @@ def test_a_run_waiting_for_budget_says_so_in_observations_and_skip_reasons(
 
 
 def test_a_provider_that_stops_answering_holds_a_tick_inside_its_budget(
-    instance: dg.DagsterInstance, tmp_path: Any, resource: BatchorResource, emulator: Any
+    instance: dg.DagsterInstance,
+    resource: BatchorResource,
+    emulator: Any,
+    silent_server: SilentServer,
 ) -> None:
-    import socket
-    import threading
-
     assert resource.get_runner().provider.config.timeout_seconds == 20.0  # the default
     emulator.faults.hold_batches()
     assets = [
@@ -450,36 +450,17 @@ def test_a_provider_that_stops_answering_holds_a_tick_inside_its_budget(
     ]
     for asset in assets:
         dg.materialize([asset], resources={"batchor": resource}, instance=instance)
-    silent = socket.socket()  # takes connections, never answers
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    accepted: list[socket.socket] = []
-
-    def take() -> None:
-        while True:
-            try:
-                accepted.append(silent.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=take, daemon=True).start()
-    host, port = silent.getsockname()
     hung = BatchorResource(
         storage_url=resource.storage_url,
         artifact_root=resource.artifact_root,
         openai_api_key="sk-test",
-        openai_base_url=f"http://{host}:{port}/v1",
+        openai_base_url=silent_server.base_url,
         openai_timeout_seconds=2.0,
     )
     sensor = build_batchor_sensor(assets, time_budget_seconds=3.0, max_workers=1)
-    try:
-        result = _tick(sensor, instance, hung)
-        # The first run's poll timed out at about 2 s: another call could end past the
-        # 3 s budget, so none was started (there used to be one more, up to 4 s).
-        assert len(accepted) == 1
-        assert result.skip_reason is not None
-        assert "timed out" in result.skip_reason.skip_message
-    finally:
-        silent.close()
-        for conn in accepted:
-            conn.close()
+    result = _tick(sensor, instance, hung)
+    # The first run's poll timed out at about 2 s: another call could end past the 3 s
+    # budget, so none was started (there used to be one more, up to 4 s).
+    assert len(silent_server.accepted) == 1
+    assert result.skip_reason is not None
+    assert "timed out" in result.skip_reason.skip_message

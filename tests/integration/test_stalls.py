@@ -31,7 +31,7 @@ from batchor_core import (
     RunStatus,
     RunTimeoutError,
 )
-from tests.conftest import POSTGRES_URL, postgres_param
+from tests.conftest import POSTGRES_URL, SilentServer, postgres_param
 from tests.integration.review_model import Review
 
 pytestmark = pytest.mark.integration
@@ -340,10 +340,8 @@ def test_wait_refuses_a_timeout_or_interval_that_is_not_a_number_of_seconds(
 
 
 def test_a_provider_that_never_answers_holds_a_step_for_one_call_not_one_per_batch(
-    make_runner: Callable[..., BatchRunner], emulator: Any, tmp_path: Any
+    make_runner: Callable[..., BatchRunner], emulator: Any, silent_server: SilentServer
 ) -> None:
-    import socket
-
     from batchor_core import ChunkPolicy
 
     emulator.faults.hold_batches()
@@ -351,32 +349,12 @@ def test_a_provider_that_never_answers_holds_a_step_for_one_call_not_one_per_bat
     job = _job(chunk_policy=ChunkPolicy(max_requests=1))
     run = runner.start(job, items=_items(3), run_id="silent")
     assert run.summary().batches_in_flight == 3
-    # A server that takes connections and never answers: every call ends in a timeout.
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    accepted: list[socket.socket] = []
-
-    def take() -> None:
-        while True:
-            try:
-                accepted.append(silent.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=take, daemon=True).start()
-    host, port = silent.getsockname()
-    try:
-        stuck = make_runner(
-            provider=OpenAIProviderConfig(
-                api_key="sk-test", base_url=f"http://{host}:{port}/v1", timeout_seconds=0.5
-            )
+    stuck = make_runner(
+        provider=OpenAIProviderConfig(
+            api_key="sk-test", base_url=silent_server.base_url, timeout_seconds=0.5
         )
-        summary = stuck.get_run("silent").refresh()
-        assert len(accepted) == 1  # one batch's poll, not one timeout per batch in flight
-        assert summary.last_error is not None and "timed out" in summary.last_error
-        assert summary.batches_in_flight == 3
-    finally:
-        silent.close()
-        for conn in accepted:
-            conn.close()
+    )
+    summary = stuck.get_run("silent").refresh()
+    assert len(silent_server.accepted) == 1  # one batch's poll, not one timeout per batch
+    assert summary.last_error is not None and "timed out" in summary.last_error
+    assert summary.batches_in_flight == 3
