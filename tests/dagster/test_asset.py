@@ -191,27 +191,6 @@ def test_moving_the_output_model_to_another_module_resumes_the_same_run(
     assert emulator.batch_create_count == 2
 
 
-def test_a_run_named_by_the_full_job_fingerprint_is_kept(
-    instance: dg.DagsterInstance,
-    resources: dict[str, Any],
-    resource: BatchorResource,
-    emulator: Any,
-) -> None:
-    """Runs started before run ids stopped digesting the model's module keep their id."""
-    emulator.faults.hold_batches()
-    items = review_items(3)
-    runner = resource.get_runner()
-    earlier = content_run_id(
-        ["reviews"], runner.job_fingerprint(review_job()), items_digest(items)[1]
-    )
-    owner = {"asset": "reviews", "partition": None}
-    runner.start(review_job(), items=items, run_id=earlier, owner=owner)
-    asset = batchor_asset(name="reviews", build_job=review_job, build_items=lambda ctx: items)
-    seen = _meta(events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0])
-    assert seen[RUN_ID_METADATA_KEY] == earlier
-    assert emulator.batch_create_count == 1
-
-
 def test_run_config_and_run_id_fn_name_the_durable_run(
     instance: dg.DagsterInstance, resources: dict[str, Any], resource: BatchorResource
 ) -> None:
@@ -604,12 +583,16 @@ def test_reverting_a_prompt_stops_the_later_jobs_run_still_in_flight(
     assert latest is not None and latest.run_id == first
 
 
-def test_a_run_named_the_old_way_is_kept_when_its_model_moved_module(
+@pytest.mark.parametrize("moved", [False, True], ids=["same-module", "moved-module"])
+def test_a_run_named_the_old_way_is_kept(
     instance: dg.DagsterInstance,
     resources: dict[str, Any],
     resource: BatchorResource,
     emulator: Any,
+    moved: bool,
 ) -> None:
+    """Runs named before run ids stopped digesting the output model's module (by the
+    full fingerprint) keep their id, also once the model moved to another module."""
     emulator.faults.hold_batches()
     items = review_items(3)
     runner = resource.get_runner()
@@ -621,9 +604,10 @@ def test_a_run_named_the_old_way_is_kept_when_its_model_moved_module(
     )
     model = review_job().output_model
     assert model is not None
-    moved = type(model.__name__, (model,), {"__module__": "pkg.defs", "__doc__": model.__doc__})
+    if moved:
+        model = type(model.__name__, (model,), {"__module__": "pkg.defs", "__doc__": model.__doc__})
     asset = batchor_asset(
-        name="reviews", build_job=lambda ctx: _review_job_with(moved), build_items=lambda ctx: items
+        name="reviews", build_job=lambda ctx: _review_job_with(model), build_items=lambda ctx: items
     )
     seen = _meta(events_of(dg.materialize([asset], resources=resources, instance=instance), OBS)[0])
     assert seen[RUN_ID_METADATA_KEY] == earlier
