@@ -225,7 +225,7 @@ class _Tick:
             started = 0
             while True:
                 while len(pending) < self.workers and (
-                    started < self.workers or time.monotonic() + call < self.deadline
+                    started == 0 or self._may_start(started, call)
                 ):
                     summary = next(queue, None)
                     if summary is None:
@@ -249,6 +249,13 @@ class _Tick:
             partition = _partition(after) if target.partitions_def else None
             events.append(observation(target.key, partition, after))
         return refreshed, events, cursor
+
+    def _may_start(self, started: int, call: float) -> bool:
+        """Whether another run may be advanced in this tick: within the budget, and
+        after the first round of workers (side by side, at no extra wall time) only when
+        one more provider call would still end inside it."""
+        left = self.deadline - time.monotonic()
+        return left > 0 and (started < self.workers or call < left)
 
     def _refresh_one(self, summary: RunSummary) -> RunSummary:
         try:
