@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 from batchor_core import jsoncodec
-from batchor_core.errors import InvalidItemError
-from batchor_core.ingest import MAX_ITEM_ID_LENGTH, IterableSource, as_source, body_builder
+from batchor_core.ingest import IterableSource, as_source, body_builder, id_problem, not_an_item
 from batchor_core.jobspec import job_spec, request_spec
 from batchor_core.models import BatchItem, BatchJob, RunEstimate, Usage
 from batchor_core.packing import custom_id, request_line
@@ -108,11 +107,9 @@ def _items_of(items: Iterable[BatchItem] | ItemSource) -> Iterator[BatchItem | s
 def _checked(items: Iterable[BatchItem], first: int) -> Iterator[BatchItem | str]:
     for position, item in enumerate(items, first):
         if not isinstance(item, BatchItem):
-            raise InvalidItemError(
-                f"items must be BatchItem objects, got {type(item).__name__} at position {position}"
-            )
-        if not item.item_id or len(str(item.item_id)) > MAX_ITEM_ID_LENGTH:
-            shown = str(item.item_id)[:80]
-            yield f"item {shown!r}: its id is empty or over {MAX_ITEM_ID_LENGTH} characters"
+            raise not_an_item(item, position)
+        problem = id_problem(str(item.item_id))
+        if problem is not None:
+            yield f"item {str(item.item_id)[:80]!r}: {problem.message}"
             continue
         yield item

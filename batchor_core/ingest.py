@@ -89,10 +89,7 @@ class IterableSource:
                 position, item = next(
                     (i, item) for i, item in enumerate(batch) if not isinstance(item, BatchItem)
                 )
-                raise InvalidItemError(
-                    f"items must be BatchItem objects, got {type(item).__name__} "
-                    f"at position {consumed + position}"
-                )
+                raise not_an_item(item, consumed + position)
             feed(digest, batch)
             consumed += len(batch)
             yield SourceSlice(
@@ -178,6 +175,22 @@ def _digest_json(digest: Any, items: list[Any]) -> None:
     for item in items:
         if isinstance(item, BatchItem):
             digest.update(_json_line(item))
+
+
+def not_an_item(value: object, position: int) -> InvalidItemError:
+    """The error for a value among the items that is not a :class:`BatchItem`."""
+    return InvalidItemError(
+        f"items must be BatchItem objects, got {type(value).__name__} at position {position}"
+    )
+
+
+def id_problem(item_id: str) -> ItemError | None:
+    """Why ``item_id`` can never be stored (empty, too long, NUL or invalid Unicode),
+    whatever else the run holds; None if it can."""
+    return _id_problem(item_id, "", _NO_IDS, _NO_IDS)
+
+
+_NO_IDS: set[str] = set()  # read, never written
 
 
 def _plain(payload: Any) -> Any:

@@ -216,11 +216,7 @@ def _submit_or_collect(
             note = "another process is reading this run's items right now"
             context.log.info(f"batchor: {note} (run {run_id!r})")
             run = runner.get_run(run_id)
-        if summary is None or current:
-            _supersede(context, runner, owner, run_id)
     else:
-        if current:  # a reverted job: the later job's runs not collected yet stop
-            _supersede(context, runner, owner, run_id)
         run = _handle(context, runner, run_id, job)
         if not summary.status.is_terminal:
             try:
@@ -229,6 +225,10 @@ def _submit_or_collect(
                 note = "another process is advancing this run right now"
             except BatchorError as exc:
                 raise _failure(f"could not advance durable run {run_id!r}", exc) from exc
+    if summary is None or current:
+        # A new run, or the run the code names now (a reverted job too): the asset's
+        # other runs not collected yet will never be its value.
+        _supersede(context, runner, owner, run_id)
     summary = run.summary()
     if summary.status.is_terminal:
         yield from _collect(
